@@ -1,0 +1,1 @@
+"""rankstream's library: settings, wire schemas, models, store, batching. No process starts here."""

@@ -1,0 +1,141 @@
+"""The async client: publish a query, await its ranked result.
+
+async with RankstreamClient(Settings()) as client:
+    result = await client.query("how do vaccines work?", top_k=5, depth=20)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from types import TracebackType
+
+import nats
+from nats.aio.client import Client as NatsConnection
+from nats.aio.msg import Msg
+from nats.js.errors import NoStreamResponseError
+from pydantic import ValidationError
+
+from shared.config import Settings
+from shared.connection import connect_kwargs
+from shared.errors import QueryFailedError, QueryTimeoutError, RankstreamError
+from shared.messages import REPLY_ADAPTER, ErrorResult, QueryRequest, RankedResult
+from shared.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+
+class RankstreamClient:
+    def __init__(self, settings: Settings, client_id: str | None = None) -> None:
+        self._settings = settings
+        self._subjects = Subjects(settings.subject_prefix)
+        self.client_id = client_id or uuid.uuid4().hex[:16]
+        self._connection: NatsConnection | None = None
+        self._waiting: dict[str, asyncio.Future[RankedResult | ErrorResult]] = {}
+
+    @property
+    def reply_subject(self) -> str:
+        return self._subjects.results_for(self.client_id)
+
+    async def __aenter__(self) -> RankstreamClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        try:
+            self._connection = await nats.connect(
+                **connect_kwargs(self._settings), max_reconnect_attempts=-1
+            )
+        except Exception as error:  # nats-py raises several unrelated types here
+            raise RankstreamError(
+                f"cannot reach NATS at {self._settings.effective_nats_url} "
+                f"(start it with `rankstream up`): {error}"
+            ) from error
+        await self._connection.subscribe(self.reply_subject, cb=self._on_reply)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.drain()
+            self._connection = None
+
+    def request(
+        self, text: str, top_k: int | None = None, depth: int | None = None,
+        timeout_s: float | None = None,
+    ) -> QueryRequest:  # fmt: skip
+        """A query request that will be answered on this client's reply subject."""
+        settings = self._settings
+        timeout_ms = settings.default_timeout_ms if timeout_s is None else int(timeout_s * 1000)
+        return QueryRequest(
+            query=text,
+            top_k=settings.default_top_k if top_k is None else top_k,
+            depth=settings.default_depth if depth is None else depth,
+            timeout_ms=timeout_ms,
+            reply_to=self.reply_subject,
+        )
+
+    async def query(
+        self, text: str, top_k: int | None = None, depth: int | None = None,
+        timeout_s: float | None = None,
+    ) -> RankedResult:  # fmt: skip
+        """Ask and wait for the ranked result.
+
+        Raises QueryTimeoutError when no answer comes within the timeout, and
+        QueryFailedError (with the worker's error code) when a worker answered with an error.
+        """
+        reply = await self.send(self.request(text, top_k, depth, timeout_s))
+        if isinstance(reply, ErrorResult):
+            raise QueryFailedError(reply.code, reply.message)
+        return reply
+
+    async def send(self, request: QueryRequest) -> RankedResult | ErrorResult:
+        """Publish a prepared request and wait (up to its timeout) for the reply."""
+        if self._connection is None:
+            raise RankstreamError("client is not connected: use `async with RankstreamClient(...)`")
+        future: asyncio.Future[RankedResult | ErrorResult] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._waiting[request.request_id] = future
+        try:
+            await self._publish(request)
+            return await asyncio.wait_for(future, request.timeout_ms / 1000)
+        except TimeoutError as error:
+            raise QueryTimeoutError(
+                f"no answer to request {request.request_id} within {request.timeout_ms} ms: "
+                "are the retrieval and rerank workers running?"
+            ) from error
+        finally:
+            self._waiting.pop(request.request_id, None)
+
+    async def _publish(self, request: QueryRequest) -> None:
+        assert self._connection is not None
+        try:
+            await self._connection.jetstream().publish(
+                self._subjects.queries,
+                request.model_dump_json().encode(),
+                headers={"Nats-Msg-Id": request.request_id},
+            )
+        except NoStreamResponseError as error:
+            raise RankstreamError(
+                f"no JetStream stream takes {self._subjects.queries}: start the workers "
+                "(`rankstream up` or `rankstream worker retrieval`) first"
+            ) from error
+
+    async def _on_reply(self, message: Msg) -> None:
+        try:
+            reply = REPLY_ADAPTER.validate_json(message.data)
+        except ValidationError as error:
+            log.warning("ignoring a malformed reply on %s: %s", message.subject, error)
+            return
+        future = self._waiting.get(reply.request_id)
+        # A second answer to the same request (after a redelivery) finds its future done.
+        if future is not None and not future.done():
+            future.set_result(reply)

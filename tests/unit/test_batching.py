@@ -1,0 +1,150 @@
+"""The micro-batcher, alone: a fake batch function, no NATS, no model."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shared.batching import BatchLimits, BatchStats, MicroBatcher
+
+
+class RecordingProcess:
+    """A batch function that doubles its inputs and remembers every batch it was given."""
+
+    def __init__(self, delay_s: float = 0.0, fail_on: int | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.delay_s = delay_s
+        self.fail_on = fail_on
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        await asyncio.sleep(self.delay_s)
+        if self.fail_on is not None and self.fail_on in items:
+            raise ValueError(f"cannot process {self.fail_on}")
+        return [2 * item for item in items]
+
+
+def limits(items: int = 8, tokens: int = 10_000, wait_s: float = 0.05) -> BatchLimits:
+    return BatchLimits(max_items=items, max_padded_tokens=tokens, max_wait_s=wait_s)
+
+
+async def test_concurrent_requests_share_one_batch_and_get_their_own_outputs() -> None:
+    process = RecordingProcess()
+    async with MicroBatcher(process, limits(items=16)) as batcher:
+        a, b, c = await asyncio.gather(
+            batcher.submit([1, 2], [5, 5]),
+            batcher.submit([3], [5]),
+            batcher.submit([4, 5, 6], [5, 5, 5]),
+        )
+    assert process.batches == [[1, 2, 3, 4, 5, 6]]
+    assert (a.outputs, b.outputs, c.outputs) == ([2, 4], [6], [8, 10, 12])
+    assert a.largest_batch_items == 6
+    assert a.largest_batch_requests == 3
+
+
+async def test_batches_never_exceed_the_item_limit_and_a_request_is_split_across_them() -> None:
+    process = RecordingProcess()
+    async with MicroBatcher(process, limits(items=4)) as batcher:
+        big, small = await asyncio.gather(
+            batcher.submit(list(range(10)), [1] * 10), batcher.submit([100], [1])
+        )
+    assert all(len(batch) <= 4 for batch in process.batches)
+    assert big.outputs == [2 * i for i in range(10)]
+    assert small.outputs == [200]
+    assert sum(len(batch) for batch in process.batches) == 11
+
+
+async def test_padded_token_budget_counts_items_times_the_longest() -> None:
+    process = RecordingProcess()
+    async with MicroBatcher(process, limits(items=100, tokens=300)) as batcher:
+        await batcher.submit([1, 2, 3, 4], [100, 100, 50, 150])
+    # 3 x 100 fits 300; adding 150 would make 4 x 150 = 600; then 150 alone.
+    assert process.batches == [[1, 2, 3], [4]]
+
+
+async def test_an_item_over_the_token_budget_still_runs_alone() -> None:
+    process = RecordingProcess()
+    async with MicroBatcher(process, limits(tokens=10)) as batcher:
+        ticket = await batcher.submit([7, 8], [50, 50])
+    assert process.batches == [[7], [8]]
+    assert ticket.outputs == [14, 16]
+
+
+async def test_a_lone_request_is_served_after_max_wait_not_held_for_a_full_batch() -> None:
+    process = RecordingProcess()
+    async with MicroBatcher(process, limits(items=64, wait_s=0.05)) as batcher:
+        ticket = await asyncio.wait_for(batcher.submit([1], [1]), timeout=2)
+    assert ticket.outputs == [2]
+    assert 0.04 <= ticket.batch_wait_s < 1.0
+
+
+async def test_a_full_batch_does_not_wait_for_max_wait() -> None:
+    process = RecordingProcess()
+    async with MicroBatcher(process, limits(items=2, wait_s=10)) as batcher:
+        ticket = await asyncio.wait_for(batcher.submit([1, 2], [1, 1]), timeout=2)
+    assert ticket.batch_wait_s < 1.0
+
+
+async def test_an_early_request_is_not_starved_by_a_stream_of_later_ones() -> None:
+    process = RecordingProcess(delay_s=0.01)
+    async with MicroBatcher(process, limits(items=4, wait_s=0.005)) as batcher:
+        first = asyncio.create_task(batcher.submit(list(range(6)), [1] * 6))
+        later = [asyncio.create_task(batcher.submit([1000 + i], [1])) for i in range(40)]
+        await asyncio.wait_for(first, timeout=2)
+        await asyncio.gather(*later)
+    # Six items at four per batch: the first request rides in the first two batches only.
+    assert sorted(process.batches[0] + process.batches[1])[:6] == list(range(6))
+    assert first.result().outputs == [2 * i for i in range(6)]
+
+
+async def test_a_failed_batch_fails_only_its_requests_and_the_batcher_keeps_serving() -> None:
+    process = RecordingProcess(fail_on=13)
+    async with MicroBatcher(process, limits(items=8, wait_s=0.01)) as batcher:
+        with pytest.raises(ValueError, match="cannot process 13"):
+            await batcher.submit([13], [1])
+        ticket = await batcher.submit([1], [1])
+    assert ticket.outputs == [2]
+
+
+async def test_a_request_whose_caller_has_gone_never_reaches_the_batch_function() -> None:
+    process = RecordingProcess(delay_s=0.05)
+    async with MicroBatcher(process, limits(items=1, wait_s=0.0)) as batcher:
+        running = asyncio.create_task(batcher.submit([1], [1]))
+        await asyncio.sleep(0.01)  # [1] is in the model now
+        abandoned = asyncio.create_task(batcher.submit([2], [1]))
+        await asyncio.sleep(0.0)
+        abandoned.cancel()
+        await running
+        await batcher.submit([3], [1])
+    assert [2] not in process.batches
+    assert process.batches == [[1], [3]]
+
+
+async def test_every_batch_is_reported_with_its_real_and_padded_tokens() -> None:
+    seen: list[BatchStats] = []
+    async with MicroBatcher(RecordingProcess(), limits(), on_batch=seen.append) as batcher:
+        await asyncio.gather(batcher.submit([1], [10]), batcher.submit([2], [30]))
+    assert len(seen) == 1
+    assert (seen[0].items, seen[0].requests) == (2, 2)
+    assert (seen[0].real_tokens, seen[0].padded_tokens) == (40, 60)
+
+
+async def test_a_batch_function_returning_the_wrong_count_is_an_error() -> None:
+    async def broken(items: list[int]) -> list[int]:
+        return items[:-1]
+
+    async with MicroBatcher(broken, limits()) as batcher:
+        with pytest.raises(RuntimeError, match="returned 1 for 2"):
+            await batcher.submit([1, 2], [1, 1])
+
+
+async def test_submit_outside_the_context_manager_is_refused() -> None:
+    batcher = MicroBatcher(RecordingProcess(), limits())
+    with pytest.raises(RuntimeError, match="not running"):
+        await batcher.submit([1], [1])
+
+
+def test_limits_are_validated() -> None:
+    with pytest.raises(ValueError, match="invalid batch limits"):
+        BatchLimits(max_items=0, max_padded_tokens=1, max_wait_s=0)

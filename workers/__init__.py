@@ -1,0 +1,1 @@
+"""rankstream's processes: thin FastStream workers and the `rankstream` command."""

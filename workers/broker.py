@@ -1,0 +1,50 @@
+"""The FastStream broker and the JetStream subscription settings both workers share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faststream import AckPolicy
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from faststream.nats.prometheus import NatsPrometheusMiddleware
+from nats.js.api import AckPolicy as ConsumerAckPolicy
+from prometheus_client import REGISTRY
+
+from shared.config import Settings
+from shared.connection import connect_kwargs
+
+ACK_WAIT_S = 60.0
+MAX_DELIVER = 5
+
+
+def build_broker(settings: Settings) -> NatsBroker:
+    return NatsBroker(
+        **connect_kwargs(settings),
+        middlewares=[NatsPrometheusMiddleware(registry=REGISTRY)],
+        max_reconnect_attempts=-1,
+    )
+
+
+def work_queue_subscription(
+    settings: Settings, subject: str, stream: str, durable: str
+) -> dict[str, Any]:
+    """A durable pull consumer shared by every replica of one worker.
+
+    Up to `max_inflight_requests` messages are held at once; FastStream acknowledges each
+    only after its handler returned, i.e. after the output was published.
+    """
+    inflight = settings.max_inflight_requests
+    return {
+        "subject": subject,
+        "stream": JStream(stream, declare=False),
+        "durable": durable,
+        "pull_sub": PullSub(batch_size=min(inflight, 16), timeout=settings.fetch_wait_ms / 1000),
+        "max_workers": inflight,
+        "ack_policy": AckPolicy.NACK_ON_ERROR,
+        "config": ConsumerConfig(
+            ack_policy=ConsumerAckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT_S,
+            max_deliver=MAX_DELIVER,
+            max_ack_pending=inflight * 4,
+        ),
+    }

@@ -1,0 +1,43 @@
+"""Sending a request its answer: a ranked result or an error, to its `reply_to` subject."""
+
+from __future__ import annotations
+
+import logging
+
+from faststream.nats import NatsBroker
+
+from shared.errors import RankstreamError
+from shared.messages import ErrorResult, RankedResult
+from shared.metrics import REQUESTS
+from shared.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+
+class ReplySender:
+    """Replies under the results subject go through JetStream with a `Nats-Msg-Id`, so a
+    request processed twice (after a redelivery) is answered once; others go over core NATS."""
+
+    def __init__(self, broker: NatsBroker, subjects: Subjects, worker: str) -> None:
+        self._broker = broker
+        self._subjects = subjects
+        self._worker = worker
+
+    async def send(self, reply_to: str, reply: RankedResult | ErrorResult) -> None:
+        outcome = "ok" if isinstance(reply, RankedResult) else reply.code.value
+        if reply_to.startswith(self._subjects.results_root + "."):
+            await self._broker.publish(
+                reply,
+                subject=reply_to,
+                stream=self._subjects.results_stream,
+                headers={"Nats-Msg-Id": f"{reply.request_id}:reply"},
+            )
+        else:
+            await self._broker.publish(reply, subject=reply_to)
+        REQUESTS.labels(worker=self._worker, outcome=outcome).inc()
+
+    async def send_error(self, reply_to: str, request_id: str, error: RankstreamError) -> None:
+        log.warning("request %s failed: %s: %s", request_id, error.code.value, error)
+        await self.send(
+            reply_to, ErrorResult(request_id=request_id, code=error.code, message=str(error))
+        )
