@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from faststream import AckPolicy
@@ -18,10 +19,15 @@ MAX_DELIVER = 5
 
 
 def build_broker(settings: Settings) -> NatsBroker:
+    # FastStream 0.7.8 logs a line at INFO for every finished task and message; under load
+    # that floods the log, so its logger reports warnings and errors only.
+    faststream_log = logging.getLogger("rankstream.faststream")
+    faststream_log.setLevel(logging.WARNING)
     return NatsBroker(
         **connect_kwargs(settings),
         middlewares=[NatsPrometheusMiddleware(registry=REGISTRY)],
         max_reconnect_attempts=-1,
+        logger=faststream_log,
     )
 
 

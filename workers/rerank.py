@@ -38,7 +38,7 @@ class RerankWorker:
                 self._subjects.candidates_stream,
                 self._subjects.rerank_durable,
             ),
-            title="candidates",
+            title="rerank:candidates",
             description="Candidate sets; their pairs are scored in batches shared across "
             "requests and the ranked result is sent to the request's reply_to.",
         )(self.handle)

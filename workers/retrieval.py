@@ -39,13 +39,13 @@ class RetrievalWorker:
                 self._subjects.queries_stream,
                 self._subjects.retrieval_durable,
             ),
-            title="queries",
+            title="retrieval:queries",
             description="Query requests; each is embedded, searched and forwarded.",
         )(self.handle)
         self._candidates = broker.publisher(
             self._subjects.candidates,
             stream=JStream(self._subjects.candidates_stream, declare=False),
-            title="candidates",
+            title="retrieval:candidates",
             description="Candidate sets for the rerank worker.",
             schema=CandidateSet,
         )

@@ -24,7 +24,7 @@ class SentenceTransformerEmbedder:
         self._model = SentenceTransformer(
             name_or_path, device=device, local_files_only=local_files_only
         )
-        dimension = self._model.get_sentence_embedding_dimension()
+        dimension = self._model.get_embedding_dimension()
         if dimension is None:
             raise ValueError(f"{model_id} does not declare an embedding dimension")
         self.dimension = int(dimension)

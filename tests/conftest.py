@@ -1,0 +1,71 @@
+"""Shared fixtures: a real NATS server per session, real models, real LanceDB in temp dirs."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.config import Settings
+from shared.corpus import read_documents, sample_corpus_path
+from shared.nats_server import EmbeddedNatsServer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    """testcontainers' NATS where Docker runs, otherwise the nats-server binary on a free port."""
+    if _docker_available():
+        from testcontainers.nats import NatsContainer
+
+        with NatsContainer("nats:2.10", jetstream=True) as container:
+            yield container.nats_uri()
+        return
+    with EmbeddedNatsServer() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def sample_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The sample corpus, indexed once per session with the packaged bi-encoder."""
+    from shared.models import load_embedder
+    from shared.store import DocumentStore
+
+    uri = str(tmp_path_factory.mktemp("lancedb"))
+    settings = Settings(lancedb_uri=uri)
+    DocumentStore(uri, settings.table).index(
+        read_documents(sample_corpus_path()), load_embedder(settings)
+    )
+    return uri
+
+
+@pytest.fixture
+def settings(nats_url: str, sample_db: str, model_cache_dir: Path) -> Settings:
+    """Settings for one test: its own subject prefix, so its streams are its own."""
+    return Settings(
+        nats_url=nats_url,
+        subject_prefix=f"t{uuid.uuid4().hex[:10]}",
+        lancedb_uri=sample_db,
+        model_cache_dir=model_cache_dir,
+        metrics_port=0,
+    )

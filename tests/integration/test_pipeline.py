@@ -1,0 +1,138 @@
+"""The whole pipeline on real components: nats-server with JetStream, LanceDB, packaged models."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shared.client import RankstreamClient
+from shared.config import Settings
+from shared.corpus import sample_queries
+from shared.errors import QueryFailedError, QueryTimeoutError
+from shared.messages import ErrorCode, ErrorResult, RankedResult
+from shared.models import load_cross_encoder
+from shared.models.registry import MINILM_RERANKER_FP32, MINILM_RERANKER_INT8, PACKAGED_PREFIX
+from workers.runner import running_workers
+
+pytestmark = pytest.mark.integration
+
+FP32 = PACKAGED_PREFIX + MINILM_RERANKER_FP32
+INT8 = PACKAGED_PREFIX + MINILM_RERANKER_INT8
+DEPTH = 10
+CONCURRENT = 20
+
+
+async def twenty_concurrent_queries(settings: Settings) -> list[RankedResult]:
+    texts = [q.text for q in sample_queries()]
+    async with running_workers(settings), RankstreamClient(settings) as client:
+        return await asyncio.gather(
+            *(
+                client.query(texts[i % len(texts)], top_k=DEPTH, depth=DEPTH, timeout_s=120)
+                for i in range(CONCURRENT)
+            )
+        )
+
+
+def scores_alone(settings: Settings, result: RankedResult) -> list[float]:
+    """The same model, in process, scoring only this request's pairs."""
+    model = load_cross_encoder(settings)
+    return model.score([(result.query, doc.text) for doc in result.results])
+
+
+async def test_concurrent_queries_are_all_answered_batched_together_and_scored_exactly(
+    settings: Settings,
+) -> None:
+    settings = settings.model_copy(update={"reranker_model": FP32, "max_batch_wait_ms": 20})
+    results = await twenty_concurrent_queries(settings)
+
+    assert len(results) == CONCURRENT
+    assert len({r.request_id for r in results}) == CONCURRENT
+    assert all(len(r.results) == DEPTH and r.reranked == DEPTH for r in results)
+    assert max(r.batch_requests for r in results) > 1, "no model call mixed two requests"
+    model = load_cross_encoder(settings)
+    for result in results:
+        alone = model.score([(result.query, doc.text) for doc in result.results])
+        through_pipeline = [doc.score for doc in result.results]
+        assert through_pipeline == pytest.approx(alone, abs=1e-4)
+        assert through_pipeline == sorted(through_pipeline, reverse=True)
+
+
+async def test_int8_scores_move_with_batch_mates_and_the_drift_is_bounded(
+    settings: Settings,
+) -> None:
+    """The packaged int8 model quantizes activations per batch: measured, not hidden."""
+    settings = settings.model_copy(update={"reranker_model": INT8, "max_batch_wait_ms": 20})
+    results = await twenty_concurrent_queries(settings)
+
+    model = load_cross_encoder(settings)
+    drifts, reordered = [], 0
+    for result in results:
+        alone = model.score([(result.query, doc.text) for doc in result.results])
+        drifts += [abs(doc.score - a) for doc, a in zip(result.results, alone, strict=True)]
+        reordered += alone != sorted(alone, reverse=True)
+    mixed = [r for r in results if r.batch_requests > 1]
+    print(
+        f"\nint8 drift over {len(drifts)} pairs ({len(mixed)}/{len(results)} requests in mixed "
+        f"batches): max {max(drifts):.3f}, mean {sum(drifts) / len(drifts):.3f}; "
+        f"{reordered} of {len(results)} rankings differ from scoring the request alone"
+    )
+    assert mixed, "no mixed batch: the drift was not exercised"
+    assert max(drifts) < 1.5
+
+
+async def test_stage_timings_are_disjoint_and_add_up_to_at_most_the_total(
+    settings: Settings,
+) -> None:
+    async with running_workers(settings), RankstreamClient(settings) as client:
+        result = await client.query("What causes the seasons on Earth?", top_k=3, depth=5)
+    timings = result.timings_ms.model_dump()
+    total = timings.pop("total")
+    assert all(value >= 0 for value in timings.values())
+    assert timings["embed"] > 0 and timings["inference"] > 0
+    assert sum(timings.values()) <= total
+
+
+async def test_depth_zero_answers_in_retrieval_order_without_the_reranker(
+    settings: Settings,
+) -> None:
+    async with running_workers(settings), RankstreamClient(settings) as client:
+        result = await client.query("How does a heat pump heat a house?", top_k=4, depth=0)
+    assert result.reranked == 0
+    assert [d.retrieval_rank for d in result.results] == [1, 2, 3, 4]
+    assert result.timings_ms.inference == 0
+
+
+async def test_a_depth_over_the_limit_gets_an_invalid_request_error(settings: Settings) -> None:
+    settings = settings.model_copy(update={"max_depth": 5})
+    async with running_workers(settings), RankstreamClient(settings) as client:
+        with pytest.raises(QueryFailedError) as failure:
+            await client.query("seasons", depth=6)
+    assert failure.value.code == ErrorCode.INVALID_REQUEST
+
+
+async def test_a_request_past_its_deadline_gets_an_expired_error(settings: Settings) -> None:
+    async with running_workers(settings), RankstreamClient(settings) as client:
+        request = client.request("seasons", depth=5).model_copy(update={"created_at_ms": 0.0})
+        reply = await client.send(request.model_copy(update={"timeout_ms": 60_000}))
+    assert isinstance(reply, ErrorResult)
+    assert reply.code == ErrorCode.EXPIRED
+
+
+async def test_a_missing_table_gets_a_store_error(settings: Settings) -> None:
+    settings = settings.model_copy(update={"table": "no_such_table"})
+    async with running_workers(settings), RankstreamClient(settings) as client:
+        with pytest.raises(QueryFailedError) as failure:
+            await client.query("seasons")
+    assert failure.value.code == ErrorCode.STORE_ERROR
+
+
+async def test_the_client_times_out_with_a_clear_error_when_no_worker_answers(
+    settings: Settings,
+) -> None:
+    from shared.streams import ensure_streams
+
+    await ensure_streams(settings)
+    async with RankstreamClient(settings) as client:
+        with pytest.raises(QueryTimeoutError, match="within 300 ms"):
+            await client.query("anyone there?", timeout_s=0.3)

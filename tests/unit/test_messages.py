@@ -1,0 +1,79 @@
+"""The wire contract: what a valid message is, and what is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from shared.messages import (
+    REPLY_ADAPTER,
+    ErrorCode,
+    ErrorResult,
+    QueryRequest,
+    RankedResult,
+    StageTimings,
+)
+
+
+def a_request(**overrides: object) -> QueryRequest:
+    fields: dict[str, object] = {"query": "why is the sky blue", "reply_to": "rs.results.c1"}
+    return QueryRequest.model_validate({**fields, **overrides})
+
+
+def test_a_request_round_trips_through_json() -> None:
+    request = a_request(top_k=3, depth=50)
+    assert QueryRequest.model_validate_json(request.model_dump_json()) == request
+
+
+def test_a_request_carries_a_schema_version_and_a_fresh_id() -> None:
+    first, second = a_request(), a_request()
+    assert json.loads(first.model_dump_json())["schema_version"] == 1
+    assert first.request_id != second.request_id
+
+
+def test_an_unknown_schema_version_is_refused() -> None:
+    with pytest.raises(ValidationError, match="schema_version"):
+        a_request(schema_version=2)
+
+
+def test_unknown_fields_are_refused_rather_than_ignored() -> None:
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        a_request(topk=3)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"query": ""}, {"top_k": 0}, {"depth": -1}, {"timeout_ms": 0}, {"reply_to": ""}]
+)
+def test_out_of_range_fields_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        a_request(**bad)
+
+
+def test_retrieval_fetches_enough_candidates_for_both_depth_and_top_k() -> None:
+    assert a_request(top_k=5, depth=20).candidate_count == 20
+    assert a_request(top_k=10, depth=0).candidate_count == 10
+
+
+def test_the_deadline_is_creation_time_plus_timeout() -> None:
+    request = a_request(created_at_ms=1_000.0, timeout_ms=250)
+    assert request.deadline_ms == 1_250.0
+
+
+def test_a_reply_is_decoded_as_result_or_error_by_its_kind() -> None:
+    error = ErrorResult(request_id="r1", code=ErrorCode.EXPIRED, message="too late")
+    result = RankedResult(
+        request_id="r2", query="q", results=[], timings_ms=StageTimings(total=3.0),
+        batch_pairs=0, batch_requests=0, reranked=0, model_id="m", embedder_model="e",
+    )  # fmt: skip
+    assert REPLY_ADAPTER.validate_json(error.model_dump_json()) == error
+    assert REPLY_ADAPTER.validate_json(result.model_dump_json()) == result
+
+
+def test_timings_serialise_as_stage_name_to_milliseconds() -> None:
+    timings = json.loads(StageTimings(embed=1.5, total=9.0).model_dump_json())
+    assert set(timings) == {
+        "queue_wait", "embed", "search", "rerank_queue_wait", "batch_wait", "inference", "total",
+    }  # fmt: skip
+    assert timings["embed"] == 1.5

@@ -1,0 +1,173 @@
+"""The `rankstream` command: up, demo, index, query, worker, asyncapi."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import Progress
+
+from shared.config import Settings
+from shared.errors import RankstreamError
+
+# Packaged models load from site-packages; never wait on an unreachable model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(
+    help="Two-stage search over NATS: retrieve, rerank, measure.", no_args_is_help=True
+)
+console = Console()
+log = logging.getLogger("rankstream")
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL; unset = embedded local")] = None,
+    subject_prefix: Annotated[str | None, typer.Option(help="Prefix of every subject")] = None,
+    embedder_model: Annotated[str | None, typer.Option(help="packaged:NAME, HF id or path")] = None,
+    reranker_model: Annotated[str | None, typer.Option(help="packaged:NAME, HF id or path")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ...")] = None,
+    lancedb_uri: Annotated[str | None, typer.Option(help="LanceDB directory or URI")] = None,
+    table: Annotated[str | None, typer.Option(help="LanceDB table name")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Port of /metrics; 0 = off")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Options here override RANKSTREAM_* environment variables."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+    overrides: dict[str, Any] = {
+        "nats_url": nats_url,
+        "subject_prefix": subject_prefix,
+        "embedder_model": embedder_model,
+        "reranker_model": reranker_model,
+        "device": device,
+        "lancedb_uri": lancedb_uri,
+        "table": table,
+        "metrics_port": metrics_port,
+    }
+    ctx.obj = Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _run(coroutine: Any) -> Any:
+    """Run a coroutine; a RankstreamError becomes a one-line message and exit code 1."""
+    try:
+        return asyncio.run(coroutine)
+    except RankstreamError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+
+
+@app.command()
+def up(ctx: typer.Context) -> None:
+    """Run NATS (embedded when no URL is set) and both workers until Ctrl-C."""
+    from workers.serve import serve_local_stack
+
+    _run(serve_local_stack(ctx.obj))
+
+
+@app.command()
+def worker(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Argument(help="retrieval or rerank")],
+) -> None:
+    """Run one worker against the configured NATS: one process per replica."""
+    from workers.runner import WorkerKind
+    from workers.serve import serve_workers
+
+    try:
+        chosen = WorkerKind(kind)
+    except ValueError as error:
+        raise typer.BadParameter("KIND must be retrieval or rerank") from error
+    _run(serve_workers(ctx.obj, [chosen]))
+
+
+@app.command()
+def demo(ctx: typer.Context) -> None:
+    """Start everything, index the sample corpus, compare bi-encoder and reranked orders."""
+    from workers.demo import run_demo
+
+    _run(run_demo(ctx.obj, console))
+
+
+@app.command()
+def index(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="BEIR folder (corpus.jsonl) or a JSONL file")],
+) -> None:
+    """Embed documents and upsert them (by id) into the LanceDB table."""
+    from shared.corpus import corpus_file, read_documents
+    from shared.models import load_embedder
+    from shared.store import DocumentStore
+
+    settings: Settings = ctx.obj
+    try:
+        total = sum(1 for _ in corpus_file(path).open(encoding="utf-8"))
+        store = DocumentStore(settings.lancedb_uri, settings.table, settings.ann_min_rows)
+        with console.status("loading the embedder"):
+            embedder = load_embedder(settings)
+        with Progress(console=console) as progress:
+            task = progress.add_task(f"indexing {path}", total=total)
+            written = store.index(
+                read_documents(path), embedder, on_chunk=lambda n: progress.advance(task, n)
+            )
+    except RankstreamError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+    console.print(f"{written} documents in {settings.lancedb_uri} table {settings.table!r}")
+
+
+@app.command()
+def query(
+    ctx: typer.Context,
+    text: Annotated[str, typer.Argument(help="The query")],
+    top_k: Annotated[int | None, typer.Option(help="Results to return")] = None,
+    depth: Annotated[int | None, typer.Option(help="Candidates to rerank; 0 = none")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer")] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the ranked result as JSON")] = (
+        False
+    ),
+) -> None:
+    """Send one query through the running pipeline and print its ranked result."""
+    from shared.client import RankstreamClient
+
+    async def ask() -> Any:
+        async with RankstreamClient(ctx.obj) as client:
+            return await client.query(text, top_k=top_k, depth=depth, timeout_s=timeout)
+
+    result = _run(ask())
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    for position, doc in enumerate(result.results, start=1):
+        console.print(
+            f"{position:>2}. {doc.score:+7.3f} {doc.doc_id} (retrieval #{doc.retrieval_rank})"
+        )
+        console.print(f"    [dim]{doc.text[:160]}[/dim]")
+    console.print(f"[dim]ms: {result.timings_ms.model_dump()}[/dim]")
+
+
+@app.command()
+def asyncapi(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(help="Write the spec here (else stdout)")] = None,
+) -> None:
+    """Print the AsyncAPI spec of both workers' subjects and messages."""
+    from workers.spec import asyncapi_spec
+
+    document = json.dumps(asyncapi_spec(ctx.obj), indent=2)
+    if out is None:
+        typer.echo(document)
+    else:
+        out.write_text(document + "\n", encoding="utf-8")
