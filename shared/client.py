@@ -52,13 +52,21 @@ class RankstreamClient:
 
     async def connect(self) -> None:
         try:
-            self._connection = await nats.connect(
-                **connect_kwargs(self._settings), max_reconnect_attempts=-1
+            # Reconnect forever once connected, but give up on the first connection in time:
+            # nats-py would otherwise retry an unreachable server forever.
+            self._connection = await asyncio.wait_for(
+                nats.connect(
+                    **connect_kwargs(self._settings),
+                    max_reconnect_attempts=-1,
+                    error_cb=_log_connection_error,
+                ),
+                self._settings.connect_timeout_s,
             )
         except Exception as error:  # nats-py raises several unrelated types here
             raise RankstreamError(
-                f"cannot reach NATS at {self._settings.effective_nats_url} "
-                f"(start it with `rankstream up`): {error}"
+                f"cannot reach NATS at {self._settings.effective_nats_url} within "
+                f"{self._settings.connect_timeout_s:g} s ({type(error).__name__}); "
+                "start it with `rankstream up` or set RANKSTREAM_NATS_URL"
             ) from error
         await self._connection.subscribe(self.reply_subject, cb=self._on_reply)
 
@@ -139,3 +147,7 @@ class RankstreamClient:
         # A second answer to the same request (after a redelivery) finds its future done.
         if future is not None and not future.done():
             future.set_result(reply)
+
+
+async def _log_connection_error(error: Exception) -> None:
+    log.debug("NATS connection: %r", error)

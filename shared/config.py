@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     nats_user: str | None = None
     nats_password: SecretStr | None = None
     nats_token: SecretStr | None = None
+    connect_timeout_s: float = Field(default=5.0, gt=0)
     embedded_nats_port: int = DEFAULT_EMBEDDED_NATS_PORT
     subject_prefix: str = Field(default="rankstream", pattern=r"^[A-Za-z0-9_-]+$")
 

@@ -1,0 +1,127 @@
+"""The `rankstream` command as a user runs it: `up` in one process, `query` in another."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared.client import RankstreamClient
+from shared.config import Settings
+from shared.corpus import sample_queries
+from shared.nats_server import free_port
+
+pytestmark = pytest.mark.integration
+
+RANKSTREAM = str(Path(sys.executable).parent / "rankstream")
+STARTUP_TIMEOUT_S = 120
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    metrics_url: str
+    settings: Settings
+
+
+@pytest.fixture
+def stack(tmp_path: Path, model_cache_dir: Path) -> Iterator[Stack]:
+    """`rankstream up` on free ports with an empty LanceDB: it indexes the sample itself."""
+    nats_port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "RANKSTREAM_EMBEDDED_NATS_PORT": str(nats_port),
+        "RANKSTREAM_METRICS_PORT": str(metrics_port),
+        "RANKSTREAM_LANCEDB_URI": str(tmp_path / "lancedb"),
+        "RANKSTREAM_MODEL_CACHE_DIR": str(model_cache_dir),
+        "COLUMNS": "200",
+    }
+    log_path = tmp_path / "up.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([RANKSTREAM, "up"], env=env, stdout=log, stderr=log)
+    try:
+        _wait_for_line(log_path, "ready", process)
+        yield Stack(
+            env,
+            f"http://127.0.0.1:{metrics_port}/metrics",
+            Settings(nats_url=f"nats://127.0.0.1:{nats_port}"),
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log_path.read_text()
+
+
+def _wait_for_line(path: Path, needle: str, process: subprocess.Popen[bytes]) -> None:
+    give_up = time.monotonic() + STARTUP_TIMEOUT_S
+    while needle not in path.read_text():
+        if process.poll() is not None or time.monotonic() > give_up:
+            raise AssertionError(f"`rankstream up` did not get ready:\n{path.read_text()}")
+        time.sleep(0.2)
+
+
+def test_query_json_returns_a_ranked_result_with_stage_timings(stack: Stack) -> None:
+    completed = subprocess.run(
+        [RANKSTREAM, "query", "How do vaccines train the immune system?", "--json",
+         "--top-k", "3", "--depth", "10"],
+        env=stack.env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    result = json.loads(completed.stdout)
+    assert len(result["results"]) == 3
+    assert result["results"][0]["doc_id"].startswith("vaccine-answer")
+    timings = result["timings_ms"]
+    total = timings.pop("total")
+    assert set(timings) >= {"queue_wait", "embed", "search", "batch_wait", "inference"}
+    assert sum(timings.values()) <= total
+
+
+def test_metrics_show_batches_larger_than_one_request_under_concurrent_load(stack: Stack) -> None:
+    depth = 16  # a bucket boundary of rankstream_rerank_batch_pairs
+    texts = [q.text for q in sample_queries()]
+
+    async def sixteen_at_once() -> None:
+        async with RankstreamClient(stack.settings) as client:
+            await asyncio.gather(
+                *(
+                    client.query(texts[i % len(texts)], depth=depth, timeout_s=120)
+                    for i in range(16)
+                )
+            )
+
+    asyncio.run(sixteen_at_once())
+    samples = _samples(urllib.request.urlopen(stack.metrics_url, timeout=10).read().decode())
+    batches = samples["rankstream_rerank_batch_pairs_count"]
+    up_to_one_request = samples[f'rankstream_rerank_batch_pairs_bucket{{le="{depth}.0"}}']
+    assert batches - up_to_one_request > 0, "no batch held more pairs than one request has"
+    assert samples["rankstream_rerank_batch_requests_sum"] > batches
+    assert samples['rankstream_requests_total{outcome="ok",worker="rerank"}'] >= 16
+    assert samples['rankstream_stage_seconds_count{stage="total"}'] >= 16
+
+
+def test_query_without_a_running_pipeline_fails_with_a_clear_message(tmp_path: Path) -> None:
+    env = {**os.environ, "RANKSTREAM_EMBEDDED_NATS_PORT": str(free_port())}
+    completed = subprocess.run(
+        [RANKSTREAM, "query", "hello"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert completed.returncode == 1
+    assert "cannot reach NATS" in completed.stdout
+
+
+def _samples(exposition: str) -> dict[str, float]:
+    """`name{labels}` -> value, labels sorted, for every sample of every family."""
+    flat = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            flat[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return flat
