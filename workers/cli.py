@@ -12,7 +12,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import Progress
 
 from shared.config import Settings
 from shared.errors import RankstreamError
@@ -109,21 +108,11 @@ def index(
     path: Annotated[Path, typer.Argument(help="BEIR folder (corpus.jsonl) or a JSONL file")],
 ) -> None:
     """Embed documents and upsert them (by id) into the LanceDB table."""
-    from shared.corpus import corpus_file, read_documents
-    from shared.models import load_embedder
-    from shared.store import DocumentStore
+    from workers.indexing import index_corpus
 
     settings: Settings = ctx.obj
     try:
-        total = sum(1 for _ in corpus_file(path).open(encoding="utf-8"))
-        store = DocumentStore(settings.lancedb_uri, settings.table, settings.ann_min_rows)
-        with console.status("loading the embedder"):
-            embedder = load_embedder(settings)
-        with Progress(console=console) as progress:
-            task = progress.add_task(f"indexing {path}", total=total)
-            written = store.index(
-                read_documents(path), embedder, on_chunk=lambda n: progress.advance(task, n)
-            )
+        written = index_corpus(settings, path, console)
     except RankstreamError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from error
@@ -158,6 +147,44 @@ def query(
         )
         console.print(f"    [dim]{doc.text[:160]}[/dim]")
     console.print(f"[dim]ms: {result.timings_ms.model_dump()}[/dim]")
+
+
+@app.command("eval")
+def evaluate(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path, typer.Argument(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the report")] = Path("eval-out"),
+    split: Annotated[str, typer.Option(help="qrels/<split>.tsv")] = "test",
+    depths: Annotated[str, typer.Option(help="Rerank depths, comma-separated")] = "10,20,50,100",
+    concurrency: Annotated[int, typer.Option(min=1, help="Queries in flight")] = 8,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N queries")] = None,
+    relevance_threshold: Annotated[
+        int, typer.Option(help="Grade counted relevant by binary metrics (TREC DL: 2)")
+    ] = 1,
+) -> None:
+    """Is the reranker worth its latency? Quality and latency per rerank depth, measured."""
+    from workers.evaluate import EvalOptions, run_eval
+
+    try:
+        parsed_depths = tuple(int(d) for d in depths.split(",") if d.strip())
+    except ValueError as error:
+        raise typer.BadParameter("--depths takes integers like 10,20,50") from error
+    if any(d < 1 for d in parsed_depths):
+        raise typer.BadParameter("--depths must be positive")
+    options = EvalOptions(
+        data_dir=data_dir,
+        out_dir=out,
+        split=split,
+        depths=parsed_depths,
+        concurrency=concurrency,
+        limit=limit,
+        relevance_threshold=relevance_threshold,
+    )
+    report = _run(run_eval(ctx.obj, options, console))
+    console.print(report.read_text(encoding="utf-8"))
+    console.print(f"[bold]written to {out}[/bold]: metrics.json, report.md, tradeoff.png, runs/")
 
 
 @app.command()

@@ -1,0 +1,120 @@
+"""IR evaluation: BEIR queries and qrels, run files, metrics (ir-measures), significance.
+
+The metrics themselves come from ir-measures (pytrec_eval underneath); this module only
+chooses them, fills in queries a run missed, and aggregates.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ir_measures
+import numpy as np
+from ir_measures import RR, R, nDCG
+from scipy.stats import permutation_test
+
+from shared.errors import InvalidRequestError
+
+Qrels = dict[str, dict[str, int]]
+RankedRun = dict[str, list[str]]  # query id -> document ids, best first
+METRIC_NAMES = ("nDCG@10", "MRR@10", "Recall@10", "Recall@100")
+PERCENTILES = (50, 95, 99)
+
+
+def read_queries(data_dir: Path) -> dict[str, str]:
+    path = data_dir / "queries.jsonl"
+    if not path.is_file():
+        raise InvalidRequestError(f"{data_dir} has no queries.jsonl (BEIR layout expected)")
+    with path.open(encoding="utf-8") as lines:
+        rows = (json.loads(line) for line in lines if line.strip())
+        return {str(row["_id"]): str(row["text"]) for row in rows}
+
+
+def read_qrels(data_dir: Path, split: str) -> Qrels:
+    """`qrels/<split>.tsv` with a header `query-id corpus-id score`; grades kept as given."""
+    path = data_dir / "qrels" / f"{split}.tsv"
+    if not path.is_file():
+        raise InvalidRequestError(f"{data_dir} has no qrels/{split}.tsv")
+    qrels: Qrels = {}
+    with path.open(encoding="utf-8") as file:
+        for row in csv.DictReader(file, delimiter="\t"):
+            qrels.setdefault(str(row["query-id"]), {})[str(row["corpus-id"])] = int(row["score"])
+    return qrels
+
+
+def measures(relevance_threshold: int) -> dict[str, Any]:
+    """nDCG uses the graded judgments; the binary metrics count grade >= threshold."""
+    return {
+        "nDCG@10": nDCG @ 10,
+        "MRR@10": RR(rel=relevance_threshold) @ 10,
+        "Recall@10": R(rel=relevance_threshold) @ 10,
+        "Recall@100": R(rel=relevance_threshold) @ 100,
+    }
+
+
+def as_scored_run(run: RankedRun) -> dict[str, dict[str, float]]:
+    """Scores that reproduce the ranking (evaluators sort by score, not by rank)."""
+    return {
+        qid: {doc: float(len(docs) - i) for i, doc in enumerate(docs)} for qid, docs in run.items()
+    }
+
+
+def per_query_metrics(
+    qrels: Qrels, run: RankedRun, relevance_threshold: int
+) -> dict[str, dict[str, float]]:
+    """metric name -> query id -> value, for every judged query (0 where the run has none)."""
+    chosen = measures(relevance_threshold)
+    names = {measure: name for name, measure in chosen.items()}
+    values: dict[str, dict[str, float]] = {name: dict.fromkeys(qrels, 0.0) for name in chosen}
+    judged_run = {qid: docs for qid, docs in as_scored_run(run).items() if qid in qrels}
+    for metric in ir_measures.iter_calc(list(chosen.values()), qrels, judged_run):
+        values[names[metric.measure]][metric.query_id] = float(metric.value)
+    return values
+
+
+def mean_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    return {name: float(np.mean(list(v.values()))) for name, v in per_query.items()}
+
+
+def paired_randomization_p_value(
+    treatment: Sequence[float], baseline: Sequence[float], resamples: int = 10_000, seed: int = 0
+) -> float:
+    """Two-sided paired randomisation test of the mean per-query difference."""
+    if len(treatment) != len(baseline):
+        raise ValueError("paired samples need the same queries")
+    if np.allclose(treatment, baseline):
+        return 1.0
+    result = permutation_test(
+        (np.asarray(treatment), np.asarray(baseline)),
+        lambda a, b, axis: np.mean(a - b, axis=axis),
+        permutation_type="samples",
+        n_resamples=resamples,
+        alternative="two-sided",
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.pvalue)
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=float)
+    return {f"p{p}": float(np.percentile(array, p)) for p in PERCENTILES}
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def write_trec_run(path: Path, run: RankedRun, run_name: str) -> None:
+    """Standard six columns: qid Q0 docid rank score run_name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scored = as_scored_run(run)
+    with path.open("w", encoding="utf-8") as out:
+        for qid, docs in run.items():
+            for rank, doc in enumerate(docs, start=1):
+                out.write(f"{qid} Q0 {doc} {rank} {scored[qid][doc]:g} {run_name}\n")
