@@ -198,6 +198,8 @@ def plot_tradeoff(summaries: list[ConfigSummary], path: Path, about: dict[str, A
     axes.plot(x, y, "o-", color="tab:blue")
     for s, xi, yi in zip(summaries, x, y, strict=True):
         axes.annotate(s.name, (xi, yi), textcoords="offset points", xytext=(6, -12))
+    if min(x) > 0 and max(x) / min(x) > 20:
+        axes.set_xscale("log")
     axes.set_xlabel("end-to-end latency p95 (ms)")
     axes.set_ylabel("nDCG@10")
     axes.set_title(f"Quality vs latency: {about['collection']} ({about['queries']} queries)")

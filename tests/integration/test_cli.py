@@ -45,6 +45,7 @@ def stack(tmp_path: Path, model_cache_dir: Path) -> Iterator[Stack]:
         "RANKSTREAM_METRICS_PORT": str(metrics_port),
         "RANKSTREAM_LANCEDB_URI": str(tmp_path / "lancedb"),
         "RANKSTREAM_MODEL_CACHE_DIR": str(model_cache_dir),
+        "RANKSTREAM_MAX_BATCH_TOKENS": "16384",
         "COLUMNS": "200",
     }
     log_path = tmp_path / "up.log"
