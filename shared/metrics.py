@@ -42,6 +42,18 @@ RERANK_BATCH_TOKENS = Histogram(
     "Padded tokens (pairs x longest pair) in one cross-encoder call.",
     buckets=TOKEN_BUCKETS,
 )
+RERANK_PADDING_RATIO = Histogram(
+    "rankstream_rerank_padding_ratio",
+    "Padded tokens / real tokens in one cross-encoder call (1.0 = no padding).",
+    buckets=(1.0, 1.02, 1.05, 1.1, 1.15, 1.2, 1.3, 1.5, 2.0, 3.0, 5.0),
+)
+RERANK_QUEUED_PAIRS = Gauge(
+    "rankstream_rerank_queued_pairs", "Pairs waiting in the rerank worker for a model batch."
+)
+RERANK_INFLIGHT_PAIRS = Gauge(
+    "rankstream_rerank_inflight_pairs",
+    "Pairs the rerank worker holds (queued or in the model); capped by max_inflight_pairs.",
+)
 RERANK_REAL_TOKENS = Counter(
     "rankstream_rerank_real_tokens_total", "Tokens of the scored pairs, without padding."
 )
@@ -53,8 +65,14 @@ INFLIGHT_REQUESTS = Gauge(
 )
 REQUESTS = Counter(
     "rankstream_requests_total",
-    "Requests finished by a worker, by outcome (ok|forwarded|<error code>).",
+    "Requests finished by a worker, by outcome (ok|forwarded|degraded|<error code>).",
     ["worker", "outcome"],
+)
+DEADLINE_MISSES = Counter(
+    "rankstream_deadline_misses_total",
+    "Requests whose deadline passed before they were scored, by what they got back "
+    "(degraded = retrieval order, expired = error).",
+    ["worker", "action"],
 )
 
 
@@ -69,6 +87,7 @@ def observe_rerank_batch(stats: BatchStats) -> None:
     RERANK_BATCH_PAIRS.observe(stats.items)
     RERANK_BATCH_REQUESTS.observe(stats.requests)
     RERANK_BATCH_TOKENS.observe(stats.padded_tokens)
+    RERANK_PADDING_RATIO.observe(stats.padded_tokens / max(1, stats.real_tokens))
     RERANK_REAL_TOKENS.inc(stats.real_tokens)
     RERANK_PADDED_TOKENS.inc(stats.padded_tokens)
 

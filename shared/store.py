@@ -75,7 +75,8 @@ class DocumentStore:
         query = self._open().search(np.asarray(vector, dtype=np.float32), "vector")
         if not isinstance(query, LanceVectorQueryBuilder):
             raise StoreError(f"table {self._name!r} has no vector column")
-        rows = query.distance_type("cosine").select(["id", "title", "text"]).limit(limit).to_list()
+        columns = ["id", "title", "text", "_distance"]  # naming _distance silences a warning
+        rows = query.distance_type("cosine").select(columns).limit(limit).to_list()
         return [
             SearchHit(
                 str(r["id"]),

@@ -1,0 +1,81 @@
+"""`rankstream eval` on a small collection built here from the sample corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from ranx import Qrels, Run, evaluate
+from rich.console import Console
+
+from shared.config import Settings
+from shared.corpus import read_documents, sample_corpus_path, sample_queries
+from workers.evaluate import EvalOptions, run_eval
+from workers.indexing import ensure_indexed
+
+pytestmark = pytest.mark.integration
+
+RANX_NAMES = {"nDCG@10": "ndcg@10", "MRR@10": "mrr@10", "Recall@10": "recall@10",
+              "Recall@100": "recall@100"}  # fmt: skip
+
+
+@pytest.fixture
+def collection(tmp_path: Path) -> Path:
+    """BEIR layout: the sample passages, its queries, and their answers as grade-1 judgments."""
+    root = tmp_path / "sample-beir"
+    (root / "qrels").mkdir(parents=True)
+    with (root / "corpus.jsonl").open("w") as corpus:
+        for doc in read_documents(sample_corpus_path()):
+            corpus.write(json.dumps({"_id": doc.doc_id, "title": doc.title, "text": doc.text}) + "\n")
+    queries = sample_queries()
+    (root / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q.query_id, "text": q.text}) + "\n" for q in queries)
+    )
+    rows = [f"{q.query_id}\t{doc}\t1" for q in queries for doc in q.relevant]
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows))
+    return root
+
+
+async def test_eval_writes_every_output_and_its_run_files_score_the_same_elsewhere(
+    settings: Settings, collection: Path, tmp_path: Path
+) -> None:
+    settings = settings.model_copy(update={"nats_url": None, "lancedb_uri": str(tmp_path / "db")})
+    out = tmp_path / "out"
+    options = EvalOptions(data_dir=collection, out_dir=out, depths=(5, 10), concurrency=4)
+    await run_eval(settings, options, Console(quiet=True))
+
+    document = json.loads((out / "metrics.json").read_text())
+    configs = {c["name"]: c for c in document["configs"]}
+    assert set(configs) == {"retrieval", "rerank-d5", "rerank-d10"}
+    assert (out / "tradeoff.png").stat().st_size > 10_000
+    report = (out / "report.md").read_text()
+    assert "| rerank-d10 |" in report
+    assert "## Verdict" in report
+    qrels = Qrels.from_file(str(collection / "qrels" / "test.tsv"), kind="trec")
+    for name, config in configs.items():
+        run = Run.from_file(str(out / config["run_file"]), kind="trec")
+        independent = evaluate(qrels, run, list(RANX_NAMES.values()))
+        for ours, theirs in RANX_NAMES.items():
+            assert config["metrics"][ours] == pytest.approx(independent[theirs], abs=1e-4), name
+        assert config["errors"] == 0
+        assert set(config["latency_ms"]) == {"p50", "p95", "p99"}
+    assert configs["rerank-d10"]["pairs_per_query"] == 10
+    assert configs["rerank-d10"]["p_value_vs_retrieval"] is not None
+    # The sample is written so that the reranker fixes what the bi-encoder gets wrong.
+    assert configs["rerank-d10"]["metrics"]["nDCG@10"] > configs["retrieval"]["metrics"]["nDCG@10"]
+
+
+def test_an_indexed_collection_is_reused_and_a_changed_one_is_not(
+    settings: Settings, collection: Path, tmp_path: Path
+) -> None:
+    settings = settings.model_copy(update={"lancedb_uri": str(tmp_path / "db")})
+    console = Console(record=True, width=200)
+    first = ensure_indexed(settings, collection, console)
+    again = ensure_indexed(settings, collection, console)
+    assert again.table == first.table
+    assert "reusing table" in console.export_text()
+    with (collection / "corpus.jsonl").open("a") as corpus:
+        corpus.write(json.dumps({"_id": "new-doc", "text": "A new passage."}) + "\n")
+    changed = ensure_indexed(settings, collection, console)
+    assert changed.table != first.table
