@@ -1,10 +1,16 @@
 """The micro-batcher: pools items from concurrent requests into one call of a batch function.
 
-It knows nothing of NATS or models: it is handed `process(items) -> outputs` and per-item
-costs (tokens). Requests are served first-in first-out, item by item, so a large request is
-split across batches and never makes a small one behind it wait longer than its own share.
-A request whose caller has gone (its awaiting task was cancelled) is dropped before its
-remaining items reach `process`.
+It knows nothing of NATS or models: it is handed `process(items) -> outputs` and a cost per
+item (its token count). How a batch is chosen:
+
+- the oldest queued item is always in the next batch, so every request makes progress and
+  none waits behind a large one indefinitely;
+- around it, items of similar cost are taken from a bounded window of the oldest queued
+  items (sorted by cost), so little of the batch is padding;
+- a batch closes at `max_items`, at `max_padded_tokens` (items x costliest item), or when
+  the oldest item has waited `max_wait_s` for company;
+- a request is answered as soon as its last item is scored; one whose caller has gone, or
+  whose deadline has passed, is dropped before its remaining items reach `process`.
 """
 
 from __future__ import annotations
@@ -21,18 +27,30 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class DeadlineExceededError(Exception):
+    """The request's deadline passed before all of its items were scored."""
+
+
 @dataclass(frozen=True)
 class BatchLimits:
-    """A batch closes at `max_items`, at `max_padded_tokens` (items x longest item), or when
-    its oldest item has waited `max_wait_s` for company."""
+    """A batch closes at `max_items`, at `max_padded_tokens` (items x costliest item), or
+    when its oldest item has waited `max_wait_s`. `sort_window` bounds how many of the oldest
+    queued items are considered when grouping by cost (0 = four batches' worth)."""
 
     max_items: int
     max_padded_tokens: int
     max_wait_s: float
+    sort_window: int = 0
 
     def __post_init__(self) -> None:
         if self.max_items < 1 or self.max_padded_tokens < 1 or self.max_wait_s < 0:
             raise ValueError(f"invalid batch limits: {self}")
+        if self.sort_window < 0:
+            raise ValueError(f"invalid batch limits: {self}")
+
+    @property
+    def window(self) -> int:
+        return max(self.sort_window or 4 * self.max_items, 1)
 
 
 @dataclass(frozen=True)
@@ -60,11 +78,10 @@ class Ticket(Generic[R]):
 @dataclass(eq=False)
 class _Request(Generic[T, R]):
     items: Sequence[T]
-    costs: Sequence[int]
     submitted_at: float
+    deadline: float | None
     future: asyncio.Future[Ticket[R]]
     outputs: list[R | None] = field(default_factory=list)
-    next_item: int = 0
     scored: int = 0
     first_batch_at: float | None = None
     inference_s: float = 0.0
@@ -72,12 +89,18 @@ class _Request(Generic[T, R]):
     largest_batch_requests: int = 0
 
     @property
-    def unbatched(self) -> int:
-        return len(self.items) - self.next_item
-
-    @property
     def abandoned(self) -> bool:
         return self.future.done()
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now > self.deadline
+
+
+@dataclass(eq=False)
+class _Item(Generic[T, R]):
+    request: _Request[T, R]
+    index: int
+    cost: int
 
 
 class MicroBatcher(Generic[T, R]):
@@ -94,7 +117,7 @@ class MicroBatcher(Generic[T, R]):
         self._limits = limits
         self._on_batch = on_batch
         self._clock = clock
-        self._queue: deque[_Request[T, R]] = deque()
+        self._queue: deque[_Item[T, R]] = deque()
         self._arrived = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -107,31 +130,35 @@ class MicroBatcher(Generic[T, R]):
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        for request in self._queue:
-            if not request.future.done():
-                request.future.set_exception(RuntimeError("micro-batcher stopped"))
+        for item in self._queue:
+            if not item.request.future.done():
+                item.request.future.set_exception(RuntimeError("micro-batcher stopped"))
         self._queue.clear()
 
     @property
     def queued_items(self) -> int:
-        return sum(r.unbatched for r in self._queue if not r.abandoned)
+        return len(self._queue)
 
-    async def submit(self, items: Sequence[T], costs: Sequence[int]) -> Ticket[R]:
+    async def submit(
+        self, items: Sequence[T], costs: Sequence[int], deadline: float | None = None
+    ) -> Ticket[R]:
         """Queue one request's items and wait for all their outputs.
 
-        Raises whatever `process` raised for a batch holding one of these items.
+        `deadline` is on this batcher's clock (`time.monotonic` by default). Raises
+        DeadlineExceededError when it passes first, or whatever `process` raised for a batch
+        holding one of these items.
         """
         if len(items) != len(costs):
             raise ValueError(f"{len(items)} items but {len(costs)} costs")
         if self._loop_task is None or self._loop_task.done():
             raise RuntimeError("micro-batcher is not running: use it as an async context manager")
-        future: asyncio.Future[Ticket[R]] = asyncio.get_running_loop().create_future()
         if not items:
             return Ticket([], 0.0, 0.0, 0, 0)
+        future: asyncio.Future[Ticket[R]] = asyncio.get_running_loop().create_future()
         request: _Request[T, R] = _Request(
-            items, costs, self._clock(), future, outputs=[None] * len(items)
+            items, self._clock(), deadline, future, outputs=[None] * len(items)
         )
-        self._queue.append(request)
+        self._queue.extend(_Item(request, i, cost) for i, cost in enumerate(costs))
         self._arrived.set()
         return await future
 
@@ -146,10 +173,10 @@ class MicroBatcher(Generic[T, R]):
                 await self._execute(batch)
 
     async def _wait_for_fuller_batch(self) -> None:
-        self._drop_abandoned()
+        self._drop_unwanted()
         if not self._queue:
             return
-        close_at = self._queue[0].submitted_at + self._limits.max_wait_s
+        close_at = self._queue[0].request.submitted_at + self._limits.max_wait_s
         while not self._is_full() and (remaining := close_at - self._clock()) > 0:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
@@ -157,64 +184,75 @@ class MicroBatcher(Generic[T, R]):
         self._arrived.set()
 
     def _is_full(self) -> bool:
-        pending = [r for r in self._queue if not r.abandoned]
-        items = sum(r.unbatched for r in pending)
-        longest = max((max(r.costs[r.next_item :]) for r in pending if r.unbatched), default=0)
-        return items >= self._limits.max_items or items * longest >= self._limits.max_padded_tokens
+        window = list(self._queue)[: self._limits.window]
+        padded = len(window) * max((item.cost for item in window), default=0)
+        return len(window) >= self._limits.max_items or padded >= self._limits.max_padded_tokens
 
-    def _drop_abandoned(self) -> None:
-        self._queue = deque(r for r in self._queue if not r.abandoned)
+    def _drop_unwanted(self) -> None:
+        """Forget items of callers that have gone; fail requests whose deadline has passed."""
+        now = self._clock()
+        for item in self._queue:
+            request = item.request
+            if not request.abandoned and request.expired(now):
+                request.future.set_exception(DeadlineExceededError("deadline passed unscored"))
+        self._queue = deque(item for item in self._queue if not item.request.abandoned)
 
-    def _take_batch(self) -> list[tuple[_Request[T, R], int]]:
-        """First-in first-out, item by item, until the next item would break a limit."""
-        self._drop_abandoned()
-        batch: list[tuple[_Request[T, R], int]] = []
-        longest = 0
-        while self._queue:
-            request = self._queue[0]
-            cost = request.costs[request.next_item]
-            size = len(batch) + 1
-            padded = size * max(longest, cost)
-            if batch and (size > self._limits.max_items or padded > self._limits.max_padded_tokens):
+    def _take_batch(self) -> list[_Item[T, R]]:
+        self._drop_unwanted()
+        if not self._queue:
+            return []
+        window = sorted(list(self._queue)[: self._limits.window], key=lambda item: item.cost)
+        chosen = self._grow_around(window, window.index(self._queue[0]))
+        taken = {id(item) for item in chosen}
+        self._queue = deque(item for item in self._queue if id(item) not in taken)
+        return chosen
+
+    def _grow_around(self, window: list[_Item[T, R]], anchor: int) -> list[_Item[T, R]]:
+        """From the anchor, add whichever cost-sorted neighbour wastes fewer padded tokens,
+        while the batch stays within its limits."""
+        low, high = anchor, anchor
+        longest = window[anchor].cost
+        while high - low + 1 < self._limits.max_items:
+            size = high - low + 1
+            options = []
+            if low > 0:  # a cheaper item: padded to the current longest
+                options.append((longest - window[low - 1].cost, -1, longest))
+            if high + 1 < len(window):  # a costlier item: pads everything to its cost
+                cost = window[high + 1].cost
+                options.append((size * (cost - longest), 1, cost))
+            fitting = [o for o in options if (size + 1) * o[2] <= self._limits.max_padded_tokens]
+            if not fitting:
                 break
-            batch.append((request, request.next_item))
-            longest = max(longest, cost)
-            request.next_item += 1
-            if request.unbatched == 0:
-                self._queue.popleft()
-        return batch
+            _, direction, longest = min(fitting)
+            low, high = (low - 1, high) if direction < 0 else (low, high + 1)
+        return window[low : high + 1]
 
-    async def _execute(self, batch: list[tuple[_Request[T, R], int]]) -> None:
-        requests = list(dict.fromkeys(request for request, _ in batch))
+    async def _execute(self, batch: list[_Item[T, R]]) -> None:
+        requests = list(dict.fromkeys(item.request for item in batch))
         started = self._clock()
         for request in requests:
             if request.first_batch_at is None:
                 request.first_batch_at = started
         try:
-            outputs = await self._process([request.items[i] for request, i in batch])
+            outputs = await self._process([item.request.items[item.index] for item in batch])
             if len(outputs) != len(batch):
                 raise RuntimeError(f"batch function returned {len(outputs)} for {len(batch)}")
         except Exception as error:
             self._fail(requests, error)
             return
         seconds = self._clock() - started
-        self._report(batch, requests, seconds)
-        for (request, index), output in zip(batch, outputs, strict=True):
-            request.outputs[index] = output
-            request.scored += 1
+        self._report(batch, len(requests), seconds)
+        for item, output in zip(batch, outputs, strict=True):
+            item.request.outputs[item.index] = output
+            item.request.scored += 1
         self._settle(requests, len(batch), seconds)
 
-    def _report(
-        self,
-        batch: list[tuple[_Request[T, R], int]],
-        requests: list[_Request[T, R]],
-        seconds: float,
-    ) -> None:
+    def _report(self, batch: list[_Item[T, R]], requests: int, seconds: float) -> None:
         if self._on_batch is None:
             return
-        costs = [request.costs[i] for request, i in batch]
+        costs = [item.cost for item in batch]
         self._on_batch(
-            BatchStats(len(batch), len(requests), sum(costs), len(costs) * max(costs), seconds)
+            BatchStats(len(batch), requests, sum(costs), len(costs) * max(costs), seconds)
         )
 
     def _settle(self, requests: list[_Request[T, R]], batch_items: int, seconds: float) -> None:
@@ -239,5 +277,4 @@ class MicroBatcher(Generic[T, R]):
         for request in requests:
             if not request.future.done():
                 request.future.set_exception(error)
-        failed = set(requests)
-        self._queue = deque(r for r in self._queue if r not in failed)
+        self._drop_unwanted()

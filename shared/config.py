@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,13 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(default=2048, ge=16)
     max_batch_wait_ms: float = Field(default=5.0, ge=0)
     max_inflight_requests: int = Field(default=64, ge=1)
+    # Pairs a rerank worker holds at once (queued + in the model); past it, it stops pulling.
+    max_inflight_pairs: int = Field(default=2048, ge=1)
+    # How many of the oldest queued pairs are grouped by length (0 = 4 x max_batch_pairs).
+    batch_sort_window: int = Field(default=0, ge=0)
+    # What a request whose deadline passes before scoring gets: its retrieval order marked
+    # `degraded`, or an `expired` error.
+    on_deadline: Literal["degraded", "expired"] = "degraded"
     # How long an idle worker's JetStream fetch lingers before asking again.
     fetch_wait_ms: float = Field(default=20.0, gt=0)
 

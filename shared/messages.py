@@ -102,6 +102,9 @@ class RankedResult(WireModel):
     batch_pairs: int = Field(ge=0, description="Pairs in the largest model batch it rode in.")
     batch_requests: int = Field(ge=0, description="Requests sharing that batch.")
     reranked: int = Field(ge=0, description="Candidates the cross-encoder scored.")
+    degraded: bool = Field(
+        default=False, description="Deadline passed before reranking: retrieval order."
+    )
     model_id: str
     embedder_model: str
 

@@ -34,6 +34,7 @@ def ranked_result(
     model_id: str,
     batch_pairs: int = 0,
     batch_requests: int = 0,
+    degraded: bool = False,
 ) -> RankedResult:
     """The answer, with `timings.total` closed now (request creation -> answer ready)."""
     request = candidate_set.request
@@ -46,6 +47,7 @@ def ranked_result(
         batch_pairs=batch_pairs,
         batch_requests=batch_requests,
         reranked=len(scores),
+        degraded=degraded,
         model_id=model_id,
         embedder_model=candidate_set.embedder_model,
     )

@@ -7,10 +7,12 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
+from typing import Any, Literal
 
 import lancedb
 import numpy as np
 import pyarrow as pa
+from lancedb.index import HnswSq, IvfFlat, IvfPq, IvfRq, IvfSq
 from lancedb.query import LanceVectorQueryBuilder
 
 from shared.corpus import Document
@@ -23,6 +25,102 @@ MODEL_KEY = b"rankstream.embedder_model"
 WRITE_CHUNK = 2048
 
 ProgressFn = Callable[[int], None]
+
+AnnIndexType = Literal["IVF_PQ", "IVF_SQ", "IVF_RQ", "IVF_FLAT", "IVF_HNSW_SQ"]
+
+# ANN index parameters, chosen with `workers/bench_store.py` (see ANN_MEASURED below).
+ANN_INDEX_TYPE: AnnIndexType = "IVF_PQ"
+ANN_PARTITION_ROWS = 1024  # rows per IVF partition: num_partitions = ceil(rows / this)
+ANN_NUM_SUB_VECTORS = 48  # IVF_PQ only: 384-d -> 8 dimensions per sub-vector
+ANN_NPROBES = 20  # IVF partitions searched per query
+ANN_REFINE_FACTOR: int | None = None  # re-rank refine_factor * limit candidates exactly
+ANN_M = 20  # IVF_HNSW_SQ only: graph degree
+ANN_EF_CONSTRUCTION = 300  # IVF_HNSW_SQ only
+ANN_EF: int | None = None  # IVF_HNSW_SQ only: candidates per search (LanceDB's default 1.5 * limit)
+ANN_MEASURED = "not measured yet"
+
+
+@dataclass(frozen=True)
+class AnnParams:
+    """How the ANN index is built (`index_type` .. `ef_construction`) and searched (the rest)."""
+
+    index_type: AnnIndexType = ANN_INDEX_TYPE
+    partition_rows: int = ANN_PARTITION_ROWS
+    num_sub_vectors: int = ANN_NUM_SUB_VECTORS
+    m: int = ANN_M
+    ef_construction: int = ANN_EF_CONSTRUCTION
+    nprobes: int = ANN_NPROBES
+    refine_factor: int | None = ANN_REFINE_FACTOR
+    ef: int | None = ANN_EF
+
+    def num_partitions(self, rows: int) -> int:
+        return max(1, math.ceil(rows / self.partition_rows))
+
+    def index_config(self, rows: int) -> IvfPq | IvfSq | IvfRq | IvfFlat | HnswSq:
+        partitions = self.num_partitions(rows)
+        if self.index_type == "IVF_PQ":
+            return IvfPq(
+                distance_type="cosine",
+                num_partitions=partitions,
+                num_sub_vectors=self.num_sub_vectors,
+            )
+        if self.index_type == "IVF_SQ":
+            return IvfSq(distance_type="cosine", num_partitions=partitions)
+        if self.index_type == "IVF_RQ":
+            return IvfRq(distance_type="cosine", num_partitions=partitions)
+        if self.index_type == "IVF_FLAT":
+            return IvfFlat(distance_type="cosine", num_partitions=partitions)
+        return HnswSq(
+            distance_type="cosine",
+            num_partitions=partitions,
+            m=self.m,
+            ef_construction=self.ef_construction,
+        )
+
+    def build_params(self, rows: int) -> str:
+        text = f"partitions={self.num_partitions(rows)}"
+        if self.index_type == "IVF_PQ":
+            text += f" sub_vectors={self.num_sub_vectors}"
+        if self.index_type == "IVF_HNSW_SQ":
+            text += f" m={self.m} ef_construction={self.ef_construction}"
+        return text
+
+    def search_params(self) -> str:
+        text = f"nprobes={self.nprobes}"
+        if self.ef is not None:
+            text += f" ef={self.ef}"
+        if self.refine_factor is not None:
+            text += f" refine={self.refine_factor}"
+        return text
+
+
+ANN_PARAMS = AnnParams()
+
+
+def build_ann_index(table: lancedb.table.Table, rows: int, params: AnnParams = ANN_PARAMS) -> None:
+    """(Re)build the vector index over `rows` rows; returns once it is usable."""
+    log.info(
+        "building %s index over %d rows (%s)", params.index_type, rows, params.build_params(rows)
+    )
+    table.create_index("vector", config=params.index_config(rows), replace=True)
+
+
+def vector_search(
+    table: lancedb.table.Table, vector: Vectors, limit: int, params: AnnParams = ANN_PARAMS
+) -> list[dict[str, Any]]:
+    """Rows nearest `vector` by cosine distance; ANN where an index exists, exact otherwise
+    (LanceDB scans every row of a table without a vector index and ignores the ANN knobs)."""
+    query = table.search(np.asarray(vector, dtype=np.float32), "vector")
+    if not isinstance(query, LanceVectorQueryBuilder):
+        raise StoreError("table has no vector column")
+    query = query.distance_type("cosine").nprobes(params.nprobes)
+    if params.refine_factor is not None:
+        query = query.refine_factor(params.refine_factor)
+    if params.ef is not None:
+        query = query.ef(params.ef)
+    columns = ["id", "title", "text", "_distance"]  # naming _distance silences a warning
+    rows: list[dict[str, Any]] = query.select(columns).limit(limit).to_list()
+    return rows
 
 
 @dataclass(frozen=True)
@@ -72,11 +170,10 @@ class DocumentStore:
         """Nearest documents by cosine similarity, best first."""
         if not self.exists():
             raise StoreError(f"table {self._name!r} does not exist: run `rankstream index` first")
-        query = self._open().search(np.asarray(vector, dtype=np.float32), "vector")
-        if not isinstance(query, LanceVectorQueryBuilder):
-            raise StoreError(f"table {self._name!r} has no vector column")
-        columns = ["id", "title", "text", "_distance"]  # naming _distance silences a warning
-        rows = query.distance_type("cosine").select(columns).limit(limit).to_list()
+        try:
+            rows = vector_search(self._open(), vector, limit)
+        except StoreError:
+            raise StoreError(f"table {self._name!r} has no vector column") from None
         return [
             SearchHit(
                 str(r["id"]),
@@ -115,9 +212,7 @@ class DocumentStore:
         table = self._open()
         if rows < self._ann_min_rows or table.list_indices():
             return
-        partitions = max(1, int(math.sqrt(rows)))
-        log.info("building IVF_PQ index over %d rows (%d partitions)", rows, partitions)
-        table.create_index(metric="cosine", num_partitions=partitions, num_sub_vectors=48)
+        build_ann_index(table, rows)
 
 
 def _chunks(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:

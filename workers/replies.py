@@ -24,7 +24,7 @@ class ReplySender:
         self._worker = worker
 
     async def send(self, reply_to: str, reply: RankedResult | ErrorResult) -> None:
-        outcome = "ok" if isinstance(reply, RankedResult) else reply.code.value
+        outcome = _outcome(reply)
         if reply_to.startswith(self._subjects.results_root + "."):
             await self._broker.publish(
                 reply,
@@ -41,3 +41,9 @@ class ReplySender:
         await self.send(
             reply_to, ErrorResult(request_id=request_id, code=error.code, message=str(error))
         )
+
+
+def _outcome(reply: RankedResult | ErrorResult) -> str:
+    if isinstance(reply, ErrorResult):
+        return reply.code.value
+    return "degraded" if reply.degraded else "ok"

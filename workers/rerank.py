@@ -1,27 +1,39 @@
-"""Rerank worker: candidate set -> micro-batcher (pairs pooled across requests) ->
-cross-encoder -> ranked result to the requester."""
+"""Rerank worker: candidate set -> admission (pair budget) -> micro-batcher (pairs pooled
+across requests, grouped by length) -> cross-encoder -> ranked result to the requester."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from faststream.nats import NatsBroker
+from faststream.nats.annotations import NatsMessage
 
-from shared.batching import BatchLimits, MicroBatcher, Ticket
+from shared.admission import PairBudget
+from shared.batching import BatchLimits, DeadlineExceededError, MicroBatcher, Ticket
 from shared.config import Settings
 from shared.errors import ExpiredError, RankstreamError
-from shared.messages import CandidateSet, now_ms
-from shared.metrics import INFLIGHT_REQUESTS, observe_rerank_batch, observe_timings
+from shared.messages import CandidateSet, RankedResult, StageTimings, now_ms
+from shared.metrics import (
+    DEADLINE_MISSES,
+    INFLIGHT_REQUESTS,
+    RERANK_INFLIGHT_PAIRS,
+    RERANK_QUEUED_PAIRS,
+    observe_rerank_batch,
+    observe_timings,
+)
 from shared.models import CrossEncoderBackend, Pair, load_cross_encoder
 from shared.ranking import ranked_result
 from shared.subjects import Subjects
-from workers.broker import work_queue_subscription
+from workers.broker import ACK_WAIT_S, work_queue_subscription
+from workers.heartbeat import in_progress_heartbeats
 from workers.replies import ReplySender
 
 log = logging.getLogger(__name__)
 
 WORKER = "rerank"
+WARM_UP_LENGTHS = (16, 64, 128, 256, 512)
 
 
 class RerankWorker:
@@ -31,6 +43,9 @@ class RerankWorker:
         self._replies = ReplySender(broker, self._subjects, WORKER)
         self._model: CrossEncoderBackend | None = None
         self._batcher: MicroBatcher[Pair, float] | None = None
+        self._budget = PairBudget(settings.max_inflight_pairs)
+        RERANK_INFLIGHT_PAIRS.set_function(lambda: self._budget.held)
+        RERANK_QUEUED_PAIRS.set_function(lambda: self._batcher.queued_items if self._batcher else 0)
         broker.subscriber(
             **work_queue_subscription(
                 settings,
@@ -49,56 +64,90 @@ class RerankWorker:
         return self._model
 
     async def start(self) -> None:
-        """Load the cross-encoder (in a thread), start the batcher, warm the model up."""
+        """Load the cross-encoder (in a thread), warm it up over the shapes it will see,
+        then start the batcher."""
         self._model = await asyncio.to_thread(load_cross_encoder, self._settings)
+        await asyncio.to_thread(self._warm_up)
         limits = BatchLimits(
             max_items=self._settings.max_batch_pairs,
             max_padded_tokens=self._settings.max_batch_tokens,
             max_wait_s=self._settings.max_batch_wait_ms / 1000,
+            sort_window=self._settings.batch_sort_window,
         )
         self._batcher = MicroBatcher(self._score, limits, on_batch=observe_rerank_batch)
         await self._batcher.__aenter__()
-        await self._score([("warm-up query", "a short warm-up passage")] * 2)
+
+    def _warm_up(self) -> None:
+        """First calls allocate buffers and pick kernels; pay that before reporting ready."""
+        for length in WARM_UP_LENGTHS:
+            if length > self.model.max_length:
+                break
+            pair = ("warm up", " ".join(["passage"] * length))
+            batch = max(
+                1, min(self._settings.max_batch_pairs, self._settings.max_batch_tokens // length)
+            )
+            for size in sorted({1, batch}):
+                self.model.score([pair] * size)
 
     async def stop(self) -> None:
         if self._batcher is not None:
             await self._batcher.__aexit__(None, None, None)
 
-    async def handle(self, candidate_set: CandidateSet) -> None:
+    async def handle(self, candidate_set: CandidateSet, message: NatsMessage) -> None:
         started = now_ms()
         request = candidate_set.request
         with INFLIGHT_REQUESTS.labels(worker=WORKER).track_inprogress():
-            try:
-                ticket = await self._rerank(candidate_set, started)
-            except RankstreamError as error:
-                await self._replies.send_error(request.reply_to, request.request_id, error)
-                return
-            timings = candidate_set.timings_ms.model_copy(
-                update={
-                    "rerank_queue_wait": max(0.0, started - candidate_set.published_at_ms),
-                    "batch_wait": ticket.batch_wait_s * 1000,
-                    "inference": ticket.inference_s * 1000,
-                }
-            )
-            result = ranked_result(
-                candidate_set,
-                ticket.outputs,
-                timings,
-                self.model.model_id,
-                ticket.largest_batch_items,
-                ticket.largest_batch_requests,
-            )
-            observe_timings(result.timings_ms)
-            await self._replies.send(request.reply_to, result)
+            async with in_progress_heartbeats(message, ACK_WAIT_S / 3):
+                try:
+                    reply = await self._rerank(candidate_set, started)
+                except RankstreamError as error:
+                    await self._replies.send_error(request.reply_to, request.request_id, error)
+                    return
+            observe_timings(reply.timings_ms)
+            await self._replies.send(request.reply_to, reply)
 
-    async def _rerank(self, candidate_set: CandidateSet, started: float) -> Ticket[float]:
+    async def _rerank(self, candidate_set: CandidateSet, started: float) -> RankedResult:
         request = candidate_set.request
+        timings = candidate_set.timings_ms.model_copy(
+            update={"rerank_queue_wait": max(0.0, started - candidate_set.published_at_ms)}
+        )
         if started > request.deadline_ms:
-            raise ExpiredError(f"deadline passed {started - request.deadline_ms:.0f} ms ago")
-        assert self._batcher is not None, "start() the worker first"
+            return self._missed_deadline(candidate_set, timings)
         pairs = [(request.query, c.text) for c in candidate_set.candidates[: request.depth]]
+        async with self._budget.hold(len(pairs)):
+            try:
+                ticket = await self._submit(pairs, request.deadline_ms)
+            except DeadlineExceededError:
+                return self._missed_deadline(candidate_set, timings)
+        timings = timings.model_copy(
+            update={
+                "batch_wait": ticket.batch_wait_s * 1000,
+                "inference": ticket.inference_s * 1000,
+            }
+        )
+        return ranked_result(
+            candidate_set,
+            ticket.outputs,
+            timings,
+            self.model.model_id,
+            ticket.largest_batch_items,
+            ticket.largest_batch_requests,
+        )
+
+    async def _submit(self, pairs: list[Pair], deadline_ms: float) -> Ticket[float]:
+        assert self._batcher is not None, "start() the worker first"
         costs = await asyncio.to_thread(self.model.token_lengths, pairs)
-        return await self._batcher.submit(pairs, costs)
+        deadline = time.monotonic() + (deadline_ms - now_ms()) / 1000
+        return await self._batcher.submit(pairs, costs, deadline=deadline)
+
+    def _missed_deadline(self, candidate_set: CandidateSet, timings: StageTimings) -> RankedResult:
+        """Retrieval order marked degraded, or an `expired` error, as configured."""
+        request = candidate_set.request
+        action = self._settings.on_deadline
+        DEADLINE_MISSES.labels(worker=WORKER, action=action).inc()
+        if action == "expired":
+            raise ExpiredError(f"deadline passed before request {request.request_id} was scored")
+        return ranked_result(candidate_set, [], timings, self.model.model_id, degraded=True)
 
     async def _score(self, pairs: list[Pair]) -> list[float]:
         return await asyncio.to_thread(self.model.score, pairs)

@@ -27,7 +27,9 @@ def collection(tmp_path: Path) -> Path:
     (root / "qrels").mkdir(parents=True)
     with (root / "corpus.jsonl").open("w") as corpus:
         for doc in read_documents(sample_corpus_path()):
-            corpus.write(json.dumps({"_id": doc.doc_id, "title": doc.title, "text": doc.text}) + "\n")
+            corpus.write(
+                json.dumps({"_id": doc.doc_id, "title": doc.title, "text": doc.text}) + "\n"
+            )
     queries = sample_queries()
     (root / "queries.jsonl").write_text(
         "".join(json.dumps({"_id": q.query_id, "text": q.text}) + "\n" for q in queries)

@@ -10,7 +10,7 @@ from shared.client import RankstreamClient
 from shared.config import Settings
 from shared.corpus import sample_queries
 from shared.errors import QueryFailedError, QueryTimeoutError
-from shared.messages import ErrorCode, ErrorResult, RankedResult
+from shared.messages import ErrorCode, ErrorResult, RankedResult, now_ms
 from shared.models import load_cross_encoder
 from shared.models.registry import MINILM_RERANKER_FP32, MINILM_RERANKER_INT8, PACKAGED_PREFIX
 from workers.runner import running_workers
@@ -140,3 +140,54 @@ async def test_the_client_times_out_with_a_clear_error_when_no_worker_answers(
     async with RankstreamClient(settings) as client:
         with pytest.raises(QueryTimeoutError, match="within 300 ms"):
             await client.query("anyone there?", timeout_s=0.3)
+
+
+async def publish_candidates_past_their_deadline(settings: Settings) -> RankedResult | ErrorResult:
+    """A candidate set reaching the rerank worker after its request's deadline."""
+    import nats
+
+    from shared.messages import REPLY_ADAPTER, Candidate, CandidateSet, QueryRequest, StageTimings
+    from shared.subjects import Subjects
+
+    subjects = Subjects(settings.subject_prefix)
+    request = QueryRequest(
+        query="seasons", top_k=2, depth=2, timeout_ms=1_000, reply_to=subjects.results_for("t"),
+        created_at_ms=now_ms() - 5_000,
+    )  # fmt: skip
+    candidate_set = CandidateSet(
+        request=request,
+        candidates=[
+            Candidate(doc_id=f"d{i}", text=f"text {i}", retrieval_score=1 / i, retrieval_rank=i)
+            for i in (1, 2)
+        ],
+        timings_ms=StageTimings(),
+        embedder_model="test",
+    )
+    async with running_workers(settings):
+        connection = await nats.connect(settings.effective_nats_url)
+        replies = await connection.subscribe(request.reply_to)
+        await connection.jetstream().publish(
+            subjects.candidates, candidate_set.model_dump_json().encode()
+        )
+        message = await replies.next_msg(timeout=30)
+        await connection.close()
+    return REPLY_ADAPTER.validate_json(message.data)
+
+
+async def test_a_deadline_missed_before_reranking_returns_the_retrieval_order_marked_degraded(
+    settings: Settings,
+) -> None:
+    reply = await publish_candidates_past_their_deadline(settings)
+    assert isinstance(reply, RankedResult)
+    assert reply.degraded
+    assert [d.doc_id for d in reply.results] == ["d1", "d2"]
+    assert reply.reranked == 0
+
+
+async def test_a_deadline_missed_before_reranking_can_be_an_expired_error_instead(
+    settings: Settings,
+) -> None:
+    settings = settings.model_copy(update={"on_deadline": "expired"})
+    reply = await publish_candidates_past_their_deadline(settings)
+    assert isinstance(reply, ErrorResult)
+    assert reply.code == ErrorCode.EXPIRED

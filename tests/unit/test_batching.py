@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from shared.batching import BatchLimits, BatchStats, MicroBatcher
+from shared.batching import BatchLimits, BatchStats, DeadlineExceededError, MicroBatcher
 
 
 class RecordingProcess:
@@ -60,7 +61,7 @@ async def test_padded_token_budget_counts_items_times_the_longest() -> None:
     async with MicroBatcher(process, limits(items=100, tokens=300)) as batcher:
         await batcher.submit([1, 2, 3, 4], [100, 100, 50, 150])
     # 3 x 100 fits 300; adding 150 would make 4 x 150 = 600; then 150 alone.
-    assert process.batches == [[1, 2, 3], [4]]
+    assert [sorted(batch) for batch in process.batches] == [[1, 2, 3], [4]]
 
 
 async def test_an_item_over_the_token_budget_still_runs_alone() -> None:
@@ -148,3 +149,42 @@ async def test_submit_outside_the_context_manager_is_refused() -> None:
 def test_limits_are_validated() -> None:
     with pytest.raises(ValueError, match="invalid batch limits"):
         BatchLimits(max_items=0, max_padded_tokens=1, max_wait_s=0)
+
+
+async def test_items_of_similar_cost_are_batched_together_to_cut_padding() -> None:
+    seen: list[BatchStats] = []
+    process = RecordingProcess()
+    costs = {1: 10, 2: 500, 3: 12, 4: 480, 5: 11, 6: 505}
+    async with MicroBatcher(process, limits(items=3), on_batch=seen.append) as batcher:
+        await batcher.submit(list(costs), list(costs.values()))
+    assert [sorted(batch) for batch in process.batches] == [[1, 3, 5], [2, 4, 6]]
+    padded = sum(s.padded_tokens for s in seen)
+    real = sum(s.real_tokens for s in seen)
+    assert padded / real < 1.05  # first-come batches would pad 10-token items to 500
+
+
+async def test_the_oldest_item_is_always_in_the_next_batch_however_costly() -> None:
+    process = RecordingProcess(delay_s=0.01)
+    async with MicroBatcher(process, limits(items=4, wait_s=0.02)) as batcher:
+        costly = asyncio.create_task(batcher.submit([999], [500]))
+        cheap = [asyncio.create_task(batcher.submit([i], [5])) for i in range(12)]
+        await asyncio.gather(costly, *cheap)
+    assert 999 in process.batches[0]
+
+
+async def test_a_request_past_its_deadline_is_never_scored() -> None:
+    process = RecordingProcess()
+    async with MicroBatcher(process, limits()) as batcher:
+        with pytest.raises(DeadlineExceededError):
+            await batcher.submit([1, 2], [1, 1], deadline=time.monotonic() - 1)
+        on_time = await batcher.submit([3], [1], deadline=time.monotonic() + 10)
+    assert process.batches == [[3]]
+    assert on_time.outputs == [6]
+
+
+async def test_a_deadline_that_passes_while_queued_stops_the_remaining_items() -> None:
+    process = RecordingProcess(delay_s=0.1)
+    async with MicroBatcher(process, limits(items=2, wait_s=0.0)) as batcher:
+        with pytest.raises(DeadlineExceededError):
+            await batcher.submit([1, 2, 3, 4, 5, 6], [1] * 6, deadline=time.monotonic() + 0.15)
+    assert len(process.batches) < 3
