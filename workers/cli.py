@@ -188,6 +188,66 @@ def evaluate(
 
 
 @app.command()
+def bench(
+    ctx: typer.Context,
+    data: Annotated[
+        Path | None, typer.Option(help="BEIR folder; default: the sample corpus")
+    ] = None,
+    depth: Annotated[int, typer.Option(min=1, help="Pairs reranked per query")] = 5,
+    concurrency: Annotated[int, typer.Option(min=1, help="Closed-loop clients")] = 32,
+    rate: Annotated[float | None, typer.Option(help="Also run open loop at this queries/s")] = None,
+    duration: Annotated[float, typer.Option(help="Seconds of each load phase")] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout")] = False,
+) -> None:
+    """Throughput and latency through the real pipeline, beside the model's limit and the
+    no-cross-request-batching figure, on the same model and inputs."""
+    from workers.bench import BenchOptions, run_bench
+
+    options = BenchOptions(
+        data_dir=data, depth=depth, concurrency=concurrency, rate=rate, duration_s=duration,
+        low_load_duration_s=max(10.0, duration * 2 / 3),
+    )  # fmt: skip
+    say = Console(stderr=True)
+    report = _run(run_bench(ctx.obj, options, lambda line: say.print(f"[dim]{line}[/dim]")))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    _print_bench(report)
+
+
+def _print_bench(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"rankstream bench: {report['model']}, depth {report['depth']}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("model alone, tight loop (pairs/s)", f"{report['limit_pairs_per_s']:.1f}"),
+        ("pipeline at saturation (pairs/s)", f"{report['pipeline_pairs_per_s']:.1f}"),
+        ("one call per request (pairs/s)", f"{report['unbatched_pairs_per_s']:.1f}"),
+        ("pipeline / limit", f"{report['pipeline_vs_limit']:.2f}"),
+        ("pipeline / unbatched", f"{report['pipeline_vs_unbatched']:.2f}"),
+        ("queries/s", f"{report['queries_per_s']:.2f}"),
+        ("latency p50 / p95 / p99 (ms)", _percentiles(report["latency_ms"])),
+        ("model time per request p50 (ms)", f"{report['model_ms_p50']:.0f}"),
+        ("pairs per batch", f"{report['batch']['pairs_per_batch']:.1f}"),
+        ("padding ratio", f"{report['padding_ratio']:.3f}"),
+        ("rerank worker peak RSS (MB)", f"{report['rerank_worker_rss_mb']:.0f}"),
+        (
+            "25% load: p50 latency - model time (ms)",
+            f"{report['low_load']['latency_minus_model_ms_p50']:.1f}",
+        ),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+
+
+def _percentiles(values: dict[str, float]) -> str:
+    return " / ".join(f"{values[p]:.0f}" for p in ("p50", "p95", "p99"))
+
+
+@app.command()
 def asyncapi(
     ctx: typer.Context,
     out: Annotated[Path | None, typer.Option(help="Write the spec here (else stdout)")] = None,
