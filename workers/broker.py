@@ -16,6 +16,10 @@ from shared.connection import connect_kwargs
 
 ACK_WAIT_S = 60.0
 MAX_DELIVER = 5
+# Pull consumers only receive what a replica asks for, so each replica bounds its own
+# in-flight messages; this server-side cap is shared by all replicas and must not be what
+# limits a scaled-out deployment (it stops delivery silently when reached).
+MAX_ACK_PENDING = 20_000
 
 
 def build_broker(settings: Settings) -> NatsBroker:
@@ -51,6 +55,6 @@ def work_queue_subscription(
             ack_policy=ConsumerAckPolicy.EXPLICIT,
             ack_wait=ACK_WAIT_S,
             max_deliver=MAX_DELIVER,
-            max_ack_pending=inflight * 4,
+            max_ack_pending=MAX_ACK_PENDING,
         ),
     }

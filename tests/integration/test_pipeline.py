@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import nats
 import pytest
 
 from shared.client import RankstreamClient
@@ -13,6 +14,7 @@ from shared.errors import QueryFailedError, QueryTimeoutError
 from shared.messages import ErrorCode, ErrorResult, RankedResult, now_ms
 from shared.models import load_cross_encoder
 from shared.models.registry import MINILM_RERANKER_FP32, MINILM_RERANKER_INT8, PACKAGED_PREFIX
+from shared.subjects import Subjects
 from workers.runner import running_workers
 
 pytestmark = pytest.mark.integration
@@ -144,10 +146,7 @@ async def test_the_client_times_out_with_a_clear_error_when_no_worker_answers(
 
 async def publish_candidates_past_their_deadline(settings: Settings) -> RankedResult | ErrorResult:
     """A candidate set reaching the rerank worker after its request's deadline."""
-    import nats
-
     from shared.messages import REPLY_ADAPTER, Candidate, CandidateSet, QueryRequest, StageTimings
-    from shared.subjects import Subjects
 
     subjects = Subjects(settings.subject_prefix)
     request = QueryRequest(
@@ -191,3 +190,27 @@ async def test_a_deadline_missed_before_reranking_can_be_an_expired_error_instea
     reply = await publish_candidates_past_their_deadline(settings)
     assert isinstance(reply, ErrorResult)
     assert reply.code == ErrorCode.EXPIRED
+
+
+async def test_a_full_rerank_worker_leaves_work_in_the_stream_instead_of_its_memory(
+    settings: Settings,
+) -> None:
+    """Backpressure through the consumer: a worker holds a bounded number of messages."""
+    settings = settings.model_copy(update={"max_inflight_requests": 2, "max_inflight_pairs": 10})
+    subjects = Subjects(settings.subject_prefix)
+    async with running_workers(settings), RankstreamClient(settings) as client:
+        texts = [q.text for q in sample_queries()]
+        answers = asyncio.gather(
+            *(client.query(texts[i % len(texts)], depth=10, timeout_s=120) for i in range(24))
+        )
+        await asyncio.sleep(1.5)
+        connection = await nats.connect(settings.effective_nats_url)
+        info = await connection.jetstream().consumer_info(
+            subjects.candidates_stream, subjects.rerank_durable
+        )
+        await connection.close()
+        results = await answers
+    # Two handlers, two buffered, one fetch of two: at most six messages out of the stream.
+    assert info.num_ack_pending <= 3 * settings.max_inflight_requests
+    assert info.num_pending > 0, "everything was pulled: the worker did not push back"
+    assert len(results) == 24
