@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBEDDED_NATS_PORT = 4222
@@ -28,6 +29,65 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     embedded_nats_port: int = DEFAULT_EMBEDDED_NATS_PORT
     subject_prefix: str = Field(default="rankstream", pattern=r"^[A-Za-z0-9_-]+$")
+
+    # --- NATS security (shared/connection.py turns these into connection arguments) ---
+    # One way to authenticate at most: user/password, token, an NKey seed file, or a `.creds`
+    # file (a user JWT and its seed); NKeys and `.creds` need the `nkeys` package.
+    nats_nkey_seed_file: Path | None = None
+    nats_creds_file: Path | None = Field(default=None, validate_default=True)
+    # TLS is on when a CA file is given (the server's certificate is verified against it) or
+    # the URL is `tls://` (verified against the system's CAs). A client certificate and its
+    # key are for servers that verify clients (`verify: true`).
+    nats_tls_ca_file: Path | None = None
+    nats_tls_cert_file: Path | None = None
+    nats_tls_key_file: Path | None = Field(default=None, validate_default=True)
+    # The name the server's certificate must carry, when it differs from the URL's host.
+    nats_tls_hostname: str | None = None
+
+    # Checked field by field, never on the whole model: a model-level error would print every
+    # input, the password and token included.
+    @field_validator(
+        "nats_nkey_seed_file", "nats_creds_file", "nats_tls_ca_file", "nats_tls_cert_file",
+        "nats_tls_key_file",
+    )  # fmt: skip
+    @classmethod
+    def _nats_file_exists(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"RANKSTREAM_{(info.field_name or '').upper()}={path}: no such file")
+        needs_nkeys = info.field_name in ("nats_nkey_seed_file", "nats_creds_file")
+        if path is not None and needs_nkeys and find_spec("nkeys") is None:
+            raise ValueError("NKey and .creds authentication need: pip install 'nats-py[nkeys]'")
+        return path
+
+    @field_validator("nats_creds_file")
+    @classmethod
+    def _one_nats_auth(cls, creds: Path | None, info: ValidationInfo) -> Path | None:
+        given = info.data
+        if (given.get("nats_user") is None) != (given.get("nats_password") is None):
+            raise ValueError("RANKSTREAM_NATS_USER and RANKSTREAM_NATS_PASSWORD go together")
+        ways = [
+            name
+            for name, value in (
+                ("RANKSTREAM_NATS_USER/PASSWORD", given.get("nats_user")),
+                ("RANKSTREAM_NATS_TOKEN", given.get("nats_token")),
+                ("RANKSTREAM_NATS_NKEY_SEED_FILE", given.get("nats_nkey_seed_file")),
+                ("RANKSTREAM_NATS_CREDS_FILE", creds),
+            )
+            if value is not None
+        ]
+        if len(ways) > 1:
+            raise ValueError(f"set one way to authenticate to NATS, not {' and '.join(ways)}")
+        return creds
+
+    @field_validator("nats_tls_key_file")
+    @classmethod
+    def _cert_with_key(cls, key: Path | None, info: ValidationInfo) -> Path | None:
+        if (info.data.get("nats_tls_cert_file") is None) != (key is None):
+            raise ValueError(
+                "RANKSTREAM_NATS_TLS_CERT_FILE and RANKSTREAM_NATS_TLS_KEY_FILE go together: "
+                "a client certificate is presented with its private key"
+            )
+        return key
 
     # --- models ---
     # "packaged:<name>", a Hugging Face id, or a local path (see shared/models/registry.py).
@@ -54,6 +114,16 @@ class Settings(BaseSettings):
     on_deadline: Literal["degraded", "expired"] = "degraded"
     # How long an idle worker's JetStream fetch lingers before asking again.
     fetch_wait_ms: float = Field(default=20.0, gt=0)
+
+    # --- delivery and limits ---
+    ack_wait_s: float = Field(default=60.0, gt=0)
+    max_deliver: int = Field(default=5, ge=1)
+    # Delay before redelivering after an unexpected failure, by delivery (last one repeats).
+    retry_backoff_s: list[float] = Field(default=[1.0, 5.0, 15.0, 30.0], min_length=1)
+    max_message_bytes: int = Field(default=1 << 20, ge=1024)
+    max_query_chars: int = Field(default=2048, ge=1)
+    # On SIGTERM: stop pulling, finish and acknowledge held messages within this many seconds.
+    shutdown_grace_s: float = Field(default=25.0, ge=0)
 
     # --- retrieval ---
     max_embed_batch: int = Field(default=32, ge=1)

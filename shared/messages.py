@@ -129,3 +129,17 @@ class ErrorResult(WireModel):
 
 Reply = Annotated[RankedResult | ErrorResult, Field(discriminator="kind")]
 REPLY_ADAPTER: TypeAdapter[RankedResult | ErrorResult] = TypeAdapter(Reply)
+
+
+class DeadLetter(WireModel):
+    """A message that will never be answered normally, kept with why and what it was."""
+
+    worker: str
+    subject: str
+    code: ErrorCode
+    reason: str
+    deliveries: int = Field(ge=0)
+    request_id: str | None = None
+    payload: str = Field(description="The original bytes, decoded as UTF-8 with replacement.")
+    payload_base64: str = Field(description="The original bytes, exactly.")
+    failed_at_ms: float = Field(default_factory=now_ms)

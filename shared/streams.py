@@ -2,6 +2,7 @@
 
 - QUERIES and CANDIDATES are work queues: each message is handed to one replica of the
   worker that shares the stream's durable consumer, and removed once acknowledged.
+- DEAD_LETTERS keeps, for two weeks, every message that will never be answered normally.
 - RESULTS keeps answers for a while, with a duplicate window: a result published twice
   under the same `Nats-Msg-Id` (after a redelivery) is stored once.
 """
@@ -18,6 +19,7 @@ from shared.connection import connect_kwargs
 from shared.subjects import Subjects
 
 RESULTS_MAX_AGE_S = 600.0
+DEAD_LETTERS_MAX_AGE_S = 14 * 24 * 3600.0
 DUPLICATE_WINDOW_S = 120.0
 
 
@@ -31,6 +33,14 @@ def stream_configs(subjects: Subjects) -> list[StreamConfig]:
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             max_age=RESULTS_MAX_AGE_S,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+        StreamConfig(
+            name=subjects.dead_letters_stream,
+            subjects=[subjects.dead_letters],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=DEAD_LETTERS_MAX_AGE_S,
             duplicate_window=DUPLICATE_WINDOW_S,
         ),
     ]

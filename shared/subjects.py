@@ -26,6 +26,14 @@ class Subjects:
         return f"{self.results_root}.{client_id}"
 
     @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}.dead_letters"
+
+    @property
+    def dead_letters_stream(self) -> str:
+        return f"{self._stream_base}_DEAD_LETTERS"
+
+    @property
     def queries_stream(self) -> str:
         return f"{self._stream_base}_QUERIES"
 

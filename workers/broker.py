@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 from faststream import AckPolicy
@@ -12,10 +13,9 @@ from nats.js.api import AckPolicy as ConsumerAckPolicy
 from prometheus_client import REGISTRY
 
 from shared.config import Settings
-from shared.connection import connect_kwargs
+from shared.connection import broker_kwargs
+from workers.delivery import DeliveryGuard
 
-ACK_WAIT_S = 60.0
-MAX_DELIVER = 5
 # Pull consumers only receive what a replica asks for, so each replica bounds its own
 # in-flight messages; this server-side cap is shared by all replicas and must not be what
 # limits a scaled-out deployment (it stops delivery silently when reached).
@@ -27,12 +27,16 @@ def build_broker(settings: Settings) -> NatsBroker:
     # that floods the log, so its logger reports warnings and errors only.
     faststream_log = logging.getLogger("rankstream.faststream")
     faststream_log.setLevel(logging.WARNING)
-    return NatsBroker(
-        **connect_kwargs(settings),
+    broker = NatsBroker(
+        **broker_kwargs(settings),
         middlewares=[NatsPrometheusMiddleware(registry=REGISTRY)],
         max_reconnect_attempts=-1,
         logger=faststream_log,
+        # On stop, wait this long for handlers to finish and acknowledge what they hold.
+        graceful_timeout=settings.shutdown_grace_s,
     )
+    broker.add_middleware(partial(DeliveryGuard, broker=broker, settings=settings))
+    return broker
 
 
 def work_queue_subscription(
@@ -53,8 +57,8 @@ def work_queue_subscription(
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "config": ConsumerConfig(
             ack_policy=ConsumerAckPolicy.EXPLICIT,
-            ack_wait=ACK_WAIT_S,
-            max_deliver=MAX_DELIVER,
+            ack_wait=settings.ack_wait_s,
+            max_deliver=settings.max_deliver,
             max_ack_pending=MAX_ACK_PENDING,
         ),
     }

@@ -6,8 +6,7 @@ import logging
 
 from faststream.nats import NatsBroker
 
-from shared.errors import RankstreamError
-from shared.messages import ErrorResult, RankedResult
+from shared.messages import ErrorCode, ErrorResult, RankedResult
 from shared.metrics import REQUESTS
 from shared.subjects import Subjects
 
@@ -36,11 +35,11 @@ class ReplySender:
             await self._broker.publish(reply, subject=reply_to)
         REQUESTS.labels(worker=self._worker, outcome=outcome).inc()
 
-    async def send_error(self, reply_to: str, request_id: str, error: RankstreamError) -> None:
-        log.warning("request %s failed: %s: %s", request_id, error.code.value, error)
-        await self.send(
-            reply_to, ErrorResult(request_id=request_id, code=error.code, message=str(error))
-        )
+    async def send_error(
+        self, reply_to: str, request_id: str, code: ErrorCode, message: str
+    ) -> None:
+        log.warning("request %s failed: %s: %s", request_id, code.value, message)
+        await self.send(reply_to, ErrorResult(request_id=request_id, code=code, message=message))
 
 
 def _outcome(reply: RankedResult | ErrorResult) -> str:

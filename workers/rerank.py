@@ -13,7 +13,8 @@ from faststream.nats.annotations import NatsMessage
 from shared.admission import PairBudget
 from shared.batching import BatchLimits, DeadlineExceededError, MicroBatcher, Ticket
 from shared.config import Settings
-from shared.errors import ExpiredError, RankstreamError
+from shared.errors import ExpiredError
+from shared.limits import check_candidates
 from shared.messages import CandidateSet, RankedResult, StageTimings, now_ms
 from shared.metrics import (
     DEADLINE_MISSES,
@@ -26,7 +27,7 @@ from shared.metrics import (
 from shared.models import CrossEncoderBackend, Pair, load_cross_encoder
 from shared.ranking import ranked_result
 from shared.subjects import Subjects
-from workers.broker import ACK_WAIT_S, work_queue_subscription
+from workers.broker import work_queue_subscription
 from workers.heartbeat import in_progress_heartbeats
 from workers.replies import ReplySender
 
@@ -97,17 +98,14 @@ class RerankWorker:
         started = now_ms()
         request = candidate_set.request
         with INFLIGHT_REQUESTS.labels(worker=WORKER).track_inprogress():
-            async with in_progress_heartbeats(message, ACK_WAIT_S / 3):
-                try:
-                    reply = await self._rerank(candidate_set, started)
-                except RankstreamError as error:
-                    await self._replies.send_error(request.reply_to, request.request_id, error)
-                    return
+            async with in_progress_heartbeats(message, self._settings.ack_wait_s / 3):
+                reply = await self._rerank(candidate_set, started)
             observe_timings(reply.timings_ms)
             await self._replies.send(request.reply_to, reply)
 
     async def _rerank(self, candidate_set: CandidateSet, started: float) -> RankedResult:
         request = candidate_set.request
+        check_candidates(candidate_set, self._settings)
         timings = candidate_set.timings_ms.model_copy(
             update={"rerank_queue_wait": max(0.0, started - candidate_set.published_at_ms)}
         )

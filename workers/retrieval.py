@@ -10,7 +10,8 @@ from faststream.nats import JStream, NatsBroker
 
 from shared.batching import BatchLimits, MicroBatcher
 from shared.config import Settings
-from shared.errors import ExpiredError, InvalidRequestError, RankstreamError
+from shared.errors import ExpiredError
+from shared.limits import check_request
 from shared.messages import Candidate, CandidateSet, QueryRequest, StageTimings, now_ms
 from shared.metrics import INFLIGHT_REQUESTS, REQUESTS, observe_embed_batch, observe_timings
 from shared.models import Embedder, load_embedder
@@ -69,10 +70,7 @@ class RetrievalWorker:
     async def handle(self, request: QueryRequest) -> None:
         started = now_ms()
         with INFLIGHT_REQUESTS.labels(worker=WORKER).track_inprogress():
-            try:
-                await self._retrieve(request, started)
-            except RankstreamError as error:
-                await self._replies.send_error(request.reply_to, request.request_id, error)
+            await self._retrieve(request, started)
 
     async def _retrieve(self, request: QueryRequest, started: float) -> None:
         self._check(request, started)
@@ -107,10 +105,7 @@ class RetrievalWorker:
         REQUESTS.labels(worker=WORKER, outcome="forwarded").inc()
 
     def _check(self, request: QueryRequest, started: float) -> None:
-        if request.depth > self._settings.max_depth:
-            raise InvalidRequestError(
-                f"depth {request.depth} exceeds max_depth {self._settings.max_depth}"
-            )
+        check_request(request, self._settings)
         if started > request.deadline_ms:
             raise ExpiredError(f"deadline passed {started - request.deadline_ms:.0f} ms ago")
 

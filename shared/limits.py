@@ -1,0 +1,28 @@
+"""What a request may ask for: the configurable limits both workers enforce."""
+
+from __future__ import annotations
+
+from shared.config import Settings
+from shared.errors import InvalidRequestError
+from shared.messages import CandidateSet, QueryRequest
+
+
+def check_request(request: QueryRequest, settings: Settings) -> None:
+    """Raise InvalidRequestError naming the first limit the request breaks."""
+    if len(request.query) > settings.max_query_chars:
+        raise InvalidRequestError(
+            f"query has {len(request.query)} characters; the limit is {settings.max_query_chars}"
+        )
+    if not request.query.strip():
+        raise InvalidRequestError("query is blank")
+    for name, value in (("depth", request.depth), ("top_k", request.top_k)):
+        if value > settings.max_depth:
+            raise InvalidRequestError(f"{name} {value} exceeds max_depth {settings.max_depth}")
+
+
+def check_candidates(candidate_set: CandidateSet, settings: Settings) -> None:
+    check_request(candidate_set.request, settings)
+    if len(candidate_set.candidates) > settings.max_depth:
+        raise InvalidRequestError(
+            f"{len(candidate_set.candidates)} candidates exceed max_depth {settings.max_depth}"
+        )

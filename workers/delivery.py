@@ -1,0 +1,149 @@
+"""Where errors become acknowledgements: one FastStream middleware for both workers.
+
+| what happened                                  | the requester gets | the message     |
+|------------------------------------------------|--------------------|-----------------|
+| handled normally                               | its answer         | ack             |
+| undecodable, invalid, or a model error         | error result       | dead letter, term |
+| other RankstreamError (expired, store missing) | error result       | ack             |
+| anything else, deliveries left                 | nothing yet        | nak with backoff |
+| anything else, last delivery                   | `internal` error   | dead letter, term |
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+from typing import Any
+
+from faststream import BaseMiddleware
+from faststream._internal.basic_types import AsyncFuncAny
+from faststream._internal.context.repository import ContextRepo
+from faststream.message import StreamMessage
+from faststream.nats import NatsBroker
+from faststream.nats.message import NatsMessage
+from pydantic import ValidationError
+
+from shared.config import Settings
+from shared.errors import InvalidRequestError, ModelError, RankstreamError
+from shared.messages import DeadLetter, ErrorCode
+from shared.subjects import Subjects
+from workers.replies import ReplySender
+
+log = logging.getLogger(__name__)
+
+NEVER_SUCCEEDS = (ValidationError, InvalidRequestError, ModelError)
+SUBJECT = re.compile(r"^[^\s*>]+$")
+
+
+class DeliveryGuard(BaseMiddleware):
+    """Built per message by FastStream; `broker` and `settings` are bound with `partial`."""
+
+    def __init__(
+        self, msg: Any, /, *, context: ContextRepo, broker: NatsBroker, settings: Settings
+    ) -> None:
+        super().__init__(msg, context=context)
+        self._broker = broker
+        self._settings = settings
+        self._subjects = Subjects(settings.subject_prefix)
+
+    async def consume_scope(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
+        assert isinstance(msg, NatsMessage), "DeliveryGuard serves NATS subscribers only"
+        body: bytes = msg.body
+        try:
+            if len(body) > self._settings.max_message_bytes:
+                raise InvalidRequestError(
+                    f"message of {len(body)} bytes exceeds max_message_bytes "
+                    f"{self._settings.max_message_bytes}"
+                )
+            return await call_next(msg)
+        except NEVER_SUCCEEDS as error:
+            await self._give_up(msg, _code(error), _describe(error))
+        except RankstreamError as error:
+            await self._answer_error(body, error.code, str(error))
+            await msg.ack()
+        except Exception as error:
+            await self._retry_or_give_up(msg, error)
+        return None
+
+    async def _retry_or_give_up(self, msg: NatsMessage, error: Exception) -> None:
+        deliveries = _deliveries(msg)
+        if deliveries < self._settings.max_deliver:
+            backoff = self._settings.retry_backoff_s
+            delay = backoff[min(deliveries, len(backoff)) - 1]
+            log.warning("delivery %d failed (%r); retrying in %.1f s", deliveries, error, delay)
+            await msg.nack(delay=delay)
+            return
+        log.exception("giving up after %d deliveries", deliveries, exc_info=error)
+        await self._give_up(msg, ErrorCode.INTERNAL, f"failed {deliveries} times: {error!r}")
+
+    async def _give_up(self, msg: NatsMessage, code: ErrorCode, reason: str) -> None:
+        """Dead-letter the original bytes, tell the requester, and never deliver it again."""
+        body: bytes = msg.body
+        address = reply_address(body)
+        letter = DeadLetter(
+            worker=_worker_of(msg),
+            subject=str(getattr(msg.raw_message, "subject", "")),
+            code=code,
+            reason=reason,
+            deliveries=_deliveries(msg),
+            request_id=address[0] if address else None,
+            payload=body.decode("utf-8", errors="replace"),
+            payload_base64=base64.b64encode(body).decode(),
+        )
+        await self._broker.publish(
+            letter, self._subjects.dead_letters, stream=self._subjects.dead_letters_stream
+        )
+        await self._answer_error(body, code, reason)
+        await msg.reject()
+
+    async def _answer_error(self, body: bytes, code: ErrorCode, message: str) -> None:
+        address = reply_address(body)
+        if address is None:
+            log.warning("cannot answer a message without request_id/reply_to: %s", message)
+            return
+        request_id, reply_to = address
+        replies = ReplySender(self._broker, self._subjects, worker="delivery")
+        await replies.send_error(reply_to, request_id, code, message)
+
+
+def reply_address(body: bytes) -> tuple[str, str] | None:
+    """(request_id, reply_to) from a query request or candidate set, even a malformed one."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    request = data.get("request", data) if isinstance(data, dict) else None
+    if not isinstance(request, dict):
+        return None
+    request_id, reply_to = request.get("request_id"), request.get("reply_to")
+    if not (isinstance(request_id, str) and isinstance(reply_to, str)):
+        return None
+    if not request_id or len(reply_to) > 255 or not SUBJECT.match(reply_to):
+        return None
+    return request_id[:128], reply_to
+
+
+def _code(error: Exception) -> ErrorCode:
+    return error.code if isinstance(error, RankstreamError) else ErrorCode.INVALID_REQUEST
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
+            for e in error.errors()[:5]
+        )
+        return f"invalid message: {problems}"
+    return str(error)
+
+
+def _deliveries(msg: NatsMessage) -> int:
+    metadata = getattr(msg.raw_message, "metadata", None)
+    return int(getattr(metadata, "num_delivered", 1) or 1)
+
+
+def _worker_of(msg: NatsMessage) -> str:
+    metadata = getattr(msg.raw_message, "metadata", None)
+    return str(getattr(metadata, "consumer", "") or "unknown")
