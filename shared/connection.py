@@ -1,19 +1,115 @@
-"""How to reach NATS: the keyword arguments both nats-py and FastStream's NatsBroker take."""
+"""How to reach NATS: server, credentials and TLS, as nats-py and FastStream each take them.
+
+`connect_kwargs` is for `nats.connect(...)`; `broker_kwargs` is for `NatsBroker(...)`, which
+takes credentials and TLS as one `security=` object instead. Both come from `nats_access`, so
+they cannot disagree. Secrets are unwrapped here only, and nothing here logs.
+"""
 
 from __future__ import annotations
 
+import ssl
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from faststream.nats.security import (
+    NatsCredentials,
+    NatsNKey,
+    NatsSecurity,
+    NatsToken,
+    NatsUserPassword,
+)
 
 from shared.config import Settings
 
 
+@dataclass(frozen=True, repr=False)
+class NatsAccess:
+    """What one connection needs. `repr=False`: it holds the password or token in clear."""
+
+    servers: list[str]
+    tls: ssl.SSLContext | None
+    tls_hostname: str | None
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    nkey_seed_file: str | None = None
+    creds_file: str | None = None
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """A context verifying the server (against the CA file, else the system's CAs) and
+    presenting the client certificate when one is configured; None when TLS is off."""
+    uses_tls = urlsplit(settings.effective_nats_url).scheme == "tls"
+    if settings.nats_tls_ca_file is None and not uses_tls:
+        return None
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH,
+        cafile=str(settings.nats_tls_ca_file) if settings.nats_tls_ca_file else None,
+    )
+    if settings.nats_tls_cert_file is not None and settings.nats_tls_key_file is not None:
+        context.load_cert_chain(settings.nats_tls_cert_file, settings.nats_tls_key_file)
+    return context
+
+
+def nats_access(settings: Settings) -> NatsAccess:
+    password, token = settings.nats_password, settings.nats_token
+    return NatsAccess(
+        servers=[settings.effective_nats_url],
+        tls=tls_context(settings),
+        tls_hostname=settings.nats_tls_hostname,
+        user=settings.nats_user,
+        password=password.get_secret_value() if password is not None else None,
+        token=token.get_secret_value() if token is not None else None,
+        nkey_seed_file=_str_or_none(settings.nats_nkey_seed_file),
+        creds_file=_str_or_none(settings.nats_creds_file),
+    )
+
+
 def connect_kwargs(settings: Settings) -> dict[str, Any]:
-    """Server and credentials; secrets are unwrapped here only, never logged."""
-    kwargs: dict[str, Any] = {"servers": [settings.effective_nats_url]}
-    if settings.nats_user:
-        kwargs["user"] = settings.nats_user
-    if settings.nats_password:
-        kwargs["password"] = settings.nats_password.get_secret_value()
-    if settings.nats_token:
-        kwargs["token"] = settings.nats_token.get_secret_value()
-    return kwargs
+    """Keyword arguments for `nats.connect` (nats-py)."""
+    access = nats_access(settings)
+    given = {
+        "tls": access.tls,
+        "tls_hostname": access.tls_hostname,
+        "user": access.user,
+        "password": access.password,
+        "token": access.token,
+        "nkeys_seed": access.nkey_seed_file,
+        "user_credentials": access.creds_file,
+    }
+    return {"servers": access.servers, **{k: v for k, v in given.items() if v is not None}}
+
+
+def broker_kwargs(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for FastStream's `NatsBroker`: the same access, as `security=`."""
+    access = nats_access(settings)
+    return {"servers": access.servers, "security": broker_security(access)}
+
+
+def broker_security(access: NatsAccess) -> NatsSecurity | None:
+    tls: dict[str, Any] = {"ssl_context": access.tls, "tls_hostname": access.tls_hostname}
+    if access.user is not None and access.password is not None:
+        return NatsUserPassword(access.user, access.password, **tls)
+    if access.token is not None:
+        return NatsToken(access.token, **tls)
+    if access.nkey_seed_file is not None:
+        return NatsNKey.from_file(access.nkey_seed_file, **tls)
+    if access.creds_file is not None:
+        return NatsCredentials.from_file(access.creds_file, **tls)
+    if access.tls is not None or access.tls_hostname is not None:
+        return NatsSecurity(**tls)
+    return None
+
+
+def loggable_url(url: str) -> str:
+    """The URL without any `user:password@` in it, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def _str_or_none(value: object | None) -> str | None:
+    return None if value is None else str(value)
