@@ -140,6 +140,9 @@ class DeadLetter(WireModel):
     reason: str
     deliveries: int = Field(ge=0)
     request_id: str | None = None
-    payload: str = Field(description="The original bytes, decoded as UTF-8 with replacement.")
-    payload_base64: str = Field(description="The original bytes, exactly.")
+    payload_preview: str = Field(description="The start of the payload, as UTF-8 text.")
+    payload_base64: str = Field(description="The original bytes, exactly (unless truncated).")
+    payload_bytes: int = Field(ge=0)
+    payload_sha256: str
+    truncated: bool = Field(description="True when the payload was too large to keep whole.")
     failed_at_ms: float = Field(default_factory=now_ms)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import re
@@ -34,6 +35,9 @@ from workers.replies import ReplySender
 log = logging.getLogger(__name__)
 
 NEVER_SUCCEEDS = (ValidationError, InvalidRequestError, ModelError)
+# A dead letter must itself fit in a NATS message (1 MiB by default), base64 included.
+MAX_KEPT_PAYLOAD = 512 * 1024
+PREVIEW_BYTES = 2048
 SUBJECT = re.compile(r"^[^\s*>]+$")
 
 
@@ -82,6 +86,7 @@ class DeliveryGuard(BaseMiddleware):
         """Dead-letter the original bytes, tell the requester, and never deliver it again."""
         body: bytes = msg.body
         address = reply_address(body)
+        kept = body[:MAX_KEPT_PAYLOAD]
         letter = DeadLetter(
             worker=_worker_of(msg),
             subject=str(getattr(msg.raw_message, "subject", "")),
@@ -89,8 +94,11 @@ class DeliveryGuard(BaseMiddleware):
             reason=reason,
             deliveries=_deliveries(msg),
             request_id=address[0] if address else None,
-            payload=body.decode("utf-8", errors="replace"),
-            payload_base64=base64.b64encode(body).decode(),
+            payload_preview=body[:PREVIEW_BYTES].decode("utf-8", errors="replace"),
+            payload_base64=base64.b64encode(kept).decode(),
+            payload_bytes=len(body),
+            payload_sha256=hashlib.sha256(body).hexdigest(),
+            truncated=len(kept) < len(body),
         )
         await self._broker.publish(
             letter, self._subjects.dead_letters, stream=self._subjects.dead_letters_stream

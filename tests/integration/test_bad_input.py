@@ -1,0 +1,201 @@
+"""Bad input never kills a worker, never vanishes: it is answered with an error and kept as a
+dead letter with its original bytes. Real nats-server, real workers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client as NatsConnection
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+
+from shared.client import RankstreamClient
+from shared.config import Settings
+from shared.messages import REPLY_ADAPTER, DeadLetter, ErrorCode, ErrorResult, RankedResult
+from shared.subjects import Subjects
+from workers.rerank import RerankWorker
+from workers.runner import running_workers
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Wire:
+    """Raw access to the pipeline's subjects, beside two running workers."""
+
+    settings: Settings
+    subjects: Subjects
+    connection: NatsConnection
+    js: JetStreamContext
+    replies: Subscription
+    dead_letters: JetStreamContext.PullSubscription
+    workers: list[Any]
+
+    @property
+    def reply_to(self) -> str:
+        return self.subjects.results_for("raw")
+
+    async def send(self, subject: str, payload: bytes) -> None:
+        await self.js.publish(subject, payload)
+
+    async def reply(self) -> RankedResult | ErrorResult:
+        message = await self.replies.next_msg(timeout=60)
+        return REPLY_ADAPTER.validate_json(message.data)
+
+    async def dead_letter(self) -> DeadLetter:
+        (message,) = await self.dead_letters.fetch(1, timeout=30)
+        await message.ack()
+        return DeadLetter.model_validate_json(message.data)
+
+    def query(self, **fields: Any) -> bytes:
+        body = {"request_id": "r1", "query": "What causes the seasons?", "top_k": 3,
+                "depth": 3, "reply_to": self.reply_to, **fields}  # fmt: skip
+        return json.dumps(body).encode()
+
+
+@pytest.fixture
+async def wire(settings: Settings) -> AsyncIterator[Wire]:
+    settings = settings.model_copy(update={"max_message_bytes": 900_000})
+    subjects = Subjects(settings.subject_prefix)
+    async with running_workers(settings) as workers:
+        connection = await nats.connect(settings.effective_nats_url)
+        js = connection.jetstream()
+        replies = await connection.subscribe(subjects.results_for("raw"))
+        dead_letters = await js.pull_subscribe(subjects.dead_letters, durable="test-dlq")
+        yield Wire(settings, subjects, connection, js, replies, dead_letters, workers)
+        await connection.close()
+
+
+async def assert_still_serving(wire: Wire) -> None:
+    async with RankstreamClient(wire.settings) as client:
+        result = await client.query("How do vaccines train the immune system?", depth=3)
+    assert result.results
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"query": 123}, "query"),
+        ({"schema_version": 2}, "schema_version"),
+        ({"query": ""}, "query"),
+        ({"query": "x" * 100_000}, "characters"),
+        ({"depth": 10_000}, "exceeds max_depth"),
+        ({"top_k": 0}, "top_k"),
+        ({"unexpected": True}, "unexpected"),
+    ],
+)
+async def test_an_invalid_query_gets_an_invalid_request_error_and_a_dead_letter(
+    wire: Wire, fields: dict[str, Any], reason: str
+) -> None:
+    payload = wire.query(**fields)
+    await wire.send(wire.subjects.queries, payload)
+    reply = await wire.reply()
+    assert isinstance(reply, ErrorResult)
+    assert reply.code == ErrorCode.INVALID_REQUEST
+    assert reply.request_id == "r1"
+    assert reason in reply.message
+    letter = await wire.dead_letter()
+    assert letter.code == ErrorCode.INVALID_REQUEST
+    assert base64.b64decode(letter.payload_base64) == payload
+    assert letter.request_id == "r1"
+    await assert_still_serving(wire)
+
+
+@pytest.mark.parametrize(
+    "payload", [b"{not json", b"\xff\xfe\x00garbage", b"", b"[1, 2, 3]", b'"just a string"']
+)
+async def test_undecodable_bytes_are_kept_as_dead_letters_exactly(
+    wire: Wire, payload: bytes
+) -> None:
+    await wire.send(wire.subjects.queries, payload)
+    letter = await wire.dead_letter()
+    assert base64.b64decode(letter.payload_base64) == payload
+    assert letter.code == ErrorCode.INVALID_REQUEST
+    assert "invalid message" in letter.reason
+    assert not letter.truncated
+    await assert_still_serving(wire)
+
+
+async def test_an_oversized_message_is_refused_before_decoding(wire: Wire) -> None:
+    payload = wire.query(query="y" * 950_000)  # under NATS's own 1 MiB limit
+    await wire.send(wire.subjects.queries, payload)
+    reply = await wire.reply()
+    assert isinstance(reply, ErrorResult)
+    assert "max_message_bytes" in reply.message
+    letter = await wire.dead_letter()
+    assert letter.reason.startswith("message of")
+    assert letter.truncated
+    assert letter.payload_bytes == len(payload)
+    assert payload.startswith(base64.b64decode(letter.payload_base64))
+
+
+async def test_ten_thousand_candidates_are_refused_by_the_rerank_worker(wire: Wire) -> None:
+    request = json.loads(wire.query())
+    candidates = [
+        {"doc_id": f"d{i}", "text": "t", "retrieval_score": 0.5, "retrieval_rank": i + 1}
+        for i in range(10_000)
+    ]
+    candidate_set = {"request": request, "candidates": candidates,
+                     "timings_ms": {}, "embedder_model": "m"}  # fmt: skip
+    payload = json.dumps(candidate_set, separators=(",", ":")).encode()
+    await wire.send(wire.subjects.candidates, payload)
+    reply = await wire.reply()
+    assert isinstance(reply, ErrorResult)
+    assert reply.code == ErrorCode.INVALID_REQUEST
+    assert "10000 candidates" in reply.message
+    await wire.dead_letter()
+    await assert_still_serving(wire)
+
+
+async def test_a_candidate_without_its_document_text_is_an_invalid_request(wire: Wire) -> None:
+    candidate_set = {
+        "request": json.loads(wire.query()),
+        "candidates": [{"doc_id": "d1", "retrieval_score": 0.5, "retrieval_rank": 1}],
+        "timings_ms": {},
+        "embedder_model": "m",
+    }
+    await wire.send(wire.subjects.candidates, json.dumps(candidate_set).encode())
+    reply = await wire.reply()
+    assert isinstance(reply, ErrorResult)
+    assert "text" in reply.message
+
+
+class NanModel:
+    """A broken cross-encoder: every score NaN."""
+
+    def __init__(self, real: Any) -> None:
+        self.model_id = real.model_id
+        self.max_length = real.max_length
+        self._real = real
+
+    def token_lengths(self, pairs: Any) -> list[int]:
+        return list(self._real.token_lengths(pairs))
+
+    def score(self, pairs: Any) -> list[float]:
+        from shared.models.base import finite_scores
+
+        return finite_scores(__import__("numpy").full(len(pairs), float("nan")), self.model_id)
+
+
+async def test_a_model_that_returns_nan_gives_a_model_error_and_the_worker_recovers(
+    wire: Wire,
+) -> None:
+    rerank = next(w for w in wire.workers if isinstance(w, RerankWorker))
+    real = rerank.model
+    rerank._model = NanModel(real)
+    await wire.send(wire.subjects.queries, wire.query())
+    reply = await wire.reply()
+    assert isinstance(reply, ErrorResult)
+    assert reply.code == ErrorCode.MODEL_ERROR
+    assert "non-finite" in reply.message
+    assert (await wire.dead_letter()).code == ErrorCode.MODEL_ERROR
+    rerank._model = real
+    await asyncio.sleep(0)
+    await assert_still_serving(wire)
