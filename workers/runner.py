@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from enum import StrEnum
 
+from faststream.nats import NatsBroker
+
 from shared.config import Settings
 from shared.corpus import read_documents, sample_corpus_path
 from shared.models import load_embedder
@@ -31,11 +33,12 @@ BOTH = (WorkerKind.RETRIEVAL, WorkerKind.RERANK)
 
 @asynccontextmanager
 async def running_workers(
-    settings: Settings, kinds: Sequence[WorkerKind] = BOTH
+    settings: Settings, kinds: Sequence[WorkerKind] = BOTH, broker: NatsBroker | None = None
 ) -> AsyncIterator[list[RetrievalWorker | RerankWorker]]:
-    """Workers sharing one broker connection; models are loaded before any message is pulled."""
+    """Workers sharing one broker connection; models are loaded before any message is pulled.
+    `broker`: one from `build_broker` the caller watches (health checks); default: a new one."""
     await ensure_streams(settings)
-    broker = build_broker(settings)
+    broker = build_broker(settings) if broker is None else broker
     workers = [
         RetrievalWorker(settings, broker) if kind == WorkerKind.RETRIEVAL
         else RerankWorker(settings, broker)
