@@ -14,16 +14,19 @@ from types import TracebackType
 import nats
 from nats.aio.client import Client as NatsConnection
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 from nats.js.errors import NoStreamResponseError
 from pydantic import ValidationError
 
 from shared.config import Settings
 from shared.connection import connect_kwargs
 from shared.errors import QueryFailedError, QueryTimeoutError, RankstreamError
-from shared.messages import REPLY_ADAPTER, ErrorResult, QueryRequest, RankedResult
+from shared.messages import REPLY_ADAPTER, ErrorResult, QueryRequest, RankedResult, now_ms
 from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_S = 2.0
 
 
 class RankstreamClient:
@@ -68,7 +71,14 @@ class RankstreamClient:
                 f"{self._settings.connect_timeout_s:g} s ({type(error).__name__}); "
                 "start it with `rankstream up` or set RANKSTREAM_NATS_URL"
             ) from error
-        await self._connection.subscribe(self.reply_subject, cb=self._on_reply)
+        # Through JetStream, not a plain subscription: the results stream drops a duplicate
+        # answer (same Nats-Msg-Id after a redelivery) before it can reach this client.
+        await self._connection.jetstream().subscribe(
+            self.reply_subject,
+            cb=self._on_reply,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+        )
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -124,18 +134,33 @@ class RankstreamClient:
             self._waiting.pop(request.request_id, None)
 
     async def _publish(self, request: QueryRequest) -> None:
+        """Publish until JetStream confirms it, retrying through a NATS outage until the
+        request's deadline; the Nats-Msg-Id makes a retried publish land once."""
         assert self._connection is not None
-        try:
-            await self._connection.jetstream().publish(
-                self._subjects.queries,
-                request.model_dump_json().encode(),
-                headers={"Nats-Msg-Id": request.request_id},
-            )
-        except NoStreamResponseError as error:
-            raise RankstreamError(
-                f"no JetStream stream takes {self._subjects.queries}: start the workers "
-                "(`rankstream up` or `rankstream worker retrieval`) first"
-            ) from error
+        delay = 0.1
+        while True:
+            try:
+                await self._connection.jetstream().publish(
+                    self._subjects.queries,
+                    request.model_dump_json().encode(),
+                    headers={"Nats-Msg-Id": request.request_id},
+                    timeout=PUBLISH_TIMEOUT_S,
+                )
+                return
+            except NoStreamResponseError as error:
+                raise RankstreamError(
+                    f"no JetStream stream takes {self._subjects.queries}: start the workers "
+                    "(`rankstream up` or `rankstream worker retrieval`) first"
+                ) from error
+            except (TimeoutError, nats.errors.Error) as error:
+                if now_ms() + delay * 1000 > request.deadline_ms:
+                    raise QueryTimeoutError(
+                        f"could not publish request {request.request_id} before its deadline: "
+                        f"{error!r}"
+                    ) from error
+                log.info("publish failed (%r); retrying in %.1f s", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _on_reply(self, message: Msg) -> None:
         try:
