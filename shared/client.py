@@ -114,8 +114,11 @@ class RankstreamClient:
             raise QueryFailedError(reply.code, reply.message)
         return reply
 
-    async def send(self, request: QueryRequest) -> RankedResult | ErrorResult:
-        """Publish a prepared request and wait (up to its timeout) for the reply."""
+    async def send(
+        self, request: QueryRequest, wait_s: float | None = None
+    ) -> RankedResult | ErrorResult:
+        """Publish a prepared request and wait for the reply: up to its timeout, or `wait_s`
+        (longer, e.g. to see the `expired` answer a late request gets)."""
         if self._connection is None:
             raise RankstreamError("client is not connected: use `async with RankstreamClient(...)`")
         future: asyncio.Future[RankedResult | ErrorResult] = (
@@ -124,7 +127,7 @@ class RankstreamClient:
         self._waiting[request.request_id] = future
         try:
             await self._publish(request)
-            return await asyncio.wait_for(future, request.timeout_ms / 1000)
+            return await asyncio.wait_for(future, wait_s or request.timeout_ms / 1000)
         except TimeoutError as error:
             raise QueryTimeoutError(
                 f"no answer to request {request.request_id} within {request.timeout_ms} ms: "

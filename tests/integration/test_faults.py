@@ -1,0 +1,214 @@
+"""Faults on real nats-server processes and real worker processes: crash, NATS restart,
+overload, graceful stop. Each test prints sent / answered / duplicated / lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+
+from shared.client import RankstreamClient
+from shared.config import Settings
+from shared.corpus import sample_queries
+from shared.messages import REPLY_ADAPTER, ErrorResult, RankedResult
+from shared.nats_server import EmbeddedNatsServer, free_port
+from shared.subjects import Subjects
+from workers.processes import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+TEXTS = [q.text for q in sample_queries()]
+ANSWER_WAIT_S = 240.0
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNatsServer]:
+    """A restartable server of this test's own: fixed port, file storage in tmp_path."""
+    with EmbeddedNatsServer(port=free_port(), store_dir=tmp_path / "jetstream") as server:
+        yield server
+
+
+@pytest.fixture
+def fault_settings(settings: Settings, nats_server: EmbeddedNatsServer) -> Settings:
+    """A short ack wait, so a crashed worker's messages come back within seconds."""
+    return settings.model_copy(
+        update={"nats_url": nats_server.url, "ack_wait_s": 4.0, "metrics_port": 0}
+    )
+
+
+@dataclass
+class Ledger:
+    """Answers on one client's results subject: every publish (`raw`, before the results
+    stream drops duplicates) and what a client is delivered (`seen`, through the stream)."""
+
+    sent: set[str] = field(default_factory=set)
+    raw: Counter[str] = field(default_factory=Counter)
+    seen: Counter[str] = field(default_factory=Counter)
+    replies: dict[str, RankedResult | ErrorResult] = field(default_factory=dict)
+
+    def figures(self, name: str) -> dict[str, int]:
+        answered = {r for r in self.sent if self.seen[r] > 0}
+        figures = {
+            "sent": len(self.sent),
+            "answered": len(answered),
+            "duplicated": sum(1 for r in self.sent if self.seen[r] > 1),
+            "lost": len(self.sent - answered),
+            "published_twice_deduplicated": sum(1 for r in self.sent if self.raw[r] > 1),
+        }
+        print(f"\n{name}: {figures}")
+        return figures
+
+
+@asynccontextmanager
+async def watched_client(settings: Settings) -> AsyncIterator[tuple[RankstreamClient, Ledger]]:
+    ledger = Ledger()
+    async with RankstreamClient(settings) as client:
+        connection = await nats.connect(settings.effective_nats_url, max_reconnect_attempts=-1)
+
+        async def on_raw(message: Msg) -> None:
+            ledger.raw[REPLY_ADAPTER.validate_json(message.data).request_id] += 1
+
+        async def on_seen(message: Msg) -> None:
+            reply = REPLY_ADAPTER.validate_json(message.data)
+            ledger.seen[reply.request_id] += 1
+            ledger.replies[reply.request_id] = reply
+
+        await connection.subscribe(client.reply_subject, cb=on_raw)
+        await connection.jetstream().subscribe(
+            client.reply_subject, cb=on_seen, ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+        )  # fmt: skip
+        try:
+            yield client, ledger
+        finally:
+            await connection.close()
+
+
+async def ask_many(
+    client: RankstreamClient, ledger: Ledger, count: int, depth: int = 3, timeout_s: float = 300
+) -> list[RankedResult | ErrorResult]:
+    requests = [
+        client.request(TEXTS[i % len(TEXTS)], top_k=depth, depth=depth, timeout_s=timeout_s)
+        for i in range(count)
+    ]
+    ledger.sent.update(r.request_id for r in requests)
+    return await asyncio.gather(*(client.send(r, wait_s=ANSWER_WAIT_S) for r in requests))
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 120) -> None:
+    give_up = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < give_up, "condition not reached in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_kill_9_of_a_rerank_worker_mid_batch_loses_and_duplicates_nothing(
+    fault_settings: Settings,
+) -> None:
+    with WorkerProcess("retrieval", fault_settings):
+        first = WorkerProcess("rerank", fault_settings).start()
+        async with watched_client(fault_settings) as (client, ledger):
+            answers = asyncio.ensure_future(ask_many(client, ledger, 200))
+            await until(lambda: len(ledger.seen) >= 20)
+            os.kill(first.pid, signal.SIGKILL)
+            first.stop()
+            answered_before_kill = len(ledger.seen)
+            with WorkerProcess("rerank", fault_settings):
+                replies = await answers
+            await asyncio.sleep(1)  # let any late duplicate arrive
+    figures = ledger.figures(f"kill -9 after {answered_before_kill} answers")
+    assert figures["lost"] == 0
+    assert figures["duplicated"] == 0
+    assert all(isinstance(r, RankedResult) for r in replies)
+
+
+async def test_a_nats_restart_under_load_loses_and_duplicates_nothing(
+    fault_settings: Settings, nats_server: EmbeddedNatsServer
+) -> None:
+    with WorkerProcess("retrieval", fault_settings), WorkerProcess("rerank", fault_settings):
+        async with watched_client(fault_settings) as (client, ledger):
+            answers = asyncio.ensure_future(ask_many(client, ledger, 100))
+            await until(lambda: len(ledger.seen) >= 10)
+            nats_server.stop()
+            await asyncio.sleep(2)
+            nats_server.start()
+            replies = await answers
+            await asyncio.sleep(1)
+    figures = ledger.figures("nats-server restart")
+    assert figures["lost"] == 0
+    assert figures["duplicated"] == 0
+    assert all(isinstance(r, RankedResult) for r in replies)
+
+
+async def test_ten_times_capacity_stays_bounded_answers_late_requests_and_recovers(
+    fault_settings: Settings,
+) -> None:
+    settings = fault_settings.model_copy(
+        update={"max_inflight_requests": 16, "max_inflight_pairs": 64, "ack_wait_s": 30.0}
+    )
+    with WorkerProcess("retrieval", settings), WorkerProcess("rerank", settings) as rerank:
+        async with watched_client(settings) as (client, ledger):
+            started = time.perf_counter()
+            warm = await ask_many(client, ledger, 8, depth=5)
+            capacity_qps = 8 / (time.perf_counter() - started)
+            burst = int(10 * capacity_qps * 10)  # ten seconds of ten times capacity
+            replies = await ask_many(client, ledger, burst, depth=5, timeout_s=5)
+            peak_rss_mb = rerank.peak_rss_mb()
+            recovered = await client.query(TEXTS[0], depth=5, timeout_s=30)
+    figures = ledger.figures(f"overload: {burst} queries at once, ~{capacity_qps:.1f} q/s capacity")
+    outcomes = Counter(
+        "degraded" if isinstance(r, RankedResult) and r.degraded
+        else "ok" if isinstance(r, RankedResult) else r.code.value
+        for r in replies
+    )  # fmt: skip
+    print(f"outcomes {dict(outcomes)}, rerank worker peak RSS {peak_rss_mb:.0f} MB")
+    assert len(warm) == 8
+    assert figures["lost"] == 0
+    assert outcomes["degraded"] + outcomes["expired"] > 0, "no late request was cut short"
+    assert peak_rss_mb < 1536
+    assert not recovered.degraded
+    assert recovered.timings_ms.total < 5_000
+
+
+async def test_sigterm_finishes_and_acknowledges_what_the_worker_holds_then_exits(
+    fault_settings: Settings,
+) -> None:
+    settings = fault_settings.model_copy(update={"shutdown_grace_s": 20.0, "ack_wait_s": 60.0})
+    subjects = Subjects(settings.subject_prefix)
+    with WorkerProcess("retrieval", settings):
+        worker = WorkerProcess("rerank", settings).start()
+        async with watched_client(settings) as (client, ledger):
+            answers = asyncio.ensure_future(ask_many(client, ledger, 40, depth=5))
+            await until(lambda: len(ledger.seen) >= 3)
+            stop_started = time.monotonic()
+            exit_code = worker.stop(timeout_s=40)
+            stop_seconds = time.monotonic() - stop_started
+            answered_by_first = len(ledger.seen)
+            with WorkerProcess("rerank", settings):
+                replies = await answers
+            connection = await nats.connect(settings.effective_nats_url)
+            info = await connection.jetstream().consumer_info(
+                subjects.candidates_stream, subjects.rerank_durable
+            )
+            await connection.close()
+    figures = ledger.figures(
+        f"SIGTERM after {answered_by_first} answers, exit in {stop_seconds:.1f} s"
+    )
+    assert exit_code == 0
+    assert stop_seconds < settings.shutdown_grace_s + 10
+    assert figures["lost"] == 0
+    assert figures["duplicated"] == 0
+    assert len(replies) == 40
+    # Nothing the first worker held was left for a redelivery after its ack wait.
+    assert info.num_redelivered == 0, info
