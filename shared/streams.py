@@ -2,6 +2,8 @@
 
 - QUERIES and CANDIDATES are work queues: each message is handed to one replica of the
   worker that shares the stream's durable consumer, and removed once acknowledged.
+- ADVISORIES keeps JetStream's "gave up on this message" advisories for our two work
+  queues until a worker has dead-lettered the message they name.
 - DEAD_LETTERS keeps, for two weeks, every message that will never be answered normally.
 - RESULTS keeps answers for a while, with a duplicate window: a result published twice
   under the same `Nats-Msg-Id` (after a redelivery) is stored once.
@@ -34,6 +36,15 @@ def stream_configs(subjects: Subjects) -> list[StreamConfig]:
             storage=StorageType.FILE,
             max_age=RESULTS_MAX_AGE_S,
             duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+        StreamConfig(
+            name=subjects.advisories_stream,
+            subjects=[
+                subjects.max_deliveries_advisory(stream)
+                for stream in (subjects.queries_stream, subjects.candidates_stream)
+            ],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
         ),
         StreamConfig(
             name=subjects.dead_letters_stream,

@@ -33,6 +33,14 @@ class Subjects:
     def dead_letters_stream(self) -> str:
         return f"{self._stream_base}_DEAD_LETTERS"
 
+    def max_deliveries_advisory(self, stream: str) -> str:
+        """JetStream's advisory for a message a consumer of `stream` gave up on."""
+        return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*"
+
+    @property
+    def advisories_stream(self) -> str:
+        return f"{self._stream_base}_ADVISORIES"
+
     @property
     def queries_stream(self) -> str:
         return f"{self._stream_base}_QUERIES"

@@ -16,15 +16,17 @@ import hashlib
 import json
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from faststream import BaseMiddleware
 from faststream._internal.basic_types import AsyncFuncAny
 from faststream._internal.context.repository import ContextRepo
 from faststream.message import StreamMessage
-from faststream.nats import NatsBroker
+from faststream.nats import JStream, NatsBroker, PullSub
 from faststream.nats.message import NatsMessage
-from pydantic import ValidationError
+from nats.js.errors import NotFoundError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.config import Settings
 from shared.errors import InvalidRequestError, ModelError, RankstreamError
@@ -84,36 +86,102 @@ class DeliveryGuard(BaseMiddleware):
 
     async def _give_up(self, msg: NatsMessage, code: ErrorCode, reason: str) -> None:
         """Dead-letter the original bytes, tell the requester, and never deliver it again."""
-        body: bytes = msg.body
-        address = reply_address(body)
-        kept = body[:MAX_KEPT_PAYLOAD]
-        letter = DeadLetter(
+        failed = FailedMessage(
+            body=msg.body,
             worker=_worker_of(msg),
             subject=str(getattr(msg.raw_message, "subject", "")),
-            code=code,
-            reason=reason,
             deliveries=_deliveries(msg),
-            request_id=address[0] if address else None,
-            payload_preview=body[:PREVIEW_BYTES].decode("utf-8", errors="replace"),
-            payload_base64=base64.b64encode(kept).decode(),
-            payload_bytes=len(body),
-            payload_sha256=hashlib.sha256(body).hexdigest(),
-            truncated=len(kept) < len(body),
         )
-        await self._broker.publish(
-            letter, self._subjects.dead_letters, stream=self._subjects.dead_letters_stream
-        )
-        await self._answer_error(body, code, reason)
+        await give_up(self._broker, self._subjects, failed, code, reason)
         await msg.reject()
 
     async def _answer_error(self, body: bytes, code: ErrorCode, message: str) -> None:
-        address = reply_address(body)
-        if address is None:
-            log.warning("cannot answer a message without request_id/reply_to: %s", message)
-            return
-        request_id, reply_to = address
-        replies = ReplySender(self._broker, self._subjects, worker="delivery")
-        await replies.send_error(reply_to, request_id, code, message)
+        await answer_error(self._broker, self._subjects, body, code, message)
+
+
+@dataclass(frozen=True)
+class FailedMessage:
+    body: bytes
+    worker: str
+    subject: str
+    deliveries: int
+
+
+async def give_up(
+    broker: NatsBroker, subjects: Subjects, failed: FailedMessage, code: ErrorCode, reason: str
+) -> None:
+    """Keep the message as a dead letter, then answer its requester with an error."""
+    body = failed.body
+    address = reply_address(body)
+    kept = body[:MAX_KEPT_PAYLOAD]
+    letter = DeadLetter(
+        worker=failed.worker,
+        subject=failed.subject,
+        code=code,
+        reason=reason,
+        deliveries=failed.deliveries,
+        request_id=address[0] if address else None,
+        payload_preview=body[:PREVIEW_BYTES].decode("utf-8", errors="replace"),
+        payload_base64=base64.b64encode(kept).decode(),
+        payload_bytes=len(body),
+        payload_sha256=hashlib.sha256(body).hexdigest(),
+        truncated=len(kept) < len(body),
+    )
+    await broker.publish(letter, subjects.dead_letters, stream=subjects.dead_letters_stream)
+    await answer_error(broker, subjects, body, code, reason)
+
+
+async def answer_error(
+    broker: NatsBroker, subjects: Subjects, body: bytes, code: ErrorCode, message: str
+) -> None:
+    address = reply_address(body)
+    if address is None:
+        log.warning("cannot answer a message without request_id/reply_to: %s", message)
+        return
+    request_id, reply_to = address
+    await ReplySender(broker, subjects, worker="delivery").send_error(
+        reply_to, request_id, code, message
+    )
+
+
+class MaxDeliveriesAdvisory(BaseModel):
+    """What JetStream says when a consumer gives up on a message (ack wait ran out on its
+    last delivery: typically a worker that crashed or hung on it every time)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    stream: str
+    consumer: str
+    stream_seq: int
+    deliveries: int
+
+
+def watch_max_deliveries(broker: NatsBroker, settings: Settings) -> None:
+    """Dead-letter messages JetStream stopped delivering. The advisories are kept in a work
+    queue stream, so a replica handles each once, even if none ran when it was emitted."""
+    subjects = Subjects(settings.subject_prefix)
+
+    async def on_max_deliveries(advisory: MaxDeliveriesAdvisory) -> None:
+        js = broker.connection.jetstream()
+        try:
+            original = await js.get_msg(advisory.stream, advisory.stream_seq)
+        except NotFoundError:
+            return  # already acknowledged or removed: nothing was lost
+        failed = FailedMessage(
+            original.data or b"", advisory.consumer, original.subject or "", advisory.deliveries
+        )
+        reason = f"not acknowledged after {advisory.deliveries} deliveries"
+        await give_up(broker, subjects, failed, ErrorCode.INTERNAL, reason)
+        await js.delete_msg(advisory.stream, advisory.stream_seq)
+
+    for stream in (subjects.queries_stream, subjects.candidates_stream):
+        broker.subscriber(
+            subjects.max_deliveries_advisory(stream),
+            stream=JStream(subjects.advisories_stream, declare=False),
+            durable=f"{subjects.prefix}-dead-letters-{stream.lower()}",
+            pull_sub=PullSub(batch_size=1, timeout=1.0),
+            include_in_schema=False,
+        )(on_max_deliveries)
 
 
 def reply_address(body: bytes) -> tuple[str, str] | None:

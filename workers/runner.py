@@ -17,6 +17,7 @@ from shared.nats_server import EmbeddedNatsServer
 from shared.store import DocumentStore
 from shared.streams import ensure_streams
 from workers.broker import build_broker
+from workers.delivery import watch_max_deliveries
 from workers.rerank import RerankWorker
 from workers.retrieval import RetrievalWorker
 
@@ -39,6 +40,7 @@ async def running_workers(
     `broker`: one from `build_broker` the caller watches (health checks); default: a new one."""
     await ensure_streams(settings)
     broker = build_broker(settings) if broker is None else broker
+    watch_max_deliveries(broker, settings)
     workers = [
         RetrievalWorker(settings, broker) if kind == WorkerKind.RETRIEVAL
         else RerankWorker(settings, broker)

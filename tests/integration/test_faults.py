@@ -212,3 +212,33 @@ async def test_sigterm_finishes_and_acknowledges_what_the_worker_holds_then_exit
     assert len(replies) == 40
     # Nothing the first worker held was left for a redelivery after its ack wait.
     assert info.num_redelivered == 0, info
+
+
+async def test_messages_whose_worker_dies_on_their_last_delivery_become_dead_letters(
+    fault_settings: Settings,
+) -> None:
+    """max_deliver=1 and a rerank worker killed while holding work: JetStream gives up on
+    those messages, and the advisory makes another process dead-letter and answer them."""
+    settings = fault_settings.model_copy(update={"max_deliver": 1, "ack_wait_s": 2.0})
+    subjects = Subjects(settings.subject_prefix)
+    with WorkerProcess("retrieval", settings):  # also watches the advisories
+        worker = WorkerProcess("rerank", settings).start()
+        async with watched_client(settings) as (client, ledger):
+            answers = asyncio.ensure_future(ask_many(client, ledger, 30, depth=5))
+            await until(lambda: len(ledger.seen) >= 2)
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.stop()
+            replies = await answers
+            connection = await nats.connect(settings.effective_nats_url)
+            letters = await connection.jetstream().stream_info(subjects.dead_letters_stream)
+            await connection.close()
+    figures = ledger.figures("killed on the last delivery")
+    gave_up = [r for r in replies if isinstance(r, ErrorResult)]
+    print(f"{len(gave_up)} answered with an error, {letters.state.messages} dead letters")
+    assert figures["lost"] == 0
+    assert gave_up, "the kill came too late: nothing was held"
+    assert all(r.code.value == "internal" for r in gave_up)
+    # A request answered but killed before its ack is dead-lettered too; its error answer is
+    # then the duplicate the results stream drops, so the requester keeps the first answer.
+    answered_then_killed = figures["published_twice_deduplicated"]
+    assert len(gave_up) <= letters.state.messages <= len(gave_up) + answered_then_killed
