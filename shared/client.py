@@ -19,7 +19,7 @@ from nats.js.errors import NoStreamResponseError
 from pydantic import ValidationError
 
 from shared.config import Settings
-from shared.connection import connect_kwargs
+from shared.connection import connect_kwargs, loggable_url
 from shared.errors import QueryFailedError, QueryTimeoutError, RankstreamError
 from shared.messages import REPLY_ADAPTER, ErrorResult, QueryRequest, RankedResult, now_ms
 from shared.subjects import Subjects
@@ -67,7 +67,7 @@ class RankstreamClient:
             )
         except Exception as error:  # nats-py raises several unrelated types here
             raise RankstreamError(
-                f"cannot reach NATS at {self._settings.effective_nats_url} within "
+                f"cannot reach NATS at {loggable_url(self._settings.effective_nats_url)} within "
                 f"{self._settings.connect_timeout_s:g} s ({type(error).__name__}); "
                 "start it with `rankstream up` or set RANKSTREAM_NATS_URL"
             ) from error

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from shared.client import RankstreamClient
 from shared.config import Settings
+from shared.connection import loggable_url
 from shared.corpus import SampleQuery, read_documents, sample_corpus_path, sample_queries
 from shared.messages import RankedResult
 from shared.models import load_embedder
@@ -23,7 +24,7 @@ SHOWN = 5
 async def run_demo(settings: Settings, console: Console, depth: int = 10) -> list[RankedResult]:
     settings = settings.model_copy(update={"table": DEMO_TABLE})
     async with local_nats(settings, port=None) as settings:
-        console.print(f"[dim]NATS: {settings.effective_nats_url}[/dim]")
+        console.print(f"[dim]NATS: {loggable_url(settings.effective_nats_url)}[/dim]")
         with console.status("indexing the sample corpus"):
             indexed = await asyncio.to_thread(_index_sample, settings)
         console.print(f"[dim]indexed {indexed} sample passages into {settings.lancedb_uri}[/dim]")

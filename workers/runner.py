@@ -11,6 +11,7 @@ from enum import StrEnum
 from faststream.nats import NatsBroker
 
 from shared.config import Settings
+from shared.connection import loggable_url
 from shared.corpus import read_documents, sample_corpus_path
 from shared.models import load_embedder
 from shared.nats_server import EmbeddedNatsServer
@@ -52,7 +53,11 @@ async def running_workers(
             stack.push_async_callback(worker.stop)
         await broker.start()
         stack.push_async_callback(broker.stop)
-        log.info("workers %s serving on %s", [k.value for k in kinds], settings.effective_nats_url)
+        log.info(
+            "workers %s serving on %s",
+            [k.value for k in kinds],
+            loggable_url(settings.effective_nats_url),
+        )
         yield workers
 
 
