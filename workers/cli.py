@@ -243,6 +243,34 @@ def _print_bench(report: dict[str, Any]) -> None:
     console.print(table)
 
 
+@app.command("bench-store")
+def bench_store(
+    sizes: Annotated[
+        str, typer.Option(help="Corpus sizes, comma-separated")
+    ] = "10000,100000,1000000",
+    queries: Annotated[int, typer.Option(min=1, help="Queries per size")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON list on stdout")] = False,
+) -> None:
+    """LanceDB search over synthetic 384-d corpora: index build time, p50/p99 latency and
+    recall@100 of the ANN index against exact search."""
+    import dataclasses
+
+    from workers.bench_store import render_table, run_store_bench
+
+    try:
+        parsed = [int(size) for size in sizes.split(",") if size.strip()]
+    except ValueError as error:
+        raise typer.BadParameter("--sizes takes integers like 10000,100000") from error
+    say = Console(stderr=True)
+    rows = run_store_bench(
+        parsed, queries=queries, on_row=lambda row: say.print(f"[dim]{row}[/dim]")
+    )
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(row) for row in rows], indent=2, default=str))
+        return
+    console.print(render_table(rows))
+
+
 def _percentiles(values: dict[str, float]) -> str:
     return " / ".join(f"{values[p]:.0f}" for p in ("p50", "p95", "p99"))
 
