@@ -13,7 +13,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
+
+from shared.subprocesses import ChildProcess, terminate
 
 STARTUP_TIMEOUT_S = 15.0
 
@@ -40,7 +41,7 @@ def port_is_open(port: int, host: str = "127.0.0.1") -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
-class EmbeddedNatsServer:
+class EmbeddedNatsServer(ChildProcess):
     """`with EmbeddedNatsServer(port) as server: server.url` runs nats-server -js on loopback."""
 
     def __init__(
@@ -74,13 +75,8 @@ class EmbeddedNatsServer:
         return self
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            terminate(self._process, timeout_s=10)
         self._process = None
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -98,14 +94,3 @@ class EmbeddedNatsServer:
                 self.stop()
                 raise TimeoutError(f"nats-server did not listen on {self.port}")
             time.sleep(0.05)
-
-    def __enter__(self) -> EmbeddedNatsServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -4,15 +4,14 @@ need what a deployment has: one process per replica, its own memory, its own /me
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 from shared.config import Settings
+from shared.subprocesses import ChildProcess, terminate
 
 READY_LINE = "ready; Ctrl-C to stop"
 RANKSTREAM = str(Path(sys.executable).parent / "rankstream")
@@ -27,7 +26,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-class WorkerProcess:
+class WorkerProcess(ChildProcess):
     """`with WorkerProcess("rerank", settings) as worker:` runs until the block ends."""
 
     def __init__(self, kind: str, settings: Settings, startup_timeout_s: float = 180) -> None:
@@ -74,28 +73,9 @@ class WorkerProcess:
 
     def stop(self, timeout_s: float = 30) -> int | None:
         """SIGTERM, then wait; returns the exit code."""
-        code = None
-        if self._process is not None:
-            if self._process.poll() is None:
-                self._process.send_signal(signal.SIGTERM)
-            try:
-                code = self._process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                code = self._process.wait()
+        code = terminate(self._process, timeout_s) if self._process is not None else None
         self._log.close()
         return code
-
-    def __enter__(self) -> WorkerProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _status_kb(pid: int, field: str) -> float:
