@@ -13,7 +13,13 @@ from shared.config import Settings
 from shared.errors import ExpiredError
 from shared.limits import check_request
 from shared.messages import Candidate, CandidateSet, QueryRequest, StageTimings, now_ms
-from shared.metrics import INFLIGHT_REQUESTS, REQUESTS, observe_embed_batch, observe_timings
+from shared.metrics import (
+    DEADLINE_MISSES,
+    INFLIGHT_REQUESTS,
+    REQUESTS,
+    observe_embed_batch,
+    observe_timings,
+)
 from shared.models import Embedder, load_embedder
 from shared.models.base import Vectors
 from shared.ranking import ranked_result
@@ -107,6 +113,8 @@ class RetrievalWorker:
     def _check(self, request: QueryRequest, started: float) -> None:
         check_request(request, self._settings)
         if started > request.deadline_ms:
+            # Nothing retrieved yet, so nothing to degrade to: an `expired` error.
+            DEADLINE_MISSES.labels(worker=WORKER, action="expired").inc()
             raise ExpiredError(f"deadline passed {started - request.deadline_ms:.0f} ms ago")
 
     @property
