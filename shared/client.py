@@ -21,7 +21,14 @@ from pydantic import ValidationError
 from shared.config import Settings
 from shared.connection import connect_kwargs, loggable_url
 from shared.errors import QueryFailedError, QueryTimeoutError, RankstreamError
-from shared.messages import REPLY_ADAPTER, ErrorResult, QueryRequest, RankedResult, now_ms
+from shared.messages import (
+    REPLY_ADAPTER,
+    ErrorResult,
+    QueryRequest,
+    RankedResult,
+    dedup_id,
+    now_ms,
+)
 from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -146,7 +153,7 @@ class RankstreamClient:
                 await self._connection.jetstream().publish(
                     self._subjects.queries,
                     request.model_dump_json().encode(),
-                    headers={"Nats-Msg-Id": request.request_id},
+                    headers={"Nats-Msg-Id": dedup_id(request.request_id, "query")},
                     timeout=PUBLISH_TIMEOUT_S,
                 )
                 return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from enum import StrEnum
@@ -10,11 +11,20 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 SCHEMA_VERSION: Literal[1] = 1
+# A subject a reply can be published to: dot-separated non-empty tokens, no whitespace or
+# wildcards.
+SUBJECT_PATTERN = r"^[^\s.*>]+(\.[^\s.*>]+)*$"
 
 
 def now_ms() -> float:
     """Wall-clock milliseconds since the epoch: comparable across processes on one host."""
     return time.time() * 1000.0
+
+
+def dedup_id(request_id: str, stage: str) -> str:
+    """The `Nats-Msg-Id` of a request's message at one stage. Hashed: nats-py strips header
+    values, so ids differing only in surrounding whitespace would otherwise collide."""
+    return f"{hashlib.sha256(request_id.encode('utf-8', 'surrogatepass')).hexdigest()}:{stage}"
 
 
 class WireModel(BaseModel):
@@ -36,7 +46,12 @@ class QueryRequest(WireModel):
     )
     created_at_ms: float = Field(default_factory=now_ms)
     timeout_ms: int = Field(default=30_000, ge=1, description="Deadline = created_at + timeout.")
-    reply_to: str = Field(min_length=1, description="Subject the result or error is sent to.")
+    reply_to: str = Field(
+        min_length=1,
+        max_length=255,
+        pattern=SUBJECT_PATTERN,
+        description="Subject the result or error is sent to.",
+    )
 
     @property
     def deadline_ms(self) -> float:

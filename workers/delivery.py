@@ -30,17 +30,25 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.config import Settings
 from shared.errors import InvalidRequestError, ModelError, RankstreamError
-from shared.messages import DeadLetter, ErrorCode
+from shared.messages import SUBJECT_PATTERN, DeadLetter, ErrorCode
 from shared.subjects import Subjects
 from workers.replies import ReplySender
 
 log = logging.getLogger(__name__)
 
-NEVER_SUCCEEDS = (ValidationError, InvalidRequestError, ModelError)
+# FastStream decodes a body by its content-type header before validating it: a body that
+# does not decode as that type is as invalid as one that fails validation.
+NEVER_SUCCEEDS = (
+    ValidationError,
+    InvalidRequestError,
+    ModelError,
+    json.JSONDecodeError,
+    UnicodeDecodeError,
+)
 # A dead letter must itself fit in a NATS message (1 MiB by default), base64 included.
 MAX_KEPT_PAYLOAD = 512 * 1024
 PREVIEW_BYTES = 2048
-SUBJECT = re.compile(r"^[^\s*>]+$")
+SUBJECT = re.compile(SUBJECT_PATTERN)
 
 
 class DeliveryGuard(BaseMiddleware):
@@ -128,7 +136,10 @@ async def give_up(
         truncated=len(kept) < len(body),
     )
     await broker.publish(letter, subjects.dead_letters, stream=subjects.dead_letters_stream)
-    await answer_error(broker, subjects, body, code, reason)
+    try:
+        await answer_error(broker, subjects, body, code, reason)
+    except Exception:  # the dead letter is kept; a failed answer must not redeliver it
+        log.exception("could not send the error reply for a dead-lettered message")
 
 
 async def answer_error(
@@ -196,9 +207,19 @@ def reply_address(body: bytes) -> tuple[str, str] | None:
     request_id, reply_to = request.get("request_id"), request.get("reply_to")
     if not (isinstance(request_id, str) and isinstance(reply_to, str)):
         return None
-    if not request_id or len(reply_to) > 255 or not SUBJECT.match(reply_to):
+    if not request_id or len(reply_to) > 255 or not SUBJECT.fullmatch(reply_to):
+        return None
+    if not (_encodable(request_id) and _encodable(reply_to)):
         return None
     return request_id[:128], reply_to
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _code(error: Exception) -> ErrorCode:
@@ -212,6 +233,8 @@ def _describe(error: Exception) -> str:
             for e in error.errors()[:5]
         )
         return f"invalid message: {problems}"
+    if isinstance(error, json.JSONDecodeError | UnicodeDecodeError):
+        return f"invalid message: undecodable: {error}"
     return str(error)
 
 

@@ -6,7 +6,7 @@ import logging
 
 from faststream.nats import NatsBroker
 
-from shared.messages import ErrorCode, ErrorResult, RankedResult
+from shared.messages import ErrorCode, ErrorResult, RankedResult, dedup_id
 from shared.metrics import REQUESTS
 from shared.subjects import Subjects
 
@@ -29,7 +29,7 @@ class ReplySender:
                 reply,
                 subject=reply_to,
                 stream=self._subjects.results_stream,
-                headers={"Nats-Msg-Id": f"{reply.request_id}:reply"},
+                headers={"Nats-Msg-Id": dedup_id(reply.request_id, "reply")},
             )
         else:
             await self._broker.publish(reply, subject=reply_to)

@@ -12,7 +12,14 @@ from shared.batching import BatchLimits, MicroBatcher
 from shared.config import Settings
 from shared.errors import ExpiredError
 from shared.limits import check_request
-from shared.messages import Candidate, CandidateSet, QueryRequest, StageTimings, now_ms
+from shared.messages import (
+    Candidate,
+    CandidateSet,
+    QueryRequest,
+    StageTimings,
+    dedup_id,
+    now_ms,
+)
 from shared.metrics import (
     DEADLINE_MISSES,
     INFLIGHT_REQUESTS,
@@ -106,7 +113,7 @@ class RetrievalWorker:
             await self._replies.send(request.reply_to, result)
             return
         await self._candidates.publish(
-            candidate_set, headers={"Nats-Msg-Id": f"{request.request_id}:candidates"}
+            candidate_set, headers={"Nats-Msg-Id": dedup_id(request.request_id, "candidates")}
         )
         REQUESTS.labels(worker=WORKER, outcome="forwarded").inc()
 
