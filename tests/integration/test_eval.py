@@ -11,6 +11,7 @@ from rich.console import Console
 
 from shared.config import Settings
 from shared.corpus import read_documents, sample_corpus_path, sample_queries
+from shared.evaluation import read_qrels
 from workers.evaluate import EvalOptions, run_eval
 from workers.indexing import ensure_indexed
 
@@ -54,7 +55,7 @@ async def test_eval_writes_every_output_and_its_run_files_score_the_same_elsewhe
     report = (out / "report.md").read_text()
     assert "| rerank-d10 |" in report
     assert "## Verdict" in report
-    qrels = Qrels.from_file(str(collection / "qrels" / "test.tsv"), kind="trec")
+    qrels = Qrels.from_dict(read_qrels(collection, "test"))
     for name, config in configs.items():
         run = Run.from_file(str(out / config["run_file"]), kind="trec")
         independent = evaluate(qrels, run, list(RANX_NAMES.values()))
