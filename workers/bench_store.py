@@ -32,10 +32,20 @@ from shared.store import ANN_PARAMS, AnnParams, _to_arrow, build_ann_index, vect
 
 Matrix = npt.NDArray[np.float32]
 
-TOPICS = 64
-SUBTOPICS = 4096
-TOPIC_SPREAD = 1.0  # sub-topic centre = topic + this much unit noise (cosine ~0.7 to the topic)
-DOC_SPREAD = (0.8, 1.25)  # document = sub-topic + this much noise, per sub-topic uniformly
+BRANCHING = 8  # each node of the topic tree has this many children ...
+LEVELS = 5  # ... down this many levels: 8 topics, 64, 512, 4,096, 32,768 leaves
+# Squared length of each part of a document vector before normalisation: a direction every
+# document shares (real embeddings are anisotropic), one offset per tree level (each node's
+# scaled by a log-normal factor, so topics differ in tightness), then anisotropic noise. Two
+# documents' expected cosine is the sum of the shares they have in common: 0.12 unrelated,
+# 0.34 in one topic, ... 0.71 in one leaf. Fitted so that a 5,183-vector corpus has about the
+# neighbour profile of SciFact under all-MiniLM-L6-v2: median cosine of the 1st/10th/100th/
+# 1000th neighbour 0.68/0.56/0.39/0.19 (SciFact: 0.68/0.53/0.40/0.25), median pair 0.13
+# (0.12), local intrinsic dimension at k=100 17.5 (19.6).
+SHARED_SHARE = 0.12
+LEVEL_SHARES = (0.22, 0.14, 0.10, 0.07, 0.06)
+NOISE_SHARE = 0.29
+NODE_SIGMA = 0.3
 WRITE_ROWS = 65_536
 WARM_UP = 5
 
@@ -54,26 +64,31 @@ class StoreBenchRow:
 
 
 class _Mixture:
-    """The two-level Gaussian mixture that documents and queries are drawn from."""
+    """The topic tree that documents and queries are drawn from."""
 
     def __init__(self, dimension: int, seed: int) -> None:
         rng = np.random.default_rng([seed, 0])
         self.dimension = dimension
-        topics = _normalised(rng.standard_normal((TOPICS, dimension), dtype=np.float32))
-        parent = rng.integers(0, TOPICS, SUBTOPICS)
-        noise = rng.standard_normal((SUBTOPICS, dimension), dtype=np.float32)
-        self.centres = _normalised(topics[parent] + TOPIC_SPREAD * _unit_scale(noise))
-        weights = rng.lognormal(0.0, 1.0, SUBTOPICS)  # uneven sub-topic sizes
-        self.cumulative = np.cumsum(weights / weights.sum())
-        self.spread = rng.uniform(*DOC_SPREAD, SUBTOPICS).astype(np.float32)
+        centres = np.sqrt(SHARED_SHARE) * _random_unit(rng, 1, dimension)
+        weights = np.ones(1)
+        for share in LEVEL_SHARES:
+            nodes = len(centres) * BRANCHING
+            scale = np.sqrt(share) * rng.lognormal(0.0, NODE_SIGMA, (nodes, 1)).astype(np.float32)
+            centres = np.repeat(centres, BRANCHING, axis=0) + scale * _random_unit(
+                rng, nodes, dimension
+            )
+            weights = np.repeat(weights, BRANCHING) * rng.lognormal(0.0, 0.5, nodes)
+        self.centres: Matrix = centres.astype(np.float32)
+        self.cumulative = np.cumsum(weights / weights.sum())  # uneven topic sizes
         # Anisotropic noise: some directions vary much more than others.
-        self.axis_scale = rng.lognormal(0.0, 0.5, dimension).astype(np.float32)
-        self.axis_scale /= np.sqrt(np.mean(self.axis_scale**2))
+        axis_scale = rng.lognormal(0.0, 0.5, dimension)
+        self.axis_scale = (axis_scale / np.sqrt(np.mean(axis_scale**2))).astype(np.float32)
 
     def sample(self, rng: np.random.Generator, count: int) -> Matrix:
-        leaf = np.minimum(np.searchsorted(self.cumulative, rng.random(count)), SUBTOPICS - 1)
+        leaves = len(self.centres)
+        leaf = np.minimum(np.searchsorted(self.cumulative, rng.random(count)), leaves - 1)
         noise = rng.standard_normal((count, self.dimension), dtype=np.float32) * self.axis_scale
-        noise *= self.spread[leaf, None] / np.float32(np.sqrt(self.dimension))
+        noise *= np.float32(np.sqrt(NOISE_SHARE / self.dimension))
         return _normalised(self.centres[leaf] + noise)
 
 
@@ -270,7 +285,9 @@ def _timed_search(
 def _recall(found: npt.NDArray[np.int64], truth: npt.NDArray[np.int64]) -> float:
     """Mean fraction of each truth row found (the -1 padding of short results never matches)."""
     k = truth.shape[1]
-    return float(np.mean([len(np.intersect1d(f, t)) / k for f, t in zip(found, truth, strict=True)]))
+    return float(
+        np.mean([len(np.intersect1d(f, t)) / k for f, t in zip(found, truth, strict=True)])
+    )
 
 
 def _by_build(params: Sequence[AnnParams]) -> list[tuple[AnnParams, list[AnnParams]]]:
@@ -287,10 +304,9 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 
 def _normalised(vectors: Matrix) -> Matrix:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms: Matrix = np.linalg.norm(vectors, axis=1, keepdims=True).astype(np.float32)
     return (vectors / np.maximum(norms, np.float32(1e-12))).astype(np.float32)
 
 
-def _unit_scale(noise: Matrix) -> Matrix:
-    """Gaussian rows scaled to norm ~1 (each coordinate has variance 1 / dimension)."""
-    return (noise / np.float32(np.sqrt(noise.shape[1]))).astype(np.float32)
+def _random_unit(rng: np.random.Generator, count: int, dimension: int) -> Matrix:
+    return _normalised(rng.standard_normal((count, dimension), dtype=np.float32))
