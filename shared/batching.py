@@ -66,7 +66,9 @@ class BatchStats:
 
 @dataclass(frozen=True)
 class Ticket(Generic[R]):
-    """One request's outputs, in submission order, and how its items were batched."""
+    """One request's outputs, in submission order, and how its items were batched:
+    `inference_s` is the model time of the batches it rode in, `batch_wait_s` the rest of
+    the time from submission to its last output (queued, or waiting between batches)."""
 
     outputs: list[R]
     batch_wait_s: float
@@ -83,7 +85,6 @@ class _Request(Generic[T, R]):
     future: asyncio.Future[Ticket[R]]
     outputs: list[R | None] = field(default_factory=list)
     scored: int = 0
-    first_batch_at: float | None = None
     inference_s: float = 0.0
     largest_batch_items: int = 0
     largest_batch_requests: int = 0
@@ -230,9 +231,6 @@ class MicroBatcher(Generic[T, R]):
     async def _execute(self, batch: list[_Item[T, R]]) -> None:
         requests = list(dict.fromkeys(item.request for item in batch))
         started = self._clock()
-        for request in requests:
-            if request.first_batch_at is None:
-                request.first_batch_at = started
         try:
             outputs = await self._process([item.request.items[item.index] for item in batch])
             if len(outputs) != len(batch):
@@ -262,11 +260,11 @@ class MicroBatcher(Generic[T, R]):
                 request.largest_batch_items = batch_items
                 request.largest_batch_requests = len(requests)
             if request.scored == len(request.items) and not request.future.done():
-                assert request.first_batch_at is not None
                 request.future.set_result(
                     Ticket(
                         outputs=cast(list[R], request.outputs),
-                        batch_wait_s=request.first_batch_at - request.submitted_at,
+                        # All the time its items were queued, between batches included.
+                        batch_wait_s=self._clock() - request.submitted_at - request.inference_s,
                         inference_s=request.inference_s,
                         largest_batch_items=request.largest_batch_items,
                         largest_batch_requests=request.largest_batch_requests,

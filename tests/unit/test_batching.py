@@ -188,3 +188,13 @@ async def test_a_deadline_that_passes_while_queued_stops_the_remaining_items() -
         with pytest.raises(DeadlineExceededError):
             await batcher.submit([1, 2, 3, 4, 5, 6], [1] * 6, deadline=time.monotonic() + 0.15)
     assert len(process.batches) < 3
+
+
+async def test_waiting_and_model_time_account_for_a_request_split_across_batches() -> None:
+    process = RecordingProcess(delay_s=0.05)
+    async with MicroBatcher(process, limits(items=2, wait_s=0.0)) as batcher:
+        started = time.monotonic()
+        ticket = await batcher.submit([1, 2, 3, 4, 5], [1] * 5)
+        elapsed = time.monotonic() - started
+    assert ticket.inference_s == pytest.approx(0.15, abs=0.05)  # three batches of 50 ms
+    assert ticket.batch_wait_s + ticket.inference_s == pytest.approx(elapsed, abs=0.02)
