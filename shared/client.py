@@ -78,14 +78,24 @@ class RankstreamClient:
                 f"{self._settings.connect_timeout_s:g} s ({type(error).__name__}); "
                 "start it with `rankstream up` or set RANKSTREAM_NATS_URL"
             ) from error
-        # Through JetStream, not a plain subscription: the results stream drops a duplicate
-        # answer (same Nats-Msg-Id after a redelivery) before it can reach this client.
-        await self._connection.jetstream().subscribe(
-            self.reply_subject,
-            cb=self._on_reply,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.NEW,
-        )
+        await self._listen_for_replies()
+
+    async def _listen_for_replies(self) -> None:
+        """Through JetStream where the results stream exists: it drops a duplicate answer
+        (same Nats-Msg-Id after a redelivery) before it reaches this client. Otherwise (no
+        workers have created it yet, or no JetStream rights) over core NATS, where a second
+        answer to a request is ignored here."""
+        assert self._connection is not None
+        try:
+            await self._connection.jetstream().subscribe(
+                self.reply_subject,
+                cb=self._on_reply,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.NEW,
+            )
+        except (nats.js.errors.Error, nats.errors.Error) as error:
+            log.info("answers over core NATS (results stream unavailable: %r)", error)
+            await self._connection.subscribe(self.reply_subject, cb=self._on_reply)
 
     async def close(self) -> None:
         if self._connection is not None:
