@@ -1,15 +1,13 @@
 """`rankstream bench-store`: LanceDB search at scale over synthetic clustered corpora.
 
 For each corpus size: write the vectors into a table with the production schema, time exact
-(flat) search over it, build the ANN index the way `DocumentStore` builds it, then time ANN
-search through the same query code `DocumentStore.search` runs and score recall@k against the
-exact results. A numpy brute force over the same vectors checks the exact search itself.
+(flat) search over it, build the ANN index with the production build call, then time ANN
+search through the same query function `DocumentStore.search` runs and score recall@k against
+the exact results. A numpy brute force over the same vectors checks the exact search itself.
 
 The vectors are not isotropic noise, on which every ANN index looks bad and recall means
-nothing: they come from a two-level Gaussian mixture (topics, then a few thousand sub-topic
-centres around them, then documents around those, with uneven sub-topic sizes and spreads
-and anisotropic noise), L2-normalised; queries are fresh draws from the same mixture. Cosine
-similarities come out roughly 0.5 within a sub-topic, 0.25 within a topic and 0 across topics.
+nothing: documents hang off the leaves of a random topic tree (see the constants below),
+L2-normalised, and queries are fresh draws from the same distribution.
 """
 
 from __future__ import annotations
@@ -32,8 +30,8 @@ from shared.store import ANN_PARAMS, AnnParams, _to_arrow, build_ann_index, vect
 
 Matrix = npt.NDArray[np.float32]
 
-BRANCHING = 8  # each node of the topic tree has this many children ...
-LEVELS = 5  # ... down this many levels: 8 topics, 64, 512, 4,096, 32,768 leaves
+BRANCHING = 8  # each node of the topic tree has this many children, down len(LEVEL_SHARES)
+# levels: 8 topics, 64, 512, 4,096 and 32,768 leaves
 # Squared length of each part of a document vector before normalisation: a direction every
 # document shares (real embeddings are anisotropic), one offset per tree level (each node's
 # scaled by a log-normal factor, so topics differ in tightness), then anisotropic noise. Two
@@ -46,6 +44,11 @@ SHARED_SHARE = 0.12
 LEVEL_SHARES = (0.22, 0.14, 0.10, 0.07, 0.06)
 NOISE_SHARE = 0.29
 NODE_SIGMA = 0.3
+# The ANN parameters `shared/store.py` used before this benchmark chose its own (they built
+# sqrt(rows) partitions, 977 at 1M is the same for practical purposes), for comparison.
+PREVIOUS_PARAMS = AnnParams(
+    "IVF_PQ", partition_rows=1024, num_sub_vectors=48, nprobes=20, refine_factor=None
+)
 WRITE_ROWS = 65_536
 WARM_UP = 5
 
