@@ -11,11 +11,9 @@ from rich.table import Table
 from shared.client import RankstreamClient
 from shared.config import Settings
 from shared.connection import loggable_url
-from shared.corpus import SampleQuery, read_documents, sample_corpus_path, sample_queries
+from shared.corpus import SampleQuery, sample_queries
 from shared.messages import RankedResult
-from shared.models import load_embedder
-from shared.store import DocumentStore
-from workers.runner import local_nats, running_workers
+from workers.runner import index_sample, local_nats, running_workers
 
 DEMO_TABLE = "rankstream_demo"
 SHOWN = 5
@@ -26,7 +24,7 @@ async def run_demo(settings: Settings, console: Console, depth: int = 10) -> lis
     async with local_nats(settings, port=None) as settings:
         console.print(f"[dim]NATS: {loggable_url(settings.effective_nats_url)}[/dim]")
         with console.status("indexing the sample corpus"):
-            indexed = await asyncio.to_thread(_index_sample, settings)
+            indexed = await asyncio.to_thread(index_sample, settings)
         console.print(f"[dim]indexed {indexed} sample passages into {settings.lancedb_uri}[/dim]")
         with console.status("loading models and starting both workers"):
             workers = running_workers(settings)
@@ -44,11 +42,6 @@ async def run_demo(settings: Settings, console: Console, depth: int = 10) -> lis
         console.print(_timings_line(result))
     console.print(_summary(queries, results))
     return results
-
-
-def _index_sample(settings: Settings) -> int:
-    store = DocumentStore(settings.lancedb_uri, settings.table, settings.ann_min_rows)
-    return store.index(read_documents(sample_corpus_path()), load_embedder(settings))
 
 
 def _comparison(query: SampleQuery, result: RankedResult) -> Table:

@@ -72,11 +72,15 @@ async def local_nats(settings: Settings, port: int | None) -> AsyncIterator[Sett
         yield settings.model_copy(update={"nats_url": server.url})
 
 
+def index_sample(settings: Settings) -> int:
+    """Embed the built-in sample corpus and upsert it into the configured table."""
+    store = DocumentStore(settings.lancedb_uri, settings.table, settings.ann_min_rows)
+    return store.index(read_documents(sample_corpus_path()), load_embedder(settings))
+
+
 async def index_sample_if_empty(settings: Settings) -> int:
     """Index the built-in sample corpus when the configured table does not exist yet."""
     store = DocumentStore(settings.lancedb_uri, settings.table, settings.ann_min_rows)
     if store.exists():
         return 0
-    embedder = await asyncio.to_thread(load_embedder, settings)
-    documents = list(read_documents(sample_corpus_path()))
-    return await asyncio.to_thread(store.index, documents, embedder)
+    return await asyncio.to_thread(index_sample, settings)
