@@ -116,8 +116,10 @@ class Settings(BaseSettings):
     # What a request whose deadline passes before scoring gets: its retrieval order marked
     # `degraded`, or an `expired` error.
     on_deadline: Literal["degraded", "expired"] = "degraded"
-    # How long an idle worker's JetStream fetch lingers before asking again.
-    fetch_wait_ms: float = Field(default=20.0, gt=0)
+    # How long an idle worker's JetStream fetch lingers before asking again. A message that
+    # arrives meanwhile is delivered at once (p50 ~4 ms here whatever this is); a short wait
+    # only costs CPU: at 20 ms an idle worker burnt 7% of a core re-asking, at 1 s 1.5%.
+    fetch_wait_ms: float = Field(default=1000.0, gt=0)
 
     # --- delivery and limits ---
     ack_wait_s: float = Field(default=60.0, gt=0)

@@ -30,6 +30,7 @@ from workers.runner import local_nats
 
 MODEL_SAMPLE_PAIRS = 640  # pairs replayed in process for the limit and unbatched figures
 LOW_LOAD_SHARE = 0.25
+RERANKER_MODEL_SECONDS = "rankstream_model_batch_seconds_sum"  # labelled model="reranker"
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ async def run_bench(
                 saturated = await closed_loop(
                     client, texts, options.depth, options.concurrency, options.duration_s
                 )
-                batches = batch_figures(before, scrape(rerank_port), settings)
+                batches = batch_figures(before, scrape(rerank_port), settings, saturated.wall_s)
                 rss_mb = rerank.peak_rss_mb()
                 low_rate = LOW_LOAD_SHARE * len(saturated.replies) / saturated.wall_s
                 progress(f"open loop at 25% of saturation: {low_rate:.2f} queries/s")
@@ -184,19 +185,25 @@ async def _ask(client: RankstreamClient, text: str, depth: int, run: LoadRun) ->
 
 
 def scrape(port: int) -> dict[str, float]:
+    """The rerank worker's unlabelled metrics, and the reranker's model seconds."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name.startswith("rankstream_rerank_") and not sample.labels
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    figures = {
+        s.name: s.value for s in samples if s.name.startswith("rankstream_rerank_") and not s.labels
     }
+    for s in samples:
+        if s.name == RERANKER_MODEL_SECONDS and s.labels == {"model": "reranker"}:
+            figures[s.name] = s.value
+    return figures
 
 
 def batch_figures(
-    before: dict[str, float], after: dict[str, float], settings: Settings
+    before: dict[str, float], after: dict[str, float], settings: Settings, wall_s: float
 ) -> dict[str, float]:
+    """Batch fill and padding; and where pipeline pairs/s goes: the share of the wall time
+    the model was running, times its speed while running (pairs per model second)."""
+
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
@@ -210,6 +217,8 @@ def batch_figures(
         "pair_fill": pairs / batches / settings.max_batch_pairs,
         "token_fill": padded / batches / settings.max_batch_tokens,
         "padding_ratio": padded / real,
+        "model_busy_share": delta(RERANKER_MODEL_SECONDS) / wall_s,
+        "pairs_per_model_s": pairs / max(1e-9, delta(RERANKER_MODEL_SECONDS)),
     }
 
 
