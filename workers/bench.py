@@ -40,7 +40,7 @@ class BenchOptions:
     concurrency: int = 32
     rate: float | None = None
     duration_s: float = 30.0
-    low_load_duration_s: float = 20.0
+    low_load_duration_s: float = 45.0
 
 
 @dataclass
