@@ -29,6 +29,7 @@ from workers.processes import WorkerProcess
 from workers.runner import local_nats
 
 MODEL_SAMPLE_PAIRS = 640  # pairs replayed in process for the limit and unbatched figures
+SWEEP_PAIRS = 64  # pairs scored at each batch size of the sweep
 LOW_LOAD_SHARE = 0.25
 RERANKER_MODEL_SECONDS = "rankstream_model_batch_seconds_sum"  # labelled model="reranker"
 
@@ -120,7 +121,11 @@ async def run_bench(
     model = await asyncio.to_thread(load_cross_encoder, settings)
     requests = [[(r.query, d.text) for d in r.results[: r.reranked]] for r in saturated.replies]
     limit, unbatched = await asyncio.to_thread(model_references, model, requests, settings)
-    return _report(settings, options, saturated, low, extra, batches, limit, unbatched, rss_mb)
+    by_size = await asyncio.to_thread(
+        pairs_per_s_by_batch_size, model, requests, settings.max_batch_pairs
+    )
+    report = _report(settings, options, saturated, low, extra, batches, limit, unbatched, rss_mb)
+    return {**report, "model_pairs_per_s_by_batch_size": by_size}
 
 
 async def _prepare_data(
@@ -240,10 +245,30 @@ def model_references(
     return _pairs_per_s(model, tight), _pairs_per_s(model, sample)
 
 
+def pairs_per_s_by_batch_size(
+    model: CrossEncoderBackend, requests: list[list[Pair]], max_batch_pairs: int
+) -> dict[int, float]:
+    """The model alone at batch sizes 1, 2, 4 .. `max_batch_pairs`, on the same length-sorted
+    pairs (so padding is minimal and the batch size is what varies). On a GPU this is where
+    batching pays; on a few CPU cores pairs/s hardly moves."""
+    pairs = [pair for pairs in requests for pair in pairs][:SWEEP_PAIRS]
+    if not pairs:
+        return {}
+    costs = model.token_lengths(pairs)
+    ordered = [pair for _, pair in sorted(zip(costs, pairs, strict=True), key=lambda t: t[0])]
+    sizes = [2**k for k in range(max_batch_pairs.bit_length()) if 2**k <= max_batch_pairs]
+    return {
+        size: _pairs_per_s(model, [ordered[i : i + size] for i in range(0, len(ordered), size)])
+        for size in sizes
+    }
+
+
 def tight_batches(
     pairs: list[Pair], costs: list[int], max_pairs: int, max_tokens: int
 ) -> list[list[Pair]]:
     """Sorted by length, cut where the next pair would break a limit: least padding possible."""
+    if not pairs:
+        return []
     batches: list[list[Pair]] = [[]]
     longest = 0
     for cost, pair in sorted(zip(costs, pairs, strict=True), key=lambda t: t[0]):
