@@ -30,6 +30,7 @@ from workers.runner import local_nats
 
 MODEL_SAMPLE_PAIRS = 640  # pairs replayed in process for the limit and unbatched figures
 SWEEP_PAIRS = 64  # pairs scored at each batch size of the sweep
+SWEEP_MIN_S = 1.0
 LOW_LOAD_SHARE = 0.25
 RERANKER_MODEL_SECONDS = "rankstream_model_batch_seconds_sum"  # labelled model="reranker"
 
@@ -258,9 +259,21 @@ def pairs_per_s_by_batch_size(
     ordered = [pair for _, pair in sorted(zip(costs, pairs, strict=True), key=lambda t: t[0])]
     sizes = [2**k for k in range(max_batch_pairs.bit_length()) if 2**k <= max_batch_pairs]
     return {
-        size: _pairs_per_s(model, [ordered[i : i + size] for i in range(0, len(ordered), size)])
+        size: _sweep_point(model, [ordered[i : i + size] for i in range(0, len(ordered), size)])
         for size in sizes
     }
+
+
+def _sweep_point(model: CrossEncoderBackend, batches: list[list[Pair]]) -> float:
+    """Pairs/s over whole passes through `batches`, repeated for at least SWEEP_MIN_S (on a
+    GPU one pass takes milliseconds), after one call that pays for the new shape."""
+    model.score(batches[-1])
+    started, scored = time.perf_counter(), 0
+    while (elapsed := time.perf_counter() - started) < SWEEP_MIN_S or not scored:
+        for batch in batches:
+            model.score(batch)
+            scored += len(batch)
+    return scored / elapsed
 
 
 def tight_batches(

@@ -113,6 +113,26 @@ async def until(condition: Callable[[], bool], timeout_s: float = 120) -> None:
         await asyncio.sleep(0.1)
 
 
+async def until_all_delivered_to_rerank(settings: Settings, count: int) -> None:
+    """Until every request has reached the rerank worker: one still queued when it dies
+    waits for the next replica (none comes in the test that uses this)."""
+    subjects = Subjects(settings.subject_prefix)
+    connection = await nats.connect(settings.effective_nats_url)
+    try:
+        js = connection.jetstream()
+        give_up = time.monotonic() + 120
+        while True:
+            queries = await js.consumer_info(subjects.queries_stream, subjects.retrieval_durable)
+            pairs = await js.consumer_info(subjects.candidates_stream, subjects.rerank_durable)
+            forwarded = queries.delivered.stream_seq >= count and not queries.num_ack_pending
+            if forwarded and not pairs.num_pending:
+                return
+            assert time.monotonic() < give_up, "requests did not reach the rerank worker"
+            await asyncio.sleep(0.05)
+    finally:
+        await connection.close()
+
+
 async def test_kill_9_of_a_rerank_worker_mid_batch_loses_and_duplicates_nothing(
     fault_settings: Settings,
 ) -> None:
@@ -226,6 +246,7 @@ async def test_messages_whose_worker_dies_on_their_last_delivery_become_dead_let
         async with watched_client(settings) as (client, ledger):
             answers = asyncio.ensure_future(ask_many(client, ledger, 30, depth=5))
             await until(lambda: len(ledger.seen) >= 2)
+            await until_all_delivered_to_rerank(settings, 30)
             os.kill(worker.pid, signal.SIGKILL)
             worker.stop()
             replies = await answers
