@@ -249,14 +249,16 @@ def model_references(
 def pairs_per_s_by_batch_size(
     model: CrossEncoderBackend, requests: list[list[Pair]], max_batch_pairs: int
 ) -> dict[int, float]:
-    """The model alone at batch sizes 1, 2, 4 .. `max_batch_pairs`, on the same length-sorted
-    pairs (so padding is minimal and the batch size is what varies). On a GPU this is where
-    batching pays; on a few CPU cores pairs/s hardly moves."""
-    pairs = [pair for pairs in requests for pair in pairs][:SWEEP_PAIRS]
+    """The model alone at batch sizes 1, 2, 4 .. `max_batch_pairs`, on the SWEEP_PAIRS pairs
+    nearest the median length (so there is next to no padding at any size, and the batch
+    size is what varies). On a GPU this is where batching pays."""
+    pairs = [pair for pairs in requests for pair in pairs][:MODEL_SAMPLE_PAIRS]
     if not pairs:
         return {}
     costs = model.token_lengths(pairs)
-    ordered = [pair for _, pair in sorted(zip(costs, pairs, strict=True), key=lambda t: t[0])]
+    median = sorted(costs)[len(costs) // 2]
+    nearest = sorted(zip(costs, pairs, strict=True), key=lambda t: abs(t[0] - median))
+    ordered = [pair for _, pair in sorted(nearest[:SWEEP_PAIRS], key=lambda t: t[0])]
     sizes = [2**k for k in range(max_batch_pairs.bit_length()) if 2**k <= max_batch_pairs]
     return {
         size: _sweep_point(model, [ordered[i : i + size] for i in range(0, len(ordered), size)])
