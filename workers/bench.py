@@ -24,6 +24,7 @@ from shared.evaluation import percentiles, read_queries
 from shared.messages import RankedResult, StageTimings
 from shared.models import CrossEncoderBackend, Pair, load_cross_encoder
 from shared.nats_server import free_port
+from workers.bench_transport import jetstream_hop_ms
 from workers.indexing import ensure_indexed
 from workers.processes import WorkerProcess
 from workers.runner import local_nats
@@ -112,6 +113,8 @@ async def run_bench(
                 low = await open_loop(
                     client, texts, options.depth, low_rate, options.low_load_duration_s
                 )
+                progress("one bare JetStream hop, for the floor under those latencies")
+                hop_ms = await jetstream_hop_ms(base)
                 extra = None
                 if options.rate is not None:
                     progress(f"open loop at {options.rate:g} queries/s")
@@ -126,7 +129,7 @@ async def run_bench(
         pairs_per_s_by_batch_size, model, requests, settings.max_batch_pairs
     )
     report = _report(settings, options, saturated, low, extra, batches, limit, unbatched, rss_mb)
-    return {**report, "model_pairs_per_s_by_batch_size": by_size}
+    return {**report, "model_pairs_per_s_by_batch_size": by_size, "jetstream_hop_ms": hop_ms}
 
 
 async def _prepare_data(

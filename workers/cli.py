@@ -239,6 +239,7 @@ def _print_bench(report: dict[str, Any]) -> None:
             f"{report['low_load']['latency_minus_model_ms_p50']:.1f}",
         ),
     ]
+    rows.append(("one bare JetStream hop p50 (ms)", f"{report['jetstream_hop_ms']['p50']:.1f}"))
     for size, pairs_per_s in report["model_pairs_per_s_by_batch_size"].items():
         rows.append((f"model alone, batches of {size} (pairs/s)", f"{pairs_per_s:.1f}"))
     for name, value in rows:

@@ -61,6 +61,12 @@ def test_figures_come_from_real_work(report: dict[str, Any]) -> None:
     assert report["pipeline_vs_limit"] == pytest.approx(ratio)
 
 
+def test_times_a_bare_jetstream_hop_as_the_latency_floor(report: dict[str, Any]) -> None:
+    hop = report["jetstream_hop_ms"]
+    assert 0 < hop["p50"] <= hop["p95"] <= hop["p99"]
+    assert hop["p50"] < report["low_load"]["latency_ms"]["p50"]
+
+
 def test_sweeps_batch_sizes_up_to_the_pair_limit(report: dict[str, Any]) -> None:
     sweep = report["model_pairs_per_s_by_batch_size"]
     assert [int(size) for size in sweep] == [1, 2, 4, 8, 16]
