@@ -130,7 +130,8 @@ def nats_server(
         try:
             server.start()
         except RuntimeError as error:
-            raise RuntimeError(f"{error}\n{log_file.read_text()[-2000:]}") from error
+            log = log_file.read_text()[-2000:] if log_file.exists() else "(no log written)"
+            raise RuntimeError(f"{error}\n{log}") from error
     try:
         yield SecureServer(server.url, log_file)
     finally:
@@ -267,7 +268,10 @@ async def test_the_example_accounts_let_each_role_do_its_work_and_no_more(
     retrieval, rerank and client each connect as their own user and nothing they do is
     refused, while the client may not touch the JetStream API."""
     shutil.copy(ACCOUNTS_CONF, tmp_path / "accounts.conf")
-    passwords = {role: secrets.token_urlsafe(16) for role in ("retrieval", "rerank", "client")}
+    # Led by a letter: nats-server reads a `$VAR` that starts with "-" or a digit as a number.
+    passwords = {
+        role: "p" + secrets.token_urlsafe(16) for role in ("retrieval", "rerank", "client")
+    }
     env = {f"NATS_{role.upper()}_PASSWORD": value for role, value in passwords.items()}
     config = f'include "accounts.conf"\n{tls_block(pki, verify_clients=True)}'
     with nats_server(tmp_path, config, env) as server:
