@@ -270,15 +270,10 @@ def pairs_per_s_by_batch_size(
 
 
 def _sweep_point(model: CrossEncoderBackend, batches: list[list[Pair]]) -> float:
-    """Pairs/s over whole passes through `batches`, repeated for at least SWEEP_MIN_S (on a
-    GPU one pass takes milliseconds), after one call that pays for the new shape."""
+    """One call that pays for the new shape, then at least SWEEP_MIN_S of whole passes (on a
+    GPU one pass takes milliseconds)."""
     model.score(batches[-1])
-    started, scored = time.perf_counter(), 0
-    while (elapsed := time.perf_counter() - started) < SWEEP_MIN_S or not scored:
-        for batch in batches:
-            model.score(batch)
-            scored += len(batch)
-    return scored / elapsed
+    return _pairs_per_s(model, batches, min_seconds=SWEEP_MIN_S)
 
 
 def tight_batches(
@@ -299,11 +294,16 @@ def tight_batches(
     return batches
 
 
-def _pairs_per_s(model: CrossEncoderBackend, batches: list[list[Pair]]) -> float:
-    started = time.perf_counter()
-    for batch in batches:
-        model.score(batch)
-    return sum(len(b) for b in batches) / (time.perf_counter() - started)
+def _pairs_per_s(
+    model: CrossEncoderBackend, batches: list[list[Pair]], min_seconds: float = 0.0
+) -> float:
+    """Pairs/s over whole passes through `batches`: one, or as many as `min_seconds` takes."""
+    started, passes = time.perf_counter(), 0
+    while passes == 0 or time.perf_counter() - started < min_seconds:
+        for batch in batches:
+            model.score(batch)
+        passes += 1
+    return passes * sum(len(b) for b in batches) / (time.perf_counter() - started)
 
 
 def _report(
