@@ -144,7 +144,8 @@ class Settings(BaseSettings):
     # --- LanceDB ---
     lancedb_uri: str = str(Path.home() / ".cache" / "rankstream" / "lancedb")
     table: str = "documents"
-    ann_min_rows: int = Field(default=100_000, ge=1)
+    # Smaller tables are scanned; why small tables get an index: DocumentStore.ensure_ann_index.
+    ann_min_rows: int = Field(default=1_000, ge=1)
 
     # --- observability ---
     metrics_port: int = Field(default=9464, ge=0, le=65535)

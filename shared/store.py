@@ -13,7 +13,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 from lancedb.index import HnswSq, IvfFlat, IvfPq, IvfRq, IvfSq
-from lancedb.query import LanceVectorQueryBuilder
+from lancedb.table import AsyncTable
 
 from shared.corpus import Document
 from shared.errors import StoreError
@@ -113,21 +113,27 @@ def build_ann_index(table: lancedb.table.Table, rows: int, params: AnnParams = A
     table.create_index("vector", config=params.index_config(rows), replace=True)
 
 
-def vector_search(
-    table: lancedb.table.Table, vector: Vectors, limit: int, params: AnnParams = ANN_PARAMS
+async def vector_search(
+    table: AsyncTable, vector: Vectors, limit: int, params: AnnParams = ANN_PARAMS
 ) -> list[dict[str, Any]]:
     """Rows nearest `vector` by cosine distance; ANN where an index exists, exact otherwise
-    (LanceDB scans every row of a table without a vector index and ignores the ANN knobs)."""
-    query = table.search(np.asarray(vector, dtype=np.float32), "vector")
-    if not isinstance(query, LanceVectorQueryBuilder):
-        raise StoreError("table has no vector column")
-    query = query.distance_type("cosine").nprobes(params.nprobes)
+    (LanceDB scans every row of a table without a vector index and ignores the ANN knobs).
+
+    On LanceDB's async API, awaited on the caller's event loop: the sync API runs the same
+    query on a background loop thread, which cost ~3 ms and ~3 ms of CPU more per query
+    (SciFact, 2 cores)."""
+    query = (
+        table.vector_search(np.asarray(vector, dtype=np.float32))
+        .column("vector")
+        .distance_type("cosine")
+        .nprobes(params.nprobes)
+    )
     if params.refine_factor is not None:
         query = query.refine_factor(params.refine_factor)
     if params.ef is not None:
         query = query.ef(params.ef)
     columns = ["id", "title", "text", "_distance"]  # naming _distance silences a warning
-    rows: list[dict[str, Any]] = query.select(columns).limit(limit).to_list()
+    rows: list[dict[str, Any]] = await query.select(columns).limit(limit).to_list()
     return rows
 
 
@@ -141,11 +147,13 @@ class SearchHit:
 class DocumentStore:
     """One LanceDB table: `id`, `title`, `text`, `vector` (normalised, so cosine)."""
 
-    def __init__(self, uri: str, table: str, ann_min_rows: int = 100_000) -> None:
+    def __init__(self, uri: str, table: str, ann_min_rows: int) -> None:
+        self._uri = uri
         self._db = lancedb.connect(uri)
         self._name = table
         self._ann_min_rows = ann_min_rows
         self._table: lancedb.table.Table | None = None
+        self._search_table: AsyncTable | None = None  # searches run on the async API
 
     def exists(self) -> bool:
         return self._name in self._db.table_names()
@@ -171,17 +179,12 @@ class DocumentStore:
             written += len(chunk)
             if on_chunk is not None:
                 on_chunk(len(chunk))
-        self._maybe_build_ann_index()
+        self.ensure_ann_index()
         return written
 
-    def search(self, vector: Vectors, limit: int) -> list[SearchHit]:
+    async def search(self, vector: Vectors, limit: int) -> list[SearchHit]:
         """Nearest documents by cosine similarity, best first."""
-        if not self.exists():
-            raise StoreError(f"table {self._name!r} does not exist: run `rankstream index` first")
-        try:
-            rows = vector_search(self._open(), vector, limit)
-        except StoreError:
-            raise StoreError(f"table {self._name!r} has no vector column") from None
+        rows = await vector_search(await self._open_for_search(), vector, limit)
         return [
             SearchHit(
                 str(r["id"]),
@@ -190,6 +193,19 @@ class DocumentStore:
             )
             for r in rows
         ]
+
+    async def _open_for_search(self) -> AsyncTable:
+        if self._search_table is None:
+            db = await lancedb.connect_async(self._uri)
+            if self._name not in await db.table_names():
+                raise StoreError(
+                    f"table {self._name!r} does not exist: run `rankstream index` first"
+                )
+            table = await db.open_table(self._name)
+            if "vector" not in (await table.schema()).names:
+                raise StoreError(f"table {self._name!r} has no vector column")
+            self._search_table = table
+        return self._search_table
 
     def _open(self) -> lancedb.table.Table:
         if self._table is None:
@@ -215,7 +231,14 @@ class DocumentStore:
             .execute(data)
         )
 
-    def _maybe_build_ann_index(self) -> None:
+    def ensure_ann_index(self) -> None:
+        """Build the vector index if the table has `ann_min_rows` rows and none yet.
+
+        Small tables get one too: up to nprobes x partition_rows (81,920) rows every partition
+        is probed, so the results stay those of exact search (SciFact, 5,183 rows, 300
+        queries: recall@5 and @100 1.000 against a flat scan), but they come from LanceDB's
+        in-memory index cache rather than a scan of the files: at k=5, p50 6.2 ms and 6.8 ms
+        of CPU per query against 8.8 and 10.1 ms."""
         rows = self.count()
         table = self._open()
         if rows < self._ann_min_rows or table.list_indices():

@@ -53,7 +53,7 @@ def sample_db(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     uri = str(tmp_path_factory.mktemp("lancedb"))
     settings = Settings(lancedb_uri=uri)
-    DocumentStore(uri, settings.table).index(
+    DocumentStore(uri, settings.table, settings.ann_min_rows).index(
         read_documents(sample_corpus_path()), load_embedder(settings)
     )
     return uri

@@ -12,6 +12,7 @@ L2-normalised, and queries are fresh draws from the same distribution.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 import time
@@ -137,7 +138,8 @@ def run_store_bench(
             on_row(row)
 
     try:
-        db = lancedb.connect(str(root / "lancedb"))
+        uri = str(root / "lancedb")
+        db = lancedb.connect(uri)
         query_vectors = synthetic_queries(queries, dimension, seed)
         for size in sizes:
             name = f"synthetic_{size}_{dimension}d_seed{seed}"
@@ -145,7 +147,7 @@ def run_store_bench(
             table = db.open_table(name)
             for index in table.list_indices():  # a reused table: measure exact search again
                 table.drop_index(index.name)
-            exact_ms, exact_ids = _timed_search(table, query_vectors, k, ANN_PARAMS)
+            exact_ms, exact_ids = _timed_search(uri, name, query_vectors, k, ANN_PARAMS)
             exact_p50 = _percentile(exact_ms, 50)
             exact_recall = _recall(exact_ids, truth)
             emit(
@@ -166,7 +168,7 @@ def run_store_bench(
                 build_ann_index(table, size, build)
                 build_s = time.perf_counter() - started
                 for search in searches:
-                    ann_ms, ann_ids = _timed_search(table, query_vectors, k, search)
+                    ann_ms, ann_ids = _timed_search(uri, name, query_vectors, k, search)
                     emit(
                         StoreBenchRow(
                             size,
@@ -269,16 +271,24 @@ class _TopK:
 
 
 def _timed_search(
-    table: lancedb.table.Table, query_vectors: Matrix, k: int, params: AnnParams
+    uri: str, table: str, query_vectors: Matrix, k: int, params: AnnParams
 ) -> tuple[list[float], npt.NDArray[np.int64]]:
-    """Milliseconds per query (after WARM_UP untimed ones) and the row numbers found."""
+    """Milliseconds per query (after WARM_UP untimed ones) and the row numbers found, through
+    the query function and the async API the retrieval worker uses."""
+    return asyncio.run(_timed_async_search(uri, table, query_vectors, k, params))
+
+
+async def _timed_async_search(
+    uri: str, table: str, query_vectors: Matrix, k: int, params: AnnParams
+) -> tuple[list[float], npt.NDArray[np.int64]]:
+    searched = await (await lancedb.connect_async(uri)).open_table(table)
     for vector in query_vectors[:WARM_UP]:
-        vector_search(table, vector, k, params)
+        await vector_search(searched, vector, k, params)
     times: list[float] = []
     found = np.full((len(query_vectors), k), -1, dtype=np.int64)
     for i, vector in enumerate(query_vectors):
         started = time.perf_counter()
-        hits = vector_search(table, vector, k, params)
+        hits = await vector_search(searched, vector, k, params)
         times.append((time.perf_counter() - started) * 1000.0)
         row_numbers = [int(str(hit["id"])[1:]) for hit in hits]
         found[i, : len(row_numbers)] = row_numbers

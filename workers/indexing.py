@@ -54,6 +54,7 @@ def ensure_indexed(settings: Settings, path: Path, console: Console) -> Settings
     documents = count_lines(path)
     if store.count() == documents:
         console.print(f"[dim]reusing table {settings.table} ({documents} documents)[/dim]")
+        store.ensure_ann_index()  # a table indexed before small tables had one
     else:
         index_corpus(settings, path, console)
     return settings

@@ -91,7 +91,7 @@ class RetrievalWorker:
         embed_start = time.perf_counter()
         (vector,) = (await self._batcher.submit([request.query], [1])).outputs
         search_start = time.perf_counter()
-        hits = await asyncio.to_thread(self._store.search, vector, request.candidate_count)
+        hits = await self._store.search(vector, request.candidate_count)
         search_end = time.perf_counter()
         timings = StageTimings(
             queue_wait=max(0.0, started - request.created_at_ms),
