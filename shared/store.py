@@ -29,8 +29,8 @@ ProgressFn = Callable[[int], None]
 AnnIndexType = Literal["IVF_PQ", "IVF_SQ", "IVF_RQ", "IVF_FLAT", "IVF_HNSW_SQ"]
 
 # ANN index parameters, chosen with `workers/bench_store.py` (synthetic clustered 384-d corpora,
-# 2 CPU cores, 200 queries, k=100). At 1M vectors IVF_SQ with these settings builds in 20 s and
-# answers at p50 16 ms / p99 31 ms with recall@100 1.000 (exact search: p50 1.5 s). Without
+# 2 CPU cores, 200 queries, k=100). At 1M vectors IVF_SQ with these settings builds in 19 s and
+# answers at p50 15 ms / p99 25 ms with recall@100 1.000 (exact search: p50 1.4 s). Without
 # refine, recall is 0.987 (the 8-bit codes misorder near-ties; refine=2 re-scores 200
 # candidates exactly for ~3 ms). The former IVF_PQ (sqrt(rows) partitions, 48 sub-vectors):
 # 99 s build, recall 0.731 at nprobes=20. Sweeps at 1M (50 queries): 977 partitions gave the
