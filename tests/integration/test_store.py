@@ -13,7 +13,7 @@ from shared.config import Settings
 from shared.corpus import read_documents, sample_corpus_path, sample_queries
 from shared.errors import StoreError
 from shared.models import load_embedder
-from shared.store import DocumentStore
+from shared.store import DocumentStore, _outgrown
 
 
 async def test_an_indexed_small_table_finds_what_a_scan_finds(
@@ -41,3 +41,21 @@ async def test_searching_a_missing_table_is_a_store_error(tmp_path: Path) -> Non
     store = DocumentStore(str(tmp_path), "absent", ann_min_rows=1_000)
     with pytest.raises(StoreError, match="does not exist"):
         await store.search(np.zeros(384, dtype=np.float32), 5)
+
+
+def test_rows_added_later_are_indexed_too(tmp_path: Path, settings: Settings) -> None:
+    embedder = load_embedder(settings)
+    documents = list(read_documents(sample_corpus_path()))
+    store = DocumentStore(str(tmp_path), "docs", ann_min_rows=30)
+    store.index(documents[:40], embedder)
+    store.index(documents[40:], embedder)
+    table = lancedb.connect(str(tmp_path)).open_table("docs")
+    (index,) = table.list_indices()
+    stats = table.index_stats(index.name)
+    assert stats is not None
+    assert (stats.num_indexed_rows, stats.num_unindexed_rows) == (len(documents), 0)
+
+
+def test_an_index_is_retrained_once_the_table_calls_for_twice_its_partitions() -> None:
+    assert not _outgrown(indexed_rows=5_000, rows=8_192)  # 2 partitions either way
+    assert _outgrown(indexed_rows=4_096, rows=8_193)  # 1 partition, 3 called for
