@@ -100,11 +100,13 @@ class Settings(BaseSettings):
 
     # --- rerank micro-batching ---
     max_batch_pairs: int = Field(default=64, ge=1)
-    # Padded tokens per batch. Small on CPU, where int8 pairs/s peaks at 2-4 pairs per call
+    # Padded tokens per batch. Small on CPU, where int8 pairs/s peaks at 2 pairs per call
     # (2 cores, ~340-token SciFact pairs without padding: 24 pairs/s alone, 28 in twos, 18 in
-    # sixteens; tight loop with budget 512/1024/2048/4096: 23.5/24.1/22.3/18.6 pairs/s).
+    # sixteens; tight loop on SciFact pairs with budget 512/640/768/896/1024/1536: 25.0/25.7/
+    # 26.4/25.7/25.0/22.9 pairs/s; in `rankstream bench`, 768 against 1024 gave 23.9 against
+    # 22.8 pairs/s and a 25%-load p50 of 254 against ~340 ms).
     # Raise it on a GPU, where bigger batches are the whole gain.
-    max_batch_tokens: int = Field(default=1024, ge=16)
+    max_batch_tokens: int = Field(default=768, ge=16)
     # How long the oldest pair may wait for company while the model is idle. 0 = continuous
     # batching: a batch is whatever queued while the model was busy, so an idle worker adds
     # no delay and a busy one still fills its batches (waiting cost 5 ms at low load, for
