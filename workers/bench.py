@@ -1,6 +1,7 @@
 """`rankstream bench`: load through the real pipeline (worker processes, NATS, batcher), and in
 the same run the two references it must be judged against, on the same model and inputs:
-the model alone in a tight loop (the limit) and one model call per request (no batching)."""
+the model alone in a tight loop (the limit) and one model call per request (no batching);
+and, between limit and pipeline, the rerank worker's batcher and model alone in process."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared.batching import MicroBatcher
 from shared.client import RankstreamClient
 from shared.config import Settings
 from shared.corpus import sample_corpus_path, sample_queries
@@ -27,6 +29,7 @@ from shared.nats_server import free_port
 from workers.bench_transport import jetstream_hop_ms
 from workers.indexing import ensure_indexed
 from workers.processes import WorkerProcess
+from workers.rerank import rerank_batch_limits
 from workers.runner import local_nats
 
 MODEL_SAMPLE_PAIRS = 640  # pairs replayed in process for the limit and unbatched figures
@@ -128,8 +131,18 @@ async def run_bench(
     by_size = await asyncio.to_thread(
         pairs_per_s_by_batch_size, model, requests, settings.max_batch_pairs
     )
+    progress("the rerank worker's batcher and model alone, in this process")
+    scheduler = await scheduler_pairs_per_s(
+        model, requests, settings, options.concurrency, options.duration_s / 2
+    )
     report = _report(settings, options, saturated, low, extra, batches, limit, unbatched, rss_mb)
-    return {**report, "model_pairs_per_s_by_batch_size": by_size, "jetstream_hop_ms": hop_ms}
+    return {
+        **report,
+        "scheduler_pairs_per_s": scheduler,
+        "scheduler_vs_limit": scheduler / limit if limit else None,
+        "model_pairs_per_s_by_batch_size": by_size,
+        "jetstream_hop_ms": hop_ms,
+    }
 
 
 async def _prepare_data(
@@ -247,6 +260,43 @@ def model_references(
     tight = tight_batches(flat, costs, settings.max_batch_pairs, settings.max_batch_tokens)
     model.score(flat[:4])
     return _pairs_per_s(model, tight), _pairs_per_s(model, sample)
+
+
+async def scheduler_pairs_per_s(
+    model: CrossEncoderBackend,
+    requests: list[list[Pair]],
+    settings: Settings,
+    clients: int,
+    seconds: float,
+) -> float:
+    """Pairs/s of the rerank worker's batcher and model in this process, fed by `clients`
+    closed-loop requesters replaying `requests`: no NATS, no retrieval, no other process.
+    Between it and the limit is what the scheduler loses; between it and the pipeline, what
+    the work around the model costs it (decoding, transport, and sharing the cores)."""
+    requests = [pairs for pairs in requests if pairs]
+    if not requests:
+        return 0.0
+
+    async def score(pairs: list[Pair]) -> list[float]:
+        return await asyncio.to_thread(model.score, pairs)
+
+    scored = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def one_client(offset: int) -> None:
+        nonlocal scored
+        position = offset
+        while time.perf_counter() < stop_at:
+            pairs = requests[position % len(requests)]
+            costs = await asyncio.to_thread(model.token_lengths, pairs)
+            await batcher.submit(pairs, costs)
+            scored += len(pairs)
+            position += clients
+
+    started = time.perf_counter()
+    async with MicroBatcher(score, rerank_batch_limits(settings)) as batcher:
+        await asyncio.gather(*(one_client(i) for i in range(clients)))
+    return scored / (time.perf_counter() - started)
 
 
 def pairs_per_s_by_batch_size(

@@ -37,6 +37,15 @@ WORKER = "rerank"
 WARM_UP_LENGTHS = (16, 64, 128, 256, 512)
 
 
+def rerank_batch_limits(settings: Settings) -> BatchLimits:
+    return BatchLimits(
+        max_items=settings.max_batch_pairs,
+        max_padded_tokens=settings.max_batch_tokens,
+        max_wait_s=settings.max_batch_wait_ms / 1000,
+        sort_window=settings.batch_sort_window,
+    )
+
+
 class RerankWorker:
     def __init__(self, settings: Settings, broker: NatsBroker) -> None:
         self._settings = settings
@@ -69,13 +78,9 @@ class RerankWorker:
         then start the batcher."""
         self._model = await asyncio.to_thread(load_cross_encoder, self._settings)
         await asyncio.to_thread(self._warm_up)
-        limits = BatchLimits(
-            max_items=self._settings.max_batch_pairs,
-            max_padded_tokens=self._settings.max_batch_tokens,
-            max_wait_s=self._settings.max_batch_wait_ms / 1000,
-            sort_window=self._settings.batch_sort_window,
+        self._batcher = MicroBatcher(
+            self._score, rerank_batch_limits(self._settings), on_batch=observe_rerank_batch
         )
-        self._batcher = MicroBatcher(self._score, limits, on_batch=observe_rerank_batch)
         await self._batcher.__aenter__()
 
     def _warm_up(self) -> None:

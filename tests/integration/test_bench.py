@@ -67,6 +67,14 @@ def test_times_a_bare_jetstream_hop_as_the_latency_floor(report: dict[str, Any])
     assert hop["p50"] < report["low_load"]["latency_ms"]["p50"]
 
 
+def test_runs_the_batcher_and_model_alone_between_limit_and_pipeline(
+    report: dict[str, Any],
+) -> None:
+    scheduler = report["scheduler_pairs_per_s"]
+    assert scheduler > 0
+    assert report["scheduler_vs_limit"] == pytest.approx(scheduler / report["limit_pairs_per_s"])
+
+
 def test_sweeps_batch_sizes_up_to_the_pair_limit(report: dict[str, Any]) -> None:
     sweep = report["model_pairs_per_s_by_batch_size"]
     assert [int(size) for size in sweep] == [1, 2, 4, 8, 16]
