@@ -17,7 +17,6 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.batching import MicroBatcher
 from shared.client import RankstreamClient
 from shared.config import Settings
 from shared.corpus import sample_corpus_path, sample_queries
@@ -28,8 +27,8 @@ from shared.models import CrossEncoderBackend, Pair, load_cross_encoder
 from shared.nats_server import free_port
 from workers.bench_transport import jetstream_hop_ms
 from workers.indexing import ensure_indexed
+from workers.pair_scheduler import PairScheduler
 from workers.processes import WorkerProcess
-from workers.rerank import rerank_batch_limits
 from workers.runner import local_nats
 
 MODEL_SAMPLE_PAIRS = 640  # pairs replayed in process for the limit and unbatched figures
@@ -269,16 +268,13 @@ async def scheduler_pairs_per_s(
     clients: int,
     seconds: float,
 ) -> float:
-    """Pairs/s of the rerank worker's batcher and model in this process, fed by `clients`
+    """Pairs/s of the rerank worker's scheduler and model in this process, fed by `clients`
     closed-loop requesters replaying `requests`: no NATS, no retrieval, no other process.
     Between it and the limit is what the scheduler loses; between it and the pipeline, what
     the work around the model costs it (decoding, transport, and sharing the cores)."""
     requests = [pairs for pairs in requests if pairs]
     if not requests:
         return 0.0
-
-    async def score(pairs: list[Pair]) -> list[float]:
-        return await asyncio.to_thread(model.score, pairs)
 
     scored = 0
     stop_at = time.perf_counter() + seconds
@@ -288,13 +284,12 @@ async def scheduler_pairs_per_s(
         position = offset
         while time.perf_counter() < stop_at:
             pairs = requests[position % len(requests)]
-            costs = await asyncio.to_thread(model.token_lengths, pairs)
-            await batcher.submit(pairs, costs)
+            await scheduler.submit(pairs)
             scored += len(pairs)
             position += clients
 
     started = time.perf_counter()
-    async with MicroBatcher(score, rerank_batch_limits(settings)) as batcher:
+    async with PairScheduler(model, settings) as scheduler:
         await asyncio.gather(*(one_client(i) for i in range(clients)))
     return scored / (time.perf_counter() - started)
 

@@ -11,7 +11,7 @@ from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 
 from shared.admission import PairBudget
-from shared.batching import BatchLimits, DeadlineExceededError, MicroBatcher, Ticket
+from shared.batching import DeadlineExceededError, Ticket
 from shared.config import Settings
 from shared.errors import ExpiredError
 from shared.limits import check_candidates
@@ -29,6 +29,7 @@ from shared.ranking import ranked_result
 from shared.subjects import Subjects
 from workers.broker import work_queue_subscription
 from workers.heartbeat import in_progress_heartbeats
+from workers.pair_scheduler import PairScheduler
 from workers.replies import ReplySender
 
 log = logging.getLogger(__name__)
@@ -37,25 +38,17 @@ WORKER = "rerank"
 WARM_UP_LENGTHS = (16, 64, 128, 256, 512)
 
 
-def rerank_batch_limits(settings: Settings) -> BatchLimits:
-    return BatchLimits(
-        max_items=settings.max_batch_pairs,
-        max_padded_tokens=settings.max_batch_tokens,
-        max_wait_s=settings.max_batch_wait_ms / 1000,
-        sort_window=settings.batch_sort_window,
-    )
-
-
 class RerankWorker:
     def __init__(self, settings: Settings, broker: NatsBroker) -> None:
         self._settings = settings
         self._subjects = Subjects(settings.subject_prefix)
         self._replies = ReplySender(broker, self._subjects, WORKER)
-        self._model: CrossEncoderBackend | None = None
-        self._batcher: MicroBatcher[Pair, float] | None = None
+        self._scheduler: PairScheduler | None = None
         self._budget = PairBudget(settings.max_inflight_pairs)
         RERANK_INFLIGHT_PAIRS.set_function(lambda: self._budget.held)
-        RERANK_QUEUED_PAIRS.set_function(lambda: self._batcher.queued_items if self._batcher else 0)
+        RERANK_QUEUED_PAIRS.set_function(
+            lambda: self._scheduler.queued_pairs if self._scheduler else 0
+        )
         broker.subscriber(
             **work_queue_subscription(
                 settings,
@@ -70,34 +63,33 @@ class RerankWorker:
 
     @property
     def model(self) -> CrossEncoderBackend:
-        assert self._model is not None, "start() the worker first"
-        return self._model
+        assert self._scheduler is not None, "start() the worker first"
+        return self._scheduler.model
 
     async def start(self) -> None:
         """Load the cross-encoder (in a thread), warm it up over the shapes it will see,
-        then start the batcher."""
-        self._model = await asyncio.to_thread(load_cross_encoder, self._settings)
-        await asyncio.to_thread(self._warm_up)
-        self._batcher = MicroBatcher(
-            self._score, rerank_batch_limits(self._settings), on_batch=observe_rerank_batch
-        )
-        await self._batcher.__aenter__()
+        then start the scheduler."""
+        model = await asyncio.to_thread(load_cross_encoder, self._settings)
+        await asyncio.to_thread(self._warm_up, model)
+        scheduler = PairScheduler(model, self._settings, observe_rerank_batch)
+        await scheduler.__aenter__()
+        self._scheduler = scheduler
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, model: CrossEncoderBackend) -> None:
         """First calls allocate buffers and pick kernels; pay that before reporting ready."""
         for length in WARM_UP_LENGTHS:
-            if length > self.model.max_length:
+            if length > model.max_length:
                 break
             pair = ("warm up", " ".join(["passage"] * length))
             batch = max(
                 1, min(self._settings.max_batch_pairs, self._settings.max_batch_tokens // length)
             )
             for size in sorted({1, batch}):
-                self.model.score([pair] * size)
+                model.score([pair] * size)
 
     async def stop(self) -> None:
-        if self._batcher is not None:
-            await self._batcher.__aexit__(None, None, None)
+        if self._scheduler is not None:
+            await self._scheduler.__aexit__(None, None, None)
 
     async def handle(self, candidate_set: CandidateSet, message: NatsMessage) -> None:
         started = now_ms()
@@ -138,10 +130,9 @@ class RerankWorker:
         )
 
     async def _submit(self, pairs: list[Pair], deadline_ms: float) -> Ticket[float]:
-        assert self._batcher is not None, "start() the worker first"
-        costs = await asyncio.to_thread(self.model.token_lengths, pairs)
+        assert self._scheduler is not None, "start() the worker first"
         deadline = time.monotonic() + (deadline_ms - now_ms()) / 1000
-        return await self._batcher.submit(pairs, costs, deadline=deadline)
+        return await self._scheduler.submit(pairs, deadline)
 
     def _missed_deadline(self, candidate_set: CandidateSet, timings: StageTimings) -> RankedResult:
         """Retrieval order marked degraded, or an `expired` error, as configured."""
@@ -151,6 +142,3 @@ class RerankWorker:
         if action == "expired":
             raise ExpiredError(f"deadline passed before request {request.request_id} was scored")
         return ranked_result(candidate_set, [], timings, self.model.model_id, degraded=True)
-
-    async def _score(self, pairs: list[Pair]) -> list[float]:
-        return await asyncio.to_thread(self.model.score, pairs)

@@ -188,14 +188,16 @@ async def test_a_model_that_returns_nan_gives_a_model_error_and_the_worker_recov
     wire: Wire,
 ) -> None:
     rerank = next(w for w in wire.workers if isinstance(w, RerankWorker))
-    real = rerank.model
-    rerank._model = NanModel(real)
+    scheduler = rerank._scheduler
+    assert scheduler is not None
+    real = scheduler.model
+    scheduler.model = NanModel(real)
     await wire.send(wire.subjects.queries, wire.query())
     reply = await wire.reply()
     assert isinstance(reply, ErrorResult)
     assert reply.code == ErrorCode.MODEL_ERROR
     assert "non-finite" in reply.message
     assert (await wire.dead_letter()).code == ErrorCode.MODEL_ERROR
-    rerank._model = real
+    scheduler.model = real
     await asyncio.sleep(0)
     await assert_still_serving(wire)
