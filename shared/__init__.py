@@ -1,1 +1,66 @@
-"""rankstream's library: settings, wire schemas, models, store, batching. No process starts here."""
+"""rankstream: two-stage search over NATS. Retrieve with a bi-encoder and LanceDB, rerank
+with a cross-encoder whose pairs are micro-batched across concurrent requests.
+
+The public API is what this module exports::
+
+    from rankstream import RankstreamClient, Settings
+
+    async with RankstreamClient(Settings()) as client:
+        result = await client.query("why do planes leave contrails?", top_k=5, depth=20)
+
+Wire schemas (`QueryRequest`, `RankedResult`, ...) are the messages on NATS; errors form one
+tree under `RankstreamError` (see `rankstream.errors`). The worker processes and the tools
+live in `rankstream.workers`, which this library never imports.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from rankstream.client import RankstreamClient
+from rankstream.config import Settings
+from rankstream.errors import (
+    ExpiredError,
+    InvalidRequestError,
+    ModelError,
+    OverloadedError,
+    QueryFailedError,
+    QueryTimeoutError,
+    RankstreamError,
+    StoreError,
+)
+from rankstream.wire.messages import (
+    Candidate,
+    CandidateSet,
+    ErrorCode,
+    ErrorResult,
+    QueryRequest,
+    RankedDoc,
+    RankedResult,
+    StageTimings,
+)
+
+try:
+    __version__ = version("rankstream")
+except PackageNotFoundError:  # running from a checkout that was never installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Candidate",
+    "CandidateSet",
+    "ErrorCode",
+    "ErrorResult",
+    "ExpiredError",
+    "InvalidRequestError",
+    "ModelError",
+    "OverloadedError",
+    "QueryFailedError",
+    "QueryRequest",
+    "QueryTimeoutError",
+    "RankedDoc",
+    "RankedResult",
+    "RankstreamClient",
+    "RankstreamError",
+    "Settings",
+    "StageTimings",
+    "StoreError",
+    "__version__",
+]

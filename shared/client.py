@@ -18,10 +18,10 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NoStreamResponseError
 from pydantic import ValidationError
 
-from shared.config import Settings
-from shared.connection import connect_kwargs, loggable_url
-from shared.errors import QueryFailedError, QueryTimeoutError, RankstreamError
-from shared.messages import (
+from rankstream.config import Settings
+from rankstream.errors import QueryFailedError, QueryTimeoutError, RankstreamError
+from rankstream.wire.connection import connect_kwargs, loggable_url
+from rankstream.wire.messages import (
     REPLY_ADAPTER,
     ErrorResult,
     QueryRequest,
@@ -29,7 +29,7 @@ from shared.messages import (
     dedup_id,
     now_ms,
 )
-from shared.subjects import Subjects
+from rankstream.wire.subjects import Subjects
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,23 @@ PUBLISH_TIMEOUT_S = 2.0
 
 
 class RankstreamClient:
+    """Publishes queries to the pipeline and awaits their answers.
+
+    Use it as an async context manager, which connects and closes::
+
+        async with RankstreamClient(Settings()) as client:
+            result = await client.query("how do vaccines work?")
+
+    Args:
+        settings: NATS address, credentials and TLS, the subject prefix, and the request
+            defaults (`default_top_k`, `default_depth`, `default_timeout_ms`).
+        client_id: names this client's reply subject (`{prefix}.results.<client_id>`);
+            default: a random one. Two clients must not share one.
+    """
+
     def __init__(self, settings: Settings, client_id: str | None = None) -> None:
         self._settings = settings
-        self._subjects = Subjects(settings.subject_prefix)
+        self._subjects = Subjects.from_settings(settings)
         self.client_id = client_id or uuid.uuid4().hex[:16]
         self._connection: NatsConnection | None = None
         self._waiting: dict[str, asyncio.Future[RankedResult | ErrorResult]] = {}
@@ -61,6 +75,12 @@ class RankstreamClient:
         await self.close()
 
     async def connect(self) -> None:
+        """Connect to NATS and listen for answers.
+
+        Raises:
+            RankstreamError: NATS was not reachable within `settings.connect_timeout_s`
+                (start it with `rankstream up`, or set RANKSTREAM_NATS_URL).
+        """
         try:
             # Reconnect forever once connected, but give up on the first connection in time:
             # nats-py would otherwise retry an unreachable server forever.
@@ -98,6 +118,7 @@ class RankstreamClient:
             await self._connection.subscribe(self.reply_subject, cb=self._on_reply)
 
     async def close(self) -> None:
+        """Drain and close the connection (answers still in flight are delivered first)."""
         if self._connection is not None:
             await self._connection.drain()
             self._connection = None
@@ -106,7 +127,8 @@ class RankstreamClient:
         self, text: str, top_k: int | None = None, depth: int | None = None,
         timeout_s: float | None = None,
     ) -> QueryRequest:  # fmt: skip
-        """A query request that will be answered on this client's reply subject."""
+        """A query request that will be answered on this client's reply subject; the
+        arguments left out take the settings' defaults. Send it with `send`."""
         settings = self._settings
         timeout_ms = settings.default_timeout_ms if timeout_s is None else int(timeout_s * 1000)
         return QueryRequest(
@@ -123,19 +145,44 @@ class RankstreamClient:
     ) -> RankedResult:  # fmt: skip
         """Ask and wait for the ranked result.
 
-        Raises QueryTimeoutError when no answer comes within the timeout, and
-        QueryFailedError (with the worker's error code) when a worker answered with an error.
+        Args:
+            text: the query.
+            top_k: results to return (default `settings.default_top_k`).
+            depth: candidates the cross-encoder reranks; 0 returns the retrieval order
+                (default `settings.default_depth`).
+            timeout_s: how long the pipeline may take, and how long this call waits
+                (default `settings.default_timeout_ms`). Workers answer a little before it:
+                with the retrieval order marked `degraded` when reranking would miss it.
+
+        Returns:
+            The ranked result: `results` best first, `timings_ms` per stage.
+
+        Raises:
+            QueryTimeoutError: no answer came within the timeout (are the workers running?).
+            QueryFailedError: a worker answered with an error; `.code` says which
+                (`invalid_request`: fix the request; `overloaded`: retry later;
+                `expired`: allow more time) and `.worker` where.
+            RankstreamError: the client is not connected, or no stream takes queries.
         """
         reply = await self.send(self.request(text, top_k, depth, timeout_s))
         if isinstance(reply, ErrorResult):
-            raise QueryFailedError(reply.code, reply.message)
+            raise QueryFailedError(reply.code, reply.message, reply.worker)
         return reply
 
     async def send(
         self, request: QueryRequest, wait_s: float | None = None
     ) -> RankedResult | ErrorResult:
-        """Publish a prepared request and wait for the reply: up to its timeout, or `wait_s`
-        (longer, e.g. to see the `expired` answer a late request gets)."""
+        """Publish a prepared request and wait for the reply, an answer or an error.
+
+        Args:
+            request: from `request()`, or built by hand with this client's `reply_subject`.
+            wait_s: how long to wait; default the request's timeout (longer, e.g. to see
+                the `expired` answer a late request gets).
+
+        Raises:
+            QueryTimeoutError: no reply within the wait.
+            RankstreamError: the client is not connected, or no stream takes queries.
+        """
         if self._connection is None:
             raise RankstreamError("client is not connected: use `async with RankstreamClient(...)`")
         future: asyncio.Future[RankedResult | ErrorResult] = (

@@ -29,8 +29,10 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     embedded_nats_port: int = DEFAULT_EMBEDDED_NATS_PORT
     subject_prefix: str = Field(default="rankstream", pattern=r"^[A-Za-z0-9_-]+$")
+    # Copies of each JetStream stream the workers create: 1 on one server, 3 on a cluster.
+    stream_replicas: int = Field(default=1, ge=1, le=5)
 
-    # --- NATS security (shared/connection.py turns these into connection arguments) ---
+    # --- NATS security (rankstream/wire/connection.py turns these into connection arguments) ---
     # One way to authenticate at most: user/password, token, an NKey seed file, or a `.creds`
     # file (a user JWT and its seed); NKeys and `.creds` need the `nkeys` package.
     nats_nkey_seed_file: Path | None = None
@@ -90,7 +92,7 @@ class Settings(BaseSettings):
         return key
 
     # --- models ---
-    # "packaged:<name>", a Hugging Face id, or a local path (see shared/models/registry.py).
+    # "packaged:<name>", a Hugging Face id, or a local path (see rankstream/models/registry.py).
     embedder_model: str = "packaged:all-MiniLM-L6-v2"
     reranker_model: str = "packaged:ms-marco-MiniLM-L-12-v2-int8"
     device: str = "cpu"
@@ -100,17 +102,13 @@ class Settings(BaseSettings):
 
     # --- rerank micro-batching ---
     max_batch_pairs: int = Field(default=64, ge=1)
-    # Padded tokens per batch. Small on CPU, where int8 pairs/s peaks at 2 pairs per call
-    # (2 cores, ~340-token SciFact pairs without padding: 24 pairs/s alone, 28 in twos, 18 in
-    # sixteens; tight loop on SciFact pairs with budget 512/640/768/896/1024/1536: 25.0/25.7/
-    # 26.4/25.7/25.0/22.9 pairs/s; in `rankstream bench`, 768 against 1024 gave 23.9 against
-    # 22.8 pairs/s and a 25%-load p50 of 254 against ~340 ms).
-    # Raise it on a GPU, where bigger batches are the whole gain.
+    # Padded tokens per batch. Small on CPU, where pairs/s peaks at one or two pairs per call
+    # (`rankstream bench` measures it: README, "Throughput"); raise it on a GPU, where bigger
+    # batches are the whole gain.
     max_batch_tokens: int = Field(default=768, ge=16)
     # How long the oldest pair may wait for company while the model is idle. 0 = continuous
     # batching: a batch is whatever queued while the model was busy, so an idle worker adds
-    # no delay and a busy one still fills its batches (waiting cost 5 ms at low load, for
-    # no throughput: CPU pairs/s does not grow with the batch).
+    # no delay and a busy one still fills its batches.
     max_batch_wait_ms: float = Field(default=0.0, ge=0)
     max_inflight_requests: int = Field(default=64, ge=1)
     # Pairs a rerank worker holds at once (queued + in the model); past it, it stops pulling.
@@ -120,9 +118,16 @@ class Settings(BaseSettings):
     # What a request whose deadline passes before scoring gets: its retrieval order marked
     # `degraded`, or an `expired` error.
     on_deadline: Literal["degraded", "expired"] = "degraded"
+    # Workers act this long before a request's deadline (at most a quarter of its timeout),
+    # so that a degraded, expired or overloaded answer reaches a client that gives up at the
+    # deadline itself.
+    deadline_margin_ms: float = Field(default=250.0, ge=0)
+    # Answer `overloaded` at once when the pairs queued ahead would not be scored before the
+    # request's deadline (at the model's recent speed), instead of letting it wait and miss.
+    shed_load: bool = True
     # How long an idle worker's JetStream fetch lingers before asking again. A message that
-    # arrives meanwhile is delivered at once (p50 ~4 ms here whatever this is); a short wait
-    # only costs CPU: at 20 ms an idle worker burnt 7% of a core re-asking, at 1 s 1.5%.
+    # arrives meanwhile is delivered at once, whatever this is; a short wait only costs the
+    # CPU of asking again.
     fetch_wait_ms: float = Field(default=1000.0, gt=0)
 
     # --- delivery and limits ---
@@ -148,6 +153,9 @@ class Settings(BaseSettings):
     table: str = "documents"
     # Smaller tables are scanned; why small tables get an index: DocumentStore.ensure_ann_index.
     ann_min_rows: int = Field(default=1_000, ge=1)
+    # How stale a worker's view of the table may be: rows another process (`rankstream
+    # index`) writes are searched within this many seconds (LanceDB read consistency).
+    read_consistency_s: float = Field(default=5.0, ge=0)
 
     # --- observability ---
     metrics_port: int = Field(default=9464, ge=0, le=65535)

@@ -1,8 +1,21 @@
-"""One error hierarchy. Each error knows the machine-readable code its requester receives."""
+"""One error hierarchy. Each error knows the machine-readable code its requester receives.
+
+    RankstreamError                 base of every error rankstream raises on purpose
+    ├── InvalidRequestError         invalid_request: the request can never succeed as sent
+    ├── ExpiredError                expired: its deadline passed before it was answered
+    ├── OverloadedError             overloaded: shed at once, the queue ahead would miss it
+    ├── ModelError                  model_error: a model failed to load or gave NaN
+    ├── StoreError                  store_error: the LanceDB table is missing or unreadable
+    ├── QueryTimeoutError           (client side; also a TimeoutError) no answer in time
+    └── QueryFailedError            (client side) a worker answered with an error: `.code`
+
+Workers turn these into replies and acknowledgements in one place
+(`rankstream.workers.delivery`); a client sees `QueryFailedError` with the code it was sent.
+"""
 
 from __future__ import annotations
 
-from shared.messages import ErrorCode
+from rankstream.wire.messages import ErrorCode
 
 
 class RankstreamError(Exception):
@@ -18,9 +31,17 @@ class InvalidRequestError(RankstreamError):
 
 
 class ExpiredError(RankstreamError):
-    """The request's deadline passed before it could be answered."""
+    """The request's deadline passed before it could be answered: retry with a longer
+    timeout, or a smaller depth."""
 
     code = ErrorCode.EXPIRED
+
+
+class OverloadedError(RankstreamError):
+    """The work queued ahead would not be done before the request's deadline, so it was
+    refused at once: retry later (with backoff), or send a longer timeout."""
+
+    code = ErrorCode.OVERLOADED
 
 
 class ModelError(RankstreamError):
@@ -36,14 +57,21 @@ class StoreError(RankstreamError):
 
 
 class QueryTimeoutError(RankstreamError, TimeoutError):
-    """The client waited `timeout` for an answer and none came."""
+    """The client waited `timeout` for an answer and none came: are the workers running?"""
 
     code = ErrorCode.EXPIRED
 
 
 class QueryFailedError(RankstreamError):
-    """A worker answered the query with an error result; `code` says which."""
+    """A worker answered the query with an error result; `code` says which, `worker` where.
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    Args:
+        code: the machine-readable error code the worker sent.
+        message: the worker's explanation, for people.
+        worker: the worker that failed (`retrieval`, `rerank`), when it said.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, worker: str = "") -> None:
         super().__init__(f"{code.value}: {message}")
         self.code = code
+        self.worker = worker

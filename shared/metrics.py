@@ -1,11 +1,20 @@
-"""Every Prometheus metric rankstream exports, declared in one place."""
+"""Every Prometheus metric rankstream exports, declared once, on a registry you pass in.
+
+A process builds one `Metrics` and hands it to everything that reports: both workers (when
+`rankstream up` runs them in one process), FastStream's middleware and the `/metrics`
+endpoint. Tests build their own, so no two share a counter.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
-from shared.batching import BatchStats
-from shared.messages import StageTimings
+from rankstream.scheduling.batcher import BatchStats
+from rankstream.wire.messages import StageTimings
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25,
@@ -13,84 +22,129 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 PAIR_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
 TOKEN_BUCKETS = (64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+PADDING_BUCKETS = (1.0, 1.02, 1.05, 1.1, 1.15, 1.2, 1.3, 1.5, 2.0, 3.0, 5.0)
 
-STAGE_SECONDS = Histogram(
-    "rankstream_stage_seconds",
-    "Time a request spent in each stage (stage=queue_wait|embed|search|rerank_queue_wait|"
-    "batch_wait|inference|total).",
-    ["stage"],
-    buckets=LATENCY_BUCKETS,
-)
-MODEL_BATCH_SECONDS = Histogram(
-    "rankstream_model_batch_seconds",
-    "Wall time of one model call (model=embedder|reranker).",
-    ["model"],
-    buckets=LATENCY_BUCKETS,
-)
-RERANK_BATCH_PAIRS = Histogram(
-    "rankstream_rerank_batch_pairs",
-    "Pairs in one cross-encoder call.",
-    buckets=PAIR_BUCKETS,
-)
-RERANK_BATCH_REQUESTS = Histogram(
-    "rankstream_rerank_batch_requests",
-    "Requests whose pairs shared one cross-encoder call.",
-    buckets=PAIR_BUCKETS,
-)
-RERANK_BATCH_TOKENS = Histogram(
-    "rankstream_rerank_batch_tokens",
-    "Padded tokens (pairs x longest pair) in one cross-encoder call.",
-    buckets=TOKEN_BUCKETS,
-)
-RERANK_PADDING_RATIO = Histogram(
-    "rankstream_rerank_padding_ratio",
-    "Padded tokens / real tokens in one cross-encoder call (1.0 = no padding).",
-    buckets=(1.0, 1.02, 1.05, 1.1, 1.15, 1.2, 1.3, 1.5, 2.0, 3.0, 5.0),
-)
-RERANK_QUEUED_PAIRS = Gauge(
-    "rankstream_rerank_queued_pairs", "Pairs waiting in the rerank worker for a model batch."
-)
-RERANK_INFLIGHT_PAIRS = Gauge(
-    "rankstream_rerank_inflight_pairs",
-    "Pairs the rerank worker holds (queued or in the model); capped by max_inflight_pairs.",
-)
-RERANK_REAL_TOKENS = Counter(
-    "rankstream_rerank_real_tokens_total", "Tokens of the scored pairs, without padding."
-)
-RERANK_PADDED_TOKENS = Counter(
-    "rankstream_rerank_padded_tokens_total", "Tokens the model computed, padding included."
-)
-INFLIGHT_REQUESTS = Gauge(
-    "rankstream_inflight_requests", "Requests a worker holds right now.", ["worker"]
-)
-REQUESTS = Counter(
-    "rankstream_requests_total",
-    "Requests finished by a worker, by outcome (ok|forwarded|degraded|<error code>).",
-    ["worker", "outcome"],
-)
-DEADLINE_MISSES = Counter(
-    "rankstream_deadline_misses_total",
-    "Requests whose deadline passed before they were scored, by what they got back "
-    "(degraded = retrieval order, expired = error).",
-    ["worker", "action"],
-)
+__all__ = ["Metrics", "process_registry"]
 
 
-def observe_timings(timings: StageTimings) -> None:
-    for stage, milliseconds in timings.model_dump().items():
-        if milliseconds > 0:
-            STAGE_SECONDS.labels(stage=stage).observe(milliseconds / 1000.0)
+def process_registry() -> CollectorRegistry:
+    """A new registry with the process, platform and GC collectors the default one has."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
 
 
-def observe_rerank_batch(stats: BatchStats) -> None:
-    MODEL_BATCH_SECONDS.labels(model="reranker").observe(stats.seconds)
-    RERANK_BATCH_PAIRS.observe(stats.items)
-    RERANK_BATCH_REQUESTS.observe(stats.requests)
-    RERANK_BATCH_TOKENS.observe(stats.padded_tokens)
-    RERANK_PADDING_RATIO.observe(stats.padded_tokens / max(1, stats.real_tokens))
-    RERANK_REAL_TOKENS.inc(stats.real_tokens)
-    RERANK_PADDED_TOKENS.inc(stats.padded_tokens)
+class Metrics:
+    """The metric objects, registered on `registry` (default: a new `process_registry()`).
 
+    Args:
+        registry: where the metrics are registered and served from. Two `Metrics` on one
+            registry raise ValueError (duplicate time series): share one instance instead.
+    """
 
-def observe_embed_batch(stats: BatchStats) -> None:
-    MODEL_BATCH_SECONDS.labels(model="embedder").observe(stats.seconds)
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = process_registry() if registry is None else registry
+        r = self.registry
+        self.stage_seconds = Histogram(
+            "rankstream_stage_seconds",
+            "Time a request spent in each stage (stage=queue_wait|embed|search|"
+            "rerank_queue_wait|batch_wait|inference|total).",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.model_batch_seconds = Histogram(
+            "rankstream_model_batch_seconds",
+            "Wall time of one model call (model=embedder|reranker).",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.rerank_batch_pairs = Histogram(
+            "rankstream_rerank_batch_pairs", "Pairs in one cross-encoder call.",
+            buckets=PAIR_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.rerank_batch_requests = Histogram(
+            "rankstream_rerank_batch_requests",
+            "Requests whose pairs shared one cross-encoder call.", buckets=PAIR_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.rerank_batch_tokens = Histogram(
+            "rankstream_rerank_batch_tokens",
+            "Padded tokens (pairs x longest pair) in one cross-encoder call.",
+            buckets=TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.rerank_padding_ratio = Histogram(
+            "rankstream_rerank_padding_ratio",
+            "Padded tokens / real tokens in one cross-encoder call (1.0 = no padding).",
+            buckets=PADDING_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.rerank_queued_pairs, self.rerank_inflight_pairs = (
+            Gauge(name, text, registry=r)
+            for name, text in (
+                ("rankstream_rerank_queued_pairs", "Pairs the rerank worker has queued."),
+                (
+                    "rankstream_rerank_inflight_pairs",
+                    "Pairs the rerank worker holds (queued or in the model); capped by "
+                    "max_inflight_pairs.",
+                ),
+            )
+        )
+        self.rerank_real_tokens, self.rerank_padded_tokens = (
+            Counter(name, text, registry=r)
+            for name, text in (
+                ("rankstream_rerank_real_tokens", "Tokens of the scored pairs, without padding."),
+                ("rankstream_rerank_padded_tokens", "Tokens the model computed, padding included."),
+            )
+        )
+        self.inflight_requests = Gauge(
+            "rankstream_inflight_requests",
+            "Requests a worker holds right now.",
+            ["worker"],
+            registry=r,
+        )
+        self.requests, self.deadline_misses = (
+            Counter(name, text, labels, registry=r)
+            for name, text, labels in (
+                (
+                    "rankstream_requests",
+                    "Requests finished by a worker, by outcome (ok|forwarded|degraded|<error "
+                    "code>).",
+                    ["worker", "outcome"],
+                ),
+                (
+                    "rankstream_deadline_misses",
+                    "Requests whose deadline passed before they were scored, by what they got "
+                    "back (degraded = retrieval order, expired = error).",
+                    ["worker", "action"],
+                ),
+            )
+        )
+        self.peak_rss_bytes = Gauge(
+            "rankstream_process_peak_resident_memory_bytes",
+            "The highest resident memory of this process seen so far (sampled every second "
+            "by the health heartbeat, and at each scrape).",
+            registry=r,
+        )
+        self._process = psutil.Process()
+        self._peak_rss = 0
+        self.peak_rss_bytes.set_function(self.sample_memory)
+
+    def sample_memory(self) -> float:
+        """Sample resident memory now; returns the highest sample so far, in bytes."""
+        self._peak_rss = max(self._peak_rss, int(self._process.memory_info().rss))
+        return float(self._peak_rss)
+
+    def observe_timings(self, timings: StageTimings) -> None:
+        for stage, milliseconds in timings.model_dump().items():
+            if milliseconds > 0:
+                self.stage_seconds.labels(stage=stage).observe(milliseconds / 1000.0)
+
+    def observe_rerank_batch(self, stats: BatchStats) -> None:
+        self.model_batch_seconds.labels(model="reranker").observe(stats.seconds)
+        self.rerank_batch_pairs.observe(stats.items)
+        self.rerank_batch_requests.observe(stats.requests)
+        self.rerank_batch_tokens.observe(stats.padded_tokens)
+        self.rerank_padding_ratio.observe(stats.padded_tokens / max(1, stats.real_tokens))
+        self.rerank_real_tokens.inc(stats.real_tokens)
+        self.rerank_padded_tokens.inc(stats.padded_tokens)
+
+    def observe_embed_batch(self, stats: BatchStats) -> None:
+        self.model_batch_seconds.labels(model="embedder").observe(stats.seconds)

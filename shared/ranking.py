@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shared.messages import Candidate, CandidateSet, RankedDoc, RankedResult, StageTimings, now_ms
+from rankstream.wire.messages import (
+    Candidate,
+    CandidateSet,
+    RankedDoc,
+    RankedResult,
+    StageTimings,
+    now_ms,
+)
 
 
 def rank(candidates: Sequence[Candidate], scores: Sequence[float], top_k: int) -> list[RankedDoc]:

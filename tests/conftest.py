@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import Settings
-from shared.corpus import read_documents, sample_corpus_path
-from shared.nats_server import EmbeddedNatsServer
+from rankstream.config import Settings
+from rankstream.retrieval.corpus import read_documents, sample_corpus_path
+from rankstream.workers.local import EmbeddedNatsServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -48,8 +48,8 @@ def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sample_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The sample corpus, indexed once per session with the packaged bi-encoder."""
-    from shared.models import load_embedder
-    from shared.store import DocumentStore
+    from rankstream.models import load_embedder
+    from rankstream.retrieval.store import DocumentStore
 
     uri = str(tmp_path_factory.mktemp("lancedb"))
     settings = Settings(lancedb_uri=uri)

@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from shared.config import Settings
-from shared.errors import RankstreamError
+from rankstream.config import Settings
+from rankstream.errors import RankstreamError
 
 # Packaged models load from site-packages; never wait on an unreachable model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -73,7 +73,7 @@ def _run(coroutine: Any) -> Any:
 @app.command()
 def up(ctx: typer.Context) -> None:
     """Run NATS (embedded when no URL is set) and both workers until Ctrl-C."""
-    from workers.serve import serve_local_stack
+    from rankstream.workers.app import serve_local_stack
 
     _run(serve_local_stack(ctx.obj))
 
@@ -84,8 +84,7 @@ def worker(
     kind: Annotated[str, typer.Argument(help="retrieval or rerank")],
 ) -> None:
     """Run one worker against the configured NATS: one process per replica."""
-    from workers.runner import WorkerKind
-    from workers.serve import serve_workers
+    from rankstream.workers.app import WorkerKind, serve_workers
 
     try:
         chosen = WorkerKind(kind)
@@ -97,7 +96,7 @@ def worker(
 @app.command()
 def demo(ctx: typer.Context) -> None:
     """Start everything, index the sample corpus, compare bi-encoder and reranked orders."""
-    from workers.demo import run_demo
+    from rankstream.workers.tools.demo import run_demo
 
     _run(run_demo(ctx.obj, console))
 
@@ -108,7 +107,7 @@ def index(
     path: Annotated[Path, typer.Argument(help="BEIR folder (corpus.jsonl) or a JSONL file")],
 ) -> None:
     """Embed documents and upsert them (by id) into the LanceDB table."""
-    from workers.indexing import index_corpus
+    from rankstream.workers.tools.indexing import index_corpus
 
     settings: Settings = ctx.obj
     try:
@@ -131,7 +130,7 @@ def query(
     ),
 ) -> None:
     """Send one query through the running pipeline and print its ranked result."""
-    from shared.client import RankstreamClient
+    from rankstream.client import RankstreamClient
 
     async def ask() -> Any:
         async with RankstreamClient(ctx.obj) as client:
@@ -165,7 +164,7 @@ def evaluate(
     ] = 1,
 ) -> None:
     """Is the reranker worth its latency? Quality and latency per rerank depth, measured."""
-    from workers.evaluate import EvalOptions, run_eval
+    from rankstream.workers.tools.evaluate import EvalOptions, run_eval
 
     try:
         parsed_depths = tuple(int(d) for d in depths.split(",") if d.strip())
@@ -201,7 +200,7 @@ def bench(
 ) -> None:
     """Throughput and latency through the real pipeline, beside the model's limit and the
     no-cross-request-batching figure, on the same model and inputs."""
-    from workers.bench import BenchOptions, run_bench
+    from rankstream.workers.tools.bench import BenchOptions, run_bench
 
     options = BenchOptions(
         data_dir=data, depth=depth, concurrency=concurrency, rate=rate, duration_s=duration,
@@ -259,7 +258,7 @@ def bench_store(
     recall@100 of the ANN index against exact search."""
     import dataclasses
 
-    from workers.bench_store import render_table, run_store_bench
+    from rankstream.workers.tools.bench_store import render_table, run_store_bench
 
     try:
         parsed = [int(size) for size in sizes.split(",") if size.strip()]
@@ -285,7 +284,7 @@ def asyncapi(
     out: Annotated[Path | None, typer.Option(help="Write the spec here (else stdout)")] = None,
 ) -> None:
     """Print the AsyncAPI spec of both workers' subjects and messages."""
-    from workers.spec import asyncapi_spec
+    from rankstream.workers.spec import asyncapi_spec
 
     document = json.dumps(asyncapi_spec(ctx.obj), indent=2)
     if out is None:

@@ -19,20 +19,21 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from faststream import BaseMiddleware
-from faststream._internal.basic_types import AsyncFuncAny
-from faststream._internal.context.repository import ContextRepo
-from faststream.message import StreamMessage
-from faststream.nats import JStream, NatsBroker, PullSub
+import nats.errors
+from faststream import AckPolicy, BaseMiddleware, ContextRepo, StreamMessage
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
 from faststream.nats.message import NatsMessage
+from faststream.types import AsyncFuncAny
+from nats.js.api import AckPolicy as ConsumerAckPolicy
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from shared.config import Settings
-from shared.errors import InvalidRequestError, ModelError, RankstreamError
-from shared.messages import SUBJECT_PATTERN, DeadLetter, ErrorCode
-from shared.subjects import Subjects
-from workers.replies import ReplySender
+from rankstream.config import Settings
+from rankstream.errors import InvalidRequestError, ModelError, RankstreamError
+from rankstream.metrics import Metrics
+from rankstream.wire.messages import SUBJECT_PATTERN, DeadLetter, ErrorCode
+from rankstream.wire.subjects import Subjects
+from rankstream.workers.replies import ReplySender
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +50,55 @@ NEVER_SUCCEEDS = (
 MAX_KEPT_PAYLOAD = 512 * 1024
 PREVIEW_BYTES = 2048
 SUBJECT = re.compile(SUBJECT_PATTERN)
+# Pull consumers only receive what a replica asks for, so each replica bounds its own
+# in-flight messages; this server-side cap is shared by all replicas and must not be what
+# limits a scaled-out deployment (it stops delivery silently when reached).
+MAX_ACK_PENDING = 20_000
+
+
+def work_queue_subscription(
+    settings: Settings, subject: str, stream: str, durable: str
+) -> dict[str, Any]:
+    """A durable pull consumer shared by every replica of one worker.
+
+    Up to `max_inflight_requests` messages are held at once; FastStream acknowledges each
+    only after its handler returned, i.e. after the output was published.
+    """
+    inflight = settings.max_inflight_requests
+    return {
+        "subject": subject,
+        "stream": JStream(stream, declare=False),
+        "durable": durable,
+        "pull_sub": PullSub(batch_size=min(inflight, 16), timeout=settings.fetch_wait_ms / 1000),
+        "max_workers": inflight,
+        "ack_policy": AckPolicy.NACK_ON_ERROR,
+        "config": ConsumerConfig(
+            ack_policy=ConsumerAckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait_s,
+            max_deliver=settings.max_deliver,
+            max_ack_pending=MAX_ACK_PENDING,
+        ),
+    }
 
 
 class DeliveryGuard(BaseMiddleware):
     """Built per message by FastStream; `broker` and `settings` are bound with `partial`."""
 
     def __init__(
-        self, msg: Any, /, *, context: ContextRepo, broker: NatsBroker, settings: Settings
+        self,
+        msg: Any,
+        /,
+        *,
+        context: ContextRepo,
+        broker: NatsBroker,
+        settings: Settings,
+        metrics: Metrics,
     ) -> None:
         super().__init__(msg, context=context)
         self._broker = broker
         self._settings = settings
-        self._subjects = Subjects(settings.subject_prefix)
+        self._subjects = Subjects.from_settings(settings)
+        self._metrics = metrics
 
     async def consume_scope(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
         assert isinstance(msg, NatsMessage), "DeliveryGuard serves NATS subscribers only"
@@ -75,7 +113,7 @@ class DeliveryGuard(BaseMiddleware):
         except NEVER_SUCCEEDS as error:
             await self._give_up(msg, _code(error), _describe(error))
         except RankstreamError as error:
-            await self._answer_error(body, error.code, str(error))
+            await self._answer_error(msg, error.code, str(error))
             await msg.ack()
         except Exception as error:
             await self._retry_or_give_up(msg, error)
@@ -96,15 +134,22 @@ class DeliveryGuard(BaseMiddleware):
         """Dead-letter the original bytes, tell the requester, and never deliver it again."""
         failed = FailedMessage(
             body=msg.body,
-            worker=_worker_of(msg),
-            subject=str(getattr(msg.raw_message, "subject", "")),
+            worker=self._worker_of(msg),
+            subject=_subject(msg),
             deliveries=_deliveries(msg),
         )
-        await give_up(self._broker, self._subjects, failed, code, reason)
+        await give_up(self._replies(msg), failed, code, reason)
         await msg.reject()
 
-    async def _answer_error(self, body: bytes, code: ErrorCode, message: str) -> None:
-        await answer_error(self._broker, self._subjects, body, code, message)
+    async def _answer_error(self, msg: NatsMessage, code: ErrorCode, message: str) -> None:
+        await answer_error(self._replies(msg), msg.body, code, message)
+
+    def _replies(self, msg: NatsMessage) -> ReplySender:
+        return ReplySender(self._broker, self._subjects, self._worker_of(msg), self._metrics)
+
+    def _worker_of(self, msg: NatsMessage) -> str:
+        """The worker whose subject delivered `msg` (`retrieval`, `rerank`)."""
+        return self._subjects.worker_for(_subject(msg))
 
 
 @dataclass(frozen=True)
@@ -116,7 +161,7 @@ class FailedMessage:
 
 
 async def give_up(
-    broker: NatsBroker, subjects: Subjects, failed: FailedMessage, code: ErrorCode, reason: str
+    replies: ReplySender, failed: FailedMessage, code: ErrorCode, reason: str
 ) -> None:
     """Keep the message as a dead letter, then answer its requester with an error."""
     body = failed.body
@@ -135,24 +180,20 @@ async def give_up(
         payload_sha256=hashlib.sha256(body).hexdigest(),
         truncated=len(kept) < len(body),
     )
-    await broker.publish(letter, subjects.dead_letters, stream=subjects.dead_letters_stream)
+    await replies.dead_letter(letter)
     try:
-        await answer_error(broker, subjects, body, code, reason)
+        await answer_error(replies, body, code, reason)
     except Exception:  # the dead letter is kept; a failed answer must not redeliver it
         log.exception("could not send the error reply for a dead-lettered message")
 
 
-async def answer_error(
-    broker: NatsBroker, subjects: Subjects, body: bytes, code: ErrorCode, message: str
-) -> None:
+async def answer_error(replies: ReplySender, body: bytes, code: ErrorCode, message: str) -> None:
     address = reply_address(body)
     if address is None:
         log.warning("cannot answer a message without request_id/reply_to: %s", message)
         return
     request_id, reply_to = address
-    await ReplySender(broker, subjects, worker="delivery").send_error(
-        reply_to, request_id, code, message
-    )
+    await replies.send_error(reply_to, request_id, code, message)
 
 
 class MaxDeliveriesAdvisory(BaseModel):
@@ -167,10 +208,10 @@ class MaxDeliveriesAdvisory(BaseModel):
     deliveries: int
 
 
-def watch_max_deliveries(broker: NatsBroker, settings: Settings) -> None:
+def watch_max_deliveries(broker: NatsBroker, settings: Settings, metrics: Metrics) -> None:
     """Dead-letter messages JetStream stopped delivering. The advisories are kept in a work
     queue stream, so a replica handles each once, even if none ran when it was emitted."""
-    subjects = Subjects(settings.subject_prefix)
+    subjects = Subjects.from_settings(settings)
 
     async def on_max_deliveries(advisory: MaxDeliveriesAdvisory) -> None:
         js = broker.connection.jetstream()
@@ -178,11 +219,13 @@ def watch_max_deliveries(broker: NatsBroker, settings: Settings) -> None:
             original = await js.get_msg(advisory.stream, advisory.stream_seq)
         except NotFoundError:
             return  # already acknowledged or removed: nothing was lost
+        worker = subjects.worker_for(advisory.stream)
         failed = FailedMessage(
-            original.data or b"", advisory.consumer, original.subject or "", advisory.deliveries
+            original.data or b"", worker, original.subject or "", advisory.deliveries
         )
         reason = f"not acknowledged after {advisory.deliveries} deliveries"
-        await give_up(broker, subjects, failed, ErrorCode.INTERNAL, reason)
+        replies = ReplySender(broker, subjects, worker, metrics)
+        await give_up(replies, failed, ErrorCode.INTERNAL, reason)
         await js.delete_msg(advisory.stream, advisory.stream_seq)
 
     for stream in (subjects.queries_stream, subjects.candidates_stream):
@@ -238,11 +281,15 @@ def _describe(error: Exception) -> str:
     return str(error)
 
 
+def _subject(msg: NatsMessage) -> str:
+    return str(getattr(msg.raw_message, "subject", "") or "")
+
+
 def _deliveries(msg: NatsMessage) -> int:
-    metadata = getattr(msg.raw_message, "metadata", None)
+    """How many times JetStream has delivered `msg` (1 for a message that is not
+    JetStream's, e.g. in FastStream's TestNatsBroker)."""
+    try:
+        metadata = msg.raw_message.metadata
+    except (AttributeError, nats.errors.Error):  # not a JetStream message
+        return 1
     return int(getattr(metadata, "num_delivered", 1) or 1)
-
-
-def _worker_of(msg: NatsMessage) -> str:
-    metadata = getattr(msg.raw_message, "metadata", None)
-    return str(getattr(metadata, "consumer", "") or "unknown")

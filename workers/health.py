@@ -2,7 +2,7 @@
 
 On `settings.metrics_port` (0 = off), from the moment a worker process starts:
 
-- `/metrics`: the Prometheus exposition of the default registry (prometheus_client's own
+- `/metrics`: the Prometheus exposition of the process's registry (prometheus_client's own
   WSGI app: content negotiation, gzip, `name[]=` filtering).
 - `/livez`: 200 while the process's event loop is responsive. A task on the loop stamps a
   heartbeat every `HEARTBEAT_S`; once the stamp is older than `LIVENESS_STALE_S`, 503.
@@ -22,7 +22,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
@@ -30,9 +30,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from faststream.nats import NatsBroker
-from prometheus_client import REGISTRY, make_wsgi_app
+from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from shared.config import Settings
+from rankstream.config import Settings
+from rankstream.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,9 @@ class Health:
         heartbeat_s: float = HEARTBEAT_S,
         stale_after_s: float = LIVENESS_STALE_S,
         ping_timeout_s: float = PING_TIMEOUT_S,
+        on_beat: Callable[[], object] | None = None,
     ) -> None:
+        self._on_beat = on_beat
         self._heartbeat_s = heartbeat_s
         self._stale_after_s = stale_after_s
         self._ping_timeout_s = ping_timeout_s
@@ -121,9 +124,12 @@ class Health:
         return ProbeResult(True, "ready", checks)
 
     async def run_heartbeat(self) -> None:
-        """Stamp the heartbeat and re-check the NATS connection, forever (cancel to stop)."""
+        """Stamp the heartbeat, call `on_beat` (memory sampling), re-check the NATS connection,
+        forever (cancel to stop)."""
         while True:
             self._last_beat = time.monotonic()
+            if self._on_beat is not None:
+                self._on_beat()
             self._nats_connected = await self._ping()
             await asyncio.sleep(self._heartbeat_s)
 
@@ -148,9 +154,9 @@ class _SilentHandler(WSGIRequestHandler):
         pass
 
 
-def health_app(health: Health) -> WSGIApplication:
-    """`/metrics`, `/livez` and `/readyz`; 404 elsewhere."""
-    metrics: WSGIApplication = make_wsgi_app(REGISTRY)
+def health_app(health: Health, registry: CollectorRegistry) -> WSGIApplication:
+    """`/metrics` (of `registry`), `/livez` and `/readyz`; 404 elsewhere."""
+    metrics: WSGIApplication = make_wsgi_app(registry)
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -186,8 +192,11 @@ def _plain(start_response: StartResponse, status: str, body: bytes) -> list[byte
 class HealthServer:
     """The HTTP server in a daemon thread: `start()` binds (raises if the port is taken)."""
 
-    def __init__(self, health: Health, port: int, addr: str = "0.0.0.0") -> None:
+    def __init__(
+        self, health: Health, registry: CollectorRegistry, port: int, addr: str = "0.0.0.0"
+    ) -> None:
         self._health = health
+        self._registry = registry
         self._port = port
         self._addr = addr
         self._server: _ThreadingWSGIServer | None = None
@@ -202,7 +211,7 @@ class HealthServer:
         server = make_server(
             self._addr,
             self._port,
-            health_app(self._health),
+            health_app(self._health, self._registry),
             server_class=_ThreadingWSGIServer,
             handler_class=_SilentHandler,
         )
@@ -226,15 +235,15 @@ class HealthServer:
 
 
 @asynccontextmanager
-async def health_endpoints(settings: Settings) -> AsyncIterator[Health]:
-    """Heartbeat on this loop and, unless `metrics_port` is 0, the HTTP server; both stop
-    when the block ends."""
-    health = Health()
+async def health_endpoints(settings: Settings, metrics: Metrics) -> AsyncIterator[Health]:
+    """Heartbeat on this loop and, unless `metrics_port` is 0, the HTTP server serving
+    `metrics`; both stop when the block ends."""
+    health = Health(on_beat=metrics.sample_memory)
     heartbeat = asyncio.create_task(health.run_heartbeat(), name="rankstream-heartbeat")
     server: HealthServer | None = None
     try:
         if settings.metrics_port:
-            server = HealthServer(health, settings.metrics_port).start()
+            server = HealthServer(health, metrics.registry, settings.metrics_port).start()
             # Not the word "ready" here: tests and scripts wait for the ready line by it.
             log.info(
                 "metrics on http://127.0.0.1:%d%s; liveness and readiness probes beside it",

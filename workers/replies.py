@@ -1,4 +1,5 @@
-"""Sending a request its answer: a ranked result or an error, to its `reply_to` subject."""
+"""Sending a request its answer (a ranked result or an error, to its `reply_to` subject) and
+keeping a dead letter; each counted under the worker that sent it."""
 
 from __future__ import annotations
 
@@ -6,24 +7,31 @@ import logging
 
 from faststream.nats import NatsBroker
 
-from shared.messages import ErrorCode, ErrorResult, RankedResult, dedup_id
-from shared.metrics import REQUESTS
-from shared.subjects import Subjects
+from rankstream.metrics import Metrics
+from rankstream.wire.messages import DeadLetter, ErrorCode, ErrorResult, RankedResult, dedup_id
+from rankstream.wire.subjects import Subjects
 
 log = logging.getLogger(__name__)
 
 
 class ReplySender:
     """Replies under the results subject go through JetStream with a `Nats-Msg-Id`, so a
-    request processed twice (after a redelivery) is answered once; others go over core NATS."""
+    request processed twice (after a redelivery) is answered once; others go over core NATS.
 
-    def __init__(self, broker: NatsBroker, subjects: Subjects, worker: str) -> None:
+    Args:
+        worker: the worker that answers (`retrieval`, `rerank`): the `worker` label of
+            `rankstream_requests_total`.
+    """
+
+    def __init__(
+        self, broker: NatsBroker, subjects: Subjects, worker: str, metrics: Metrics
+    ) -> None:
         self._broker = broker
         self._subjects = subjects
-        self._worker = worker
+        self.worker = worker
+        self._metrics = metrics
 
     async def send(self, reply_to: str, reply: RankedResult | ErrorResult) -> None:
-        outcome = _outcome(reply)
         if reply_to.startswith(self._subjects.results_root + "."):
             await self._broker.publish(
                 reply,
@@ -33,13 +41,19 @@ class ReplySender:
             )
         else:
             await self._broker.publish(reply, subject=reply_to)
-        REQUESTS.labels(worker=self._worker, outcome=outcome).inc()
+        self._metrics.requests.labels(worker=self.worker, outcome=_outcome(reply)).inc()
 
     async def send_error(
         self, reply_to: str, request_id: str, code: ErrorCode, message: str
     ) -> None:
-        log.warning("request %s failed: %s: %s", request_id, code.value, message)
-        await self.send(reply_to, ErrorResult(request_id=request_id, code=code, message=message))
+        log.warning("%s: request %s failed: %s: %s", self.worker, request_id, code.value, message)
+        error = ErrorResult(request_id=request_id, code=code, message=message, worker=self.worker)
+        await self.send(reply_to, error)
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        await self._broker.publish(
+            letter, self._subjects.dead_letters, stream=self._subjects.dead_letters_stream
+        )
 
 
 def _outcome(reply: RankedResult | ErrorResult) -> str:

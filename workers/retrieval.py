@@ -8,11 +8,17 @@ import time
 import numpy as np
 from faststream.nats import JStream, NatsBroker
 
-from shared.batching import BatchLimits, MicroBatcher
-from shared.config import Settings
-from shared.errors import ExpiredError
-from shared.limits import check_request
-from shared.messages import (
+from rankstream.config import Settings
+from rankstream.errors import ExpiredError
+from rankstream.metrics import Metrics
+from rankstream.models import Embedder, load_embedder
+from rankstream.models.base import Vectors
+from rankstream.ranking import ranked_result
+from rankstream.retrieval.store import DocumentStore, Retriever
+from rankstream.scheduling.batcher import BatchLimits, MicroBatcher
+from rankstream.scheduling.deadlines import Deadline
+from rankstream.scheduling.limits import check_request
+from rankstream.wire.messages import (
     Candidate,
     CandidateSet,
     QueryRequest,
@@ -20,31 +26,38 @@ from shared.messages import (
     dedup_id,
     now_ms,
 )
-from shared.metrics import (
-    DEADLINE_MISSES,
-    INFLIGHT_REQUESTS,
-    REQUESTS,
-    observe_embed_batch,
-    observe_timings,
-)
-from shared.models import Embedder, load_embedder
-from shared.models.base import Vectors
-from shared.ranking import ranked_result
-from shared.store import DocumentStore
-from shared.subjects import Subjects
-from workers.broker import work_queue_subscription
-from workers.replies import ReplySender
+from rankstream.wire.subjects import Subjects
+from rankstream.workers.delivery import work_queue_subscription
+from rankstream.workers.replies import ReplySender
 
 WORKER = "retrieval"
 
 
 class RetrievalWorker:
-    def __init__(self, settings: Settings, broker: NatsBroker) -> None:
+    """The retrieval handler and what it holds: the query embedder and the store.
+
+    Args:
+        settings: limits, batching and store settings.
+        broker: the broker its subscriber and publisher are registered on.
+        metrics: where it reports.
+        embedder: a loaded embedder; default: `load_embedder(settings)` in `start()`.
+        store: what it searches; default: `DocumentStore.from_settings(settings)`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: NatsBroker,
+        metrics: Metrics,
+        embedder: Embedder | None = None,
+        store: Retriever | None = None,
+    ) -> None:
         self._settings = settings
-        self._subjects = Subjects(settings.subject_prefix)
-        self._replies = ReplySender(broker, self._subjects, WORKER)
-        self._embedder: Embedder | None = None
-        self._store = DocumentStore(settings.lancedb_uri, settings.table, settings.ann_min_rows)
+        self._metrics = metrics
+        self._subjects = Subjects.from_settings(settings)
+        self._replies = ReplySender(broker, self._subjects, WORKER, metrics)
+        self._embedder = embedder
+        self._store: Retriever = store or DocumentStore.from_settings(settings)
         self._batcher: MicroBatcher[str, Vectors] | None = None
         broker.subscriber(
             **work_queue_subscription(
@@ -64,15 +77,24 @@ class RetrievalWorker:
             schema=CandidateSet,
         )
 
+    @property
+    def embedder(self) -> Embedder:
+        assert self._embedder is not None, "start() the worker first"
+        return self._embedder
+
     async def start(self) -> None:
-        """Load the model (in a thread: it takes seconds) and start the embedding batcher."""
-        self._embedder = await asyncio.to_thread(load_embedder, self._settings)
+        """Load the embedder (in a thread: it takes seconds) unless one was given, and start
+        the embedding batcher."""
+        if self._embedder is None:
+            self._embedder = await asyncio.to_thread(load_embedder, self._settings)
         limits = BatchLimits(
             max_items=self._settings.max_embed_batch,
             max_padded_tokens=self._settings.max_embed_batch,
             max_wait_s=self._settings.max_embed_wait_ms / 1000,
         )
-        self._batcher = MicroBatcher(self._embed, limits, on_batch=observe_embed_batch)
+        self._batcher = MicroBatcher(
+            self._embed, limits, on_batch=self._metrics.observe_embed_batch
+        )
         await self._batcher.__aenter__()
         await self._embed(["warm-up"])
 
@@ -82,11 +104,11 @@ class RetrievalWorker:
 
     async def handle(self, request: QueryRequest) -> None:
         started = now_ms()
-        with INFLIGHT_REQUESTS.labels(worker=WORKER).track_inprogress():
+        with self._metrics.inflight_requests.labels(worker=WORKER).track_inprogress():
             await self._retrieve(request, started)
 
     async def _retrieve(self, request: QueryRequest, started: float) -> None:
-        self._check(request, started)
+        self._check(request)
         assert self._batcher is not None, "start() the worker first"
         embed_start = time.perf_counter()
         (vector,) = (await self._batcher.submit([request.query], [1])).outputs
@@ -105,30 +127,26 @@ class RetrievalWorker:
                 for i, h in enumerate(hits, start=1)
             ],
             timings_ms=timings,
-            embedder_model=self._embedder_id,
+            embedder_model=self.embedder.model_id,
         )
         if request.depth == 0:
             result = ranked_result(candidate_set, [], timings, model_id="none")
-            observe_timings(result.timings_ms)
+            self._metrics.observe_timings(result.timings_ms)
             await self._replies.send(request.reply_to, result)
             return
         await self._candidates.publish(
             candidate_set, headers={"Nats-Msg-Id": dedup_id(request.request_id, "candidates")}
         )
-        REQUESTS.labels(worker=WORKER, outcome="forwarded").inc()
+        self._metrics.requests.labels(worker=WORKER, outcome="forwarded").inc()
 
-    def _check(self, request: QueryRequest, started: float) -> None:
+    def _check(self, request: QueryRequest) -> None:
         check_request(request, self._settings)
-        if started > request.deadline_ms:
+        deadline = Deadline.of(request, self._settings.deadline_margin_ms)
+        if deadline.passed():
             # Nothing retrieved yet, so nothing to degrade to: an `expired` error.
-            DEADLINE_MISSES.labels(worker=WORKER, action="expired").inc()
-            raise ExpiredError(f"deadline passed {started - request.deadline_ms:.0f} ms ago")
-
-    @property
-    def _embedder_id(self) -> str:
-        return self._embedder.model_id if self._embedder else self._settings.embedder_model
+            self._metrics.deadline_misses.labels(worker=WORKER, action="expired").inc()
+            raise ExpiredError(f"deadline passed {-deadline.remaining_s():.1f} s ago")
 
     async def _embed(self, texts: list[str]) -> list[Vectors]:
-        assert self._embedder is not None
-        vectors = await asyncio.to_thread(self._embedder.embed_queries, texts)
+        vectors = await asyncio.to_thread(self.embedder.embed_queries, texts)
         return list(np.asarray(vectors))

@@ -6,19 +6,21 @@ from typing import Any
 
 from faststream.specification import AsyncAPI
 
-from shared.config import Settings
-from shared.messages import Reply
-from shared.subjects import Subjects
-from workers.broker import build_broker
-from workers.rerank import RerankWorker
-from workers.retrieval import RetrievalWorker
+from rankstream.config import Settings
+from rankstream.metrics import Metrics
+from rankstream.wire.messages import Reply
+from rankstream.wire.subjects import Subjects
+from rankstream.workers.app import build_broker
+from rankstream.workers.rerank import RerankWorker
+from rankstream.workers.retrieval import RetrievalWorker
 
 
 def asyncapi_spec(settings: Settings) -> dict[str, Any]:
-    broker = build_broker(settings)
-    RetrievalWorker(settings, broker)
-    RerankWorker(settings, broker)
-    subjects = Subjects(settings.subject_prefix)
+    metrics = Metrics()
+    broker = build_broker(settings, metrics)
+    RetrievalWorker(settings, broker, metrics)
+    RerankWorker(settings, broker, metrics)
+    subjects = Subjects.from_settings(settings)
     broker.publisher(
         subjects.results_for("{client_id}"),
         title="rerank:results",

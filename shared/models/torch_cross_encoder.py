@@ -4,15 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from sentence_transformers import CrossEncoder
 
-from shared.models.base import Pair, finite_scores
+from rankstream.models.base import Pair, PairEncoding, finite_scores
+from rankstream.models.tokenization import PairTokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class TorchCrossEncoder:
+    """A sentence-transformers / Hugging Face cross-encoder checkpoint with one output label.
+
+    Args:
+        name_or_path: a local folder or a Hugging Face id (the hub must be reachable unless
+            `local_files_only`).
+        model_id: the name results report.
+        device: `cpu`, `cuda`, `cuda:1`, ...
+        dtype: `float32`, `float16` or `bfloat16` (the half types are for GPUs).
+        max_length: tokens per pair after truncation.
+        local_files_only: never contact the hub.
+    """
+
     def __init__(
         self,
         name_or_path: str,
@@ -28,25 +42,28 @@ class TorchCrossEncoder:
             name_or_path,
             device=device,
             max_length=max_length,
-            # Raw logits, as the ONNX backend returns: rank by score, never by a sigmoid cut.
-            activation_fn=torch.nn.Identity(),
             local_files_only=local_files_only,
             model_kwargs={"dtype": DTYPES[dtype]},
         )
-
-    def token_lengths(self, pairs: Sequence[Pair]) -> list[int]:
-        if not pairs:
-            return []
-        queries, documents = zip(*pairs, strict=True)
-        encoded = self._model.tokenizer(
-            list(queries), list(documents), truncation=True, max_length=self.max_length
+        self._model.eval()
+        hf_tokenizer = self._model.tokenizer
+        self.tokenizer = PairTokenizer(
+            hf_tokenizer.backend_tokenizer, max_length, pad_id=hf_tokenizer.pad_token_id or 0
         )
-        return [len(ids) for ids in encoded["input_ids"]]
 
-    def score(self, pairs: Sequence[Pair]) -> list[float]:
-        if not pairs:
+    def encode(self, pairs: Sequence[Pair]) -> list[PairEncoding]:
+        return self.tokenizer.encode(pairs)
+
+    def score(self, batch: Sequence[PairEncoding]) -> list[float]:
+        if not batch:
             return []
-        scores = self._model.predict(
-            [list(pair) for pair in pairs], batch_size=len(pairs), convert_to_numpy=True
-        )
-        return finite_scores(scores.astype("float64").reshape(-1), self.model_id)
+        device = self._model.device
+        features = {
+            name: torch.from_numpy(array).to(device)
+            for name, array in self.tokenizer.pad(batch).as_dict().items()
+        }
+        with torch.inference_mode():
+            # Raw logits, as the ONNX runtime returns: rank by score, never by a sigmoid cut.
+            logits = self._model(features)["scores"]
+        scores = logits.float().reshape(len(batch), -1)[:, 0].cpu().numpy()
+        return finite_scores(np.asarray(scores, dtype=np.float64), self.model_id)

@@ -6,22 +6,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import nats
+import numpy as np
 import pytest
 from nats.aio.client import Client as NatsConnection
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from shared.client import RankstreamClient
-from shared.config import Settings
-from shared.messages import REPLY_ADAPTER, DeadLetter, ErrorCode, ErrorResult, RankedResult
-from shared.subjects import Subjects
-from workers.rerank import RerankWorker
-from workers.runner import running_workers
+from rankstream.client import RankstreamClient
+from rankstream.config import Settings
+from rankstream.models import Pair, PairEncoding
+from rankstream.models.base import finite_scores
+from rankstream.wire.messages import REPLY_ADAPTER, DeadLetter, ErrorCode, ErrorResult, RankedResult
+from rankstream.wire.subjects import Subjects
+from rankstream.workers.app import running_workers
+from rankstream.workers.rerank import RerankWorker
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +66,7 @@ class Wire:
 @pytest.fixture
 async def wire(settings: Settings) -> AsyncIterator[Wire]:
     settings = settings.model_copy(update={"max_message_bytes": 900_000})
-    subjects = Subjects(settings.subject_prefix)
+    subjects = Subjects.from_settings(settings)
     async with running_workers(settings) as workers:
         connection = await nats.connect(settings.effective_nats_url)
         js = connection.jetstream()
@@ -175,13 +178,11 @@ class NanModel:
         self.max_length = real.max_length
         self._real = real
 
-    def token_lengths(self, pairs: Any) -> list[int]:
-        return list(self._real.token_lengths(pairs))
+    def encode(self, pairs: Sequence[Pair]) -> list[PairEncoding]:
+        return list(self._real.encode(pairs))
 
-    def score(self, pairs: Any) -> list[float]:
-        from shared.models.base import finite_scores
-
-        return finite_scores(__import__("numpy").full(len(pairs), float("nan")), self.model_id)
+    def score(self, batch: Sequence[PairEncoding]) -> list[float]:
+        return finite_scores(np.full(len(batch), float("nan")), self.model_id)
 
 
 async def test_a_model_that_returns_nan_gives_a_model_error_and_the_worker_recovers(

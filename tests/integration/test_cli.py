@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.client import RankstreamClient
-from shared.config import Settings
-from shared.corpus import sample_queries
-from shared.nats_server import free_port
+from rankstream.client import RankstreamClient
+from rankstream.config import Settings
+from rankstream.retrieval.corpus import sample_queries
+from rankstream.workers.local import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -33,6 +33,7 @@ class Stack:
     env: dict[str, str]
     metrics_url: str
     settings: Settings
+    log_path: Path
 
 
 @pytest.fixture
@@ -57,6 +58,7 @@ def stack(tmp_path: Path, model_cache_dir: Path) -> Iterator[Stack]:
             env,
             f"http://127.0.0.1:{metrics_port}/metrics",
             Settings(nats_url=f"nats://127.0.0.1:{nats_port}"),
+            log_path,
         )
     finally:
         process.send_signal(signal.SIGTERM)
@@ -110,6 +112,33 @@ def test_metrics_show_batches_larger_than_one_request_under_concurrent_load(stac
     assert batches - up_to_one_request > 0, "no batch held more pairs than one request has"
     assert samples["rankstream_rerank_batch_requests_sum"] > batches
     assert samples['rankstream_stage_seconds_count{stage="total"}'] >= 16
+
+
+def test_up_loads_the_embedder_once_and_an_idle_stack_logs_no_traceback(stack: Stack) -> None:
+    time.sleep(3)  # idle JetStream pulls time out every second (fetch_wait_ms)
+    log = stack.log_path.read_text()
+    assert "indexed" in log, "the sample corpus was not indexed: nothing to check"
+    assert log.count("loading embedder") == 1, log
+    assert "Traceback" not in log
+    assert "raised an exception" not in log
+
+
+def test_demo_shows_both_orders_and_no_traceback(tmp_path: Path, model_cache_dir: Path) -> None:
+    env = {
+        **os.environ,
+        "RANKSTREAM_LANCEDB_URI": str(tmp_path / "lancedb"),
+        "RANKSTREAM_MODEL_CACHE_DIR": str(model_cache_dir),
+        "RANKSTREAM_METRICS_PORT": "0",
+        "COLUMNS": "200",
+    }
+    completed = subprocess.run(
+        [RANKSTREAM, "demo"], env=env, capture_output=True, text=True, timeout=600
+    )
+    screen = completed.stdout + completed.stderr
+    assert completed.returncode == 0, screen
+    assert "after reranking" in screen
+    assert "Traceback" not in screen
+    assert "raised an exception" not in screen
 
 
 def test_query_without_a_running_pipeline_fails_with_a_clear_message(tmp_path: Path) -> None:

@@ -29,15 +29,15 @@ import pytest
 from prometheus_client import start_http_server
 from prometheus_client.metrics import MetricWrapperBase
 
-import shared.metrics
-from shared.client import RankstreamClient
-from shared.config import Settings
-from shared.connection import connect_kwargs
-from shared.corpus import sample_queries
-from shared.messages import REPLY_ADAPTER, Candidate, CandidateSet, StageTimings, now_ms
-from shared.nats_server import free_port
-from shared.subjects import Subjects
-from workers.runner import running_workers
+from rankstream.client import RankstreamClient
+from rankstream.config import Settings
+from rankstream.metrics import Metrics
+from rankstream.retrieval.corpus import sample_queries
+from rankstream.wire.connection import connect_kwargs
+from rankstream.wire.messages import REPLY_ADAPTER, Candidate, CandidateSet, StageTimings, now_ms
+from rankstream.wire.subjects import Subjects
+from rankstream.workers.app import running_workers
+from rankstream.workers.local import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -131,11 +131,11 @@ def test_dashboard_is_importable_grafana_json_covering_every_rankstream_metric()
     expressions = " ".join(query.expr for query in panel_queries(dashboard))
     declared = {
         family.name
-        for metric in vars(shared.metrics).values()
+        for metric in vars(Metrics()).values()
         if isinstance(metric, MetricWrapperBase)
         for family in metric.describe()
     }
-    assert declared, "no metrics found in shared.metrics"
+    assert declared, "no metrics found in Metrics"
     unused = sorted(name for name in declared if name not in expressions)
     assert not unused, f"metrics no panel shows: {unused}"
     assert "faststream_" in expressions
@@ -264,7 +264,7 @@ async def _send_past_deadline(client: RankstreamClient, settings: Settings) -> N
     reply = await client.send(stale)
     assert reply.request_id == stale.request_id
 
-    subjects = Subjects(settings.subject_prefix)
+    subjects = Subjects.from_settings(settings)
     connection = await nats.connect(**connect_kwargs(settings))
     try:
         reply_to = f"{settings.subject_prefix}.dashboard-test.{uuid.uuid4().hex}"
@@ -302,9 +302,15 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
     queries = panel_queries(dashboard)
     assert queries
 
-    server, thread = start_http_server(prometheus.metrics_port, addr="127.0.0.1")
+    metrics = Metrics()
+    server, thread = start_http_server(
+        prometheus.metrics_port, addr="127.0.0.1", registry=metrics.registry
+    )
     try:
-        async with running_workers(settings), RankstreamClient(settings) as client:
+        async with (
+            running_workers(settings, metrics=metrics),
+            RankstreamClient(settings) as client,
+        ):
             await _put_load(client)
             await _send_past_deadline(client, settings)
             await asyncio.to_thread(_wait_for_scrapes_after, prometheus.url, time.time())

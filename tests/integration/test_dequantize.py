@@ -12,7 +12,7 @@ import numpy.typing as npt
 import pytest
 from sentence_transformers import CrossEncoder
 
-from shared.models.dequantize import (
+from rankstream.models.dequantize import (
     CheckpointExportError,
     export_fp32_checkpoint,
     fp32_export_is_complete,

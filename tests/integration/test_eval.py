@@ -9,11 +9,11 @@ import pytest
 from ranx import Qrels, Run, evaluate
 from rich.console import Console
 
-from shared.config import Settings
-from shared.corpus import read_documents, sample_corpus_path, sample_queries
-from shared.evaluation import read_qrels
-from workers.evaluate import EvalOptions, run_eval
-from workers.indexing import ensure_indexed
+from rankstream.config import Settings
+from rankstream.retrieval.corpus import read_documents, sample_corpus_path, sample_queries
+from rankstream.workers.tools.evaluate import EvalOptions, run_eval
+from rankstream.workers.tools.evaluation import read_qrels
+from rankstream.workers.tools.indexing import ensure_indexed
 
 pytestmark = pytest.mark.integration
 

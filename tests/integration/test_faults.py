@@ -18,13 +18,12 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
-from shared.client import RankstreamClient
-from shared.config import Settings
-from shared.corpus import sample_queries
-from shared.messages import REPLY_ADAPTER, ErrorResult, RankedResult
-from shared.nats_server import EmbeddedNatsServer, free_port
-from shared.subjects import Subjects
-from workers.processes import WorkerProcess
+from rankstream.client import RankstreamClient
+from rankstream.config import Settings
+from rankstream.retrieval.corpus import sample_queries
+from rankstream.wire.messages import REPLY_ADAPTER, ErrorResult, RankedResult
+from rankstream.wire.subjects import Subjects
+from rankstream.workers.local import EmbeddedNatsServer, WorkerProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -116,7 +115,7 @@ async def until(condition: Callable[[], bool], timeout_s: float = 120) -> None:
 async def until_all_delivered_to_rerank(settings: Settings, count: int) -> None:
     """Until every request has reached the rerank worker: one still queued when it dies
     waits for the next replica (none comes in the test that uses this)."""
-    subjects = Subjects(settings.subject_prefix)
+    subjects = Subjects.from_settings(settings)
     connection = await nats.connect(settings.effective_nats_url)
     try:
         js = connection.jetstream()
@@ -177,7 +176,8 @@ async def test_ten_times_capacity_stays_bounded_answers_late_requests_and_recove
     settings = fault_settings.model_copy(
         update={"max_inflight_requests": 16, "max_inflight_pairs": 64, "ack_wait_s": 30.0}
     )
-    with WorkerProcess("retrieval", settings), WorkerProcess("rerank", settings) as rerank:
+    rerank_settings = settings.model_copy(update={"metrics_port": free_port()})
+    with WorkerProcess("retrieval", settings), WorkerProcess("rerank", rerank_settings) as rerank:
         async with watched_client(settings) as (client, ledger):
             started = time.perf_counter()
             warm = await ask_many(client, ledger, 8, depth=5)
@@ -195,7 +195,8 @@ async def test_ten_times_capacity_stays_bounded_answers_late_requests_and_recove
     print(f"outcomes {dict(outcomes)}, rerank worker peak RSS {peak_rss_mb:.0f} MB")
     assert len(warm) == 8
     assert figures["lost"] == 0
-    assert outcomes["degraded"] + outcomes["expired"] > 0, "no late request was cut short"
+    cut_short = outcomes["degraded"] + outcomes["expired"] + outcomes["overloaded"]
+    assert cut_short > 0, "no late request was cut short"
     assert peak_rss_mb < 1536
     assert not recovered.degraded
     assert recovered.timings_ms.total < 5_000
@@ -205,7 +206,7 @@ async def test_sigterm_finishes_and_acknowledges_what_the_worker_holds_then_exit
     fault_settings: Settings,
 ) -> None:
     settings = fault_settings.model_copy(update={"shutdown_grace_s": 20.0, "ack_wait_s": 60.0})
-    subjects = Subjects(settings.subject_prefix)
+    subjects = Subjects.from_settings(settings)
     with WorkerProcess("retrieval", settings):
         worker = WorkerProcess("rerank", settings).start()
         async with watched_client(settings) as (client, ledger):
@@ -240,7 +241,7 @@ async def test_messages_whose_worker_dies_on_their_last_delivery_become_dead_let
     """max_deliver=1 and a rerank worker killed while holding work: JetStream gives up on
     those messages, and the advisory makes another process dead-letter and answer them."""
     settings = fault_settings.model_copy(update={"max_deliver": 1, "ack_wait_s": 2.0})
-    subjects = Subjects(settings.subject_prefix)
+    subjects = Subjects.from_settings(settings)
     with WorkerProcess("retrieval", settings):  # also watches the advisories
         worker = WorkerProcess("rerank", settings).start()
         async with watched_client(settings) as (client, ledger):

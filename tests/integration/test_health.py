@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.nats_server import EmbeddedNatsServer, free_port
-from workers.processes import RANKSTREAM, READY_LINE
+from rankstream.workers.local import RANKSTREAM, READY_LINE, EmbeddedNatsServer, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.config import Settings
-from shared.corpus import read_documents, sample_corpus_path, sample_queries
-from shared.errors import ModelError
-from shared.models import load_embedder
-from shared.models.bi_encoder import SentenceTransformerEmbedder
-from shared.models.onnx_bi_encoder import OnnxEmbedder, export_onnx_embedder
-from shared.models.registry import MINILM_EMBEDDER, package_dir
+from rankstream.config import Settings
+from rankstream.errors import ModelError
+from rankstream.models import load_embedder
+from rankstream.models.onnx_bi_encoder import OnnxEmbedder, export_onnx_embedder
+from rankstream.models.registry import MINILM_EMBEDDER, package_dir
+from rankstream.models.torch_bi_encoder import SentenceTransformerEmbedder
+from rankstream.retrieval.corpus import read_documents, sample_corpus_path, sample_queries
 
 LONG_TEXT = "protein folding " * 400  # far past the model's 256 tokens: truncated alike
 

@@ -7,15 +7,15 @@ import asyncio
 import nats
 import pytest
 
-from shared.client import RankstreamClient
-from shared.config import Settings
-from shared.corpus import sample_queries
-from shared.errors import QueryFailedError, QueryTimeoutError
-from shared.messages import ErrorCode, ErrorResult, RankedResult, now_ms
-from shared.models import load_cross_encoder
-from shared.models.registry import MINILM_RERANKER_FP32, MINILM_RERANKER_INT8, PACKAGED_PREFIX
-from shared.subjects import Subjects
-from workers.runner import running_workers
+from rankstream.client import RankstreamClient
+from rankstream.config import Settings
+from rankstream.errors import QueryFailedError, QueryTimeoutError
+from rankstream.models import load_cross_encoder, score_pairs
+from rankstream.models.registry import MINILM_RERANKER_FP32, MINILM_RERANKER_INT8, PACKAGED_PREFIX
+from rankstream.retrieval.corpus import sample_queries
+from rankstream.wire.messages import ErrorCode, ErrorResult, RankedResult, now_ms
+from rankstream.wire.subjects import Subjects
+from rankstream.workers.app import running_workers
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ async def twenty_concurrent_queries(settings: Settings) -> list[RankedResult]:
 def scores_alone(settings: Settings, result: RankedResult) -> list[float]:
     """The same model, in process, scoring only this request's pairs."""
     model = load_cross_encoder(settings)
-    return model.score([(result.query, doc.text) for doc in result.results])
+    return score_pairs(model, [(result.query, doc.text) for doc in result.results])
 
 
 async def test_concurrent_queries_are_all_answered_batched_together_and_scored_exactly(
@@ -55,7 +55,7 @@ async def test_concurrent_queries_are_all_answered_batched_together_and_scored_e
     model = load_cross_encoder(settings)
     worst = 0.0
     for result in results:
-        alone = model.score([(result.query, doc.text) for doc in result.results])
+        alone = score_pairs(model, [(result.query, doc.text) for doc in result.results])
         through_pipeline = [doc.score for doc in result.results]
         assert through_pipeline == pytest.approx(alone, abs=1e-4)
         assert through_pipeline == sorted(through_pipeline, reverse=True)
@@ -73,7 +73,7 @@ async def test_int8_scores_move_with_batch_mates_and_the_drift_is_bounded(
     model = load_cross_encoder(settings)
     drifts, reordered = [], 0
     for result in results:
-        alone = model.score([(result.query, doc.text) for doc in result.results])
+        alone = score_pairs(model, [(result.query, doc.text) for doc in result.results])
         drifts += [abs(doc.score - a) for doc, a in zip(result.results, alone, strict=True)]
         reordered += alone != sorted(alone, reverse=True)
     mixed = [r for r in results if r.batch_requests > 1]
@@ -117,6 +117,19 @@ async def test_a_depth_over_the_limit_gets_an_invalid_request_error(settings: Se
     assert failure.value.code == ErrorCode.INVALID_REQUEST
 
 
+async def test_a_client_with_a_short_timeout_gets_the_degraded_answer_not_a_timeout(
+    settings: Settings,
+) -> None:
+    """Reranking 100 candidates takes seconds on a CPU: the worker cuts it short a margin
+    before the deadline, so the retrieval order reaches a client waiting exactly the
+    request's timeout."""
+    async with running_workers(settings), RankstreamClient(settings) as client:
+        result = await client.query("seasons", top_k=5, depth=100, timeout_s=1.5)
+    assert result.degraded
+    assert result.reranked == 0
+    assert result.timings_ms.total < 1500
+
+
 async def test_a_request_past_its_deadline_gets_an_expired_error(settings: Settings) -> None:
     async with running_workers(settings), RankstreamClient(settings) as client:
         request = client.request("seasons", depth=5).model_copy(update={"created_at_ms": 0.0})
@@ -136,7 +149,7 @@ async def test_a_missing_table_gets_a_store_error(settings: Settings) -> None:
 async def test_the_client_times_out_with_a_clear_error_when_no_worker_answers(
     settings: Settings,
 ) -> None:
-    from shared.streams import ensure_streams
+    from rankstream.wire.streams import ensure_streams
 
     await ensure_streams(settings)
     async with RankstreamClient(settings) as client:
@@ -146,9 +159,15 @@ async def test_the_client_times_out_with_a_clear_error_when_no_worker_answers(
 
 async def publish_candidates_past_their_deadline(settings: Settings) -> RankedResult | ErrorResult:
     """A candidate set reaching the rerank worker after its request's deadline."""
-    from shared.messages import REPLY_ADAPTER, Candidate, CandidateSet, QueryRequest, StageTimings
+    from rankstream.wire.messages import (
+        REPLY_ADAPTER,
+        Candidate,
+        CandidateSet,
+        QueryRequest,
+        StageTimings,
+    )
 
-    subjects = Subjects(settings.subject_prefix)
+    subjects = Subjects.from_settings(settings)
     request = QueryRequest(
         query="seasons", top_k=2, depth=2, timeout_ms=1_000, reply_to=subjects.results_for("t"),
         created_at_ms=now_ms() - 5_000,
@@ -197,7 +216,7 @@ async def test_a_full_rerank_worker_leaves_work_in_the_stream_instead_of_its_mem
 ) -> None:
     """Backpressure through the consumer: a worker holds a bounded number of messages."""
     settings = settings.model_copy(update={"max_inflight_requests": 2, "max_inflight_pairs": 10})
-    subjects = Subjects(settings.subject_prefix)
+    subjects = Subjects.from_settings(settings)
     async with running_workers(settings), RankstreamClient(settings) as client:
         texts = [q.text for q in sample_queries()]
         answers = asyncio.gather(

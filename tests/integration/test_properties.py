@@ -37,9 +37,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from shared.client import RankstreamClient
-from shared.config import Settings
-from shared.messages import (
+from rankstream.client import RankstreamClient
+from rankstream.config import Settings
+from rankstream.wire.messages import (
     REPLY_ADAPTER,
     Candidate,
     CandidateSet,
@@ -51,8 +51,8 @@ from shared.messages import (
     StageTimings,
     now_ms,
 )
-from shared.subjects import Subjects
-from workers.runner import running_workers
+from rankstream.wire.subjects import Subjects
+from rankstream.workers.app import running_workers
 
 pytestmark = pytest.mark.integration
 
@@ -142,7 +142,7 @@ class Pipeline:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.subjects = Subjects(settings.subject_prefix)
+        self.subjects = Subjects.from_settings(settings)
         self.results_reply_to = self.subjects.results_for("props")
         self.core_reply_to = f"{settings.subject_prefix}.inbox.props"
         self.replies: list[Delivered] = []
@@ -417,11 +417,8 @@ class Address:
 
 
 def _encodable(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
+    """UTF-8 can hold every code point but a lone surrogate (U+D800..U+DFFF)."""
+    return not any(0xD800 <= ord(character) <= 0xDFFF for character in text)
 
 
 def address_in(payload: bytes) -> Address:

@@ -30,17 +30,17 @@ import nats
 import nkeys  # type: ignore[import-untyped]
 import pytest
 from nats.aio.msg import Msg
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import generate_latest
 from pydantic import ValidationError
 
-from shared.client import RankstreamClient
-from shared.config import Settings
-from shared.connection import connect_kwargs, loggable_url
-from shared.errors import RankstreamError
-from shared.nats_server import EmbeddedNatsServer
-from shared.subjects import Subjects
-from workers.broker import build_broker
-from workers.runner import WorkerKind, running_workers
+from rankstream.client import RankstreamClient
+from rankstream.config import Settings
+from rankstream.errors import RankstreamError
+from rankstream.metrics import Metrics
+from rankstream.wire.connection import connect_kwargs, loggable_url
+from rankstream.wire.subjects import Subjects
+from rankstream.workers.app import WorkerKind, build_broker, running_workers
+from rankstream.workers.local import EmbeddedNatsServer
 
 pytestmark = pytest.mark.integration
 
@@ -153,7 +153,7 @@ async def refusal(settings: Settings) -> str:
     raise AssertionError("the server let these settings in")
 
 
-async def round_trip(settings: Settings) -> None:
+async def round_trip(settings: Settings, metrics: Metrics) -> None:
     """Both ways of connecting authenticate: nats-py (client, streams) and FastStream."""
     async with RankstreamClient(settings):
         pass
@@ -167,7 +167,7 @@ async def round_trip(settings: Settings) -> None:
     try:
         await connection.subscribe("security.check", cb=collect)
         await connection.flush()
-        broker = build_broker(settings)
+        broker = build_broker(settings, metrics)
         await broker.connect()
         try:
             await broker.publish(b"hello", subject="security.check")
@@ -178,10 +178,14 @@ async def round_trip(settings: Settings) -> None:
         await connection.close()
 
 
-def assert_not_shown(secret: str, settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+def assert_not_shown(
+    secret: str, settings: Settings, caplog: pytest.LogCaptureFixture, metrics: Metrics
+) -> None:
+    exposition = generate_latest(metrics.registry).decode()
+    assert "rankstream_requests_total" in exposition, "no metrics: the check would prove nothing"
     places = {
         "logs": caplog.text,
-        "metrics": generate_latest(REGISTRY).decode(),
+        "metrics": exposition,
         "repr(settings)": repr(settings),
         "str(settings)": str(settings),
         "settings JSON": settings.model_dump_json(),
@@ -254,11 +258,15 @@ async def test_tls_and_password_turn_outsiders_away_while_the_workers_answer(
         assert "authorization violation" in await refusal(no_credentials)
         assert "authorization violation" in await refusal(wrong)
 
-        async with running_workers(settings), RankstreamClient(settings) as client:
+        metrics = Metrics()
+        async with (
+            running_workers(settings, metrics=metrics),
+            RankstreamClient(settings) as client,
+        ):
             result = await client.query(QUERY, top_k=3, depth=5, timeout_s=120)
         assert len(result.results) == 3
         assert result.reranked == 5
-    assert_not_shown(password, settings, caplog)
+    assert_not_shown(password, settings, caplog, metrics)
 
 
 async def test_the_example_accounts_let_each_role_do_its_work_and_no_more(
@@ -416,5 +424,6 @@ async def test_token_nkey_and_creds_authenticate_over_tls(
         assert "authorization violation" in await refusal(
             Settings(nats_url=server.url, nats_tls_ca_file=pki.ca)
         )
-        await round_trip(settings)
-    assert_not_shown(secret, settings, caplog)
+        metrics = Metrics()
+        await round_trip(settings, metrics)
+    assert_not_shown(secret, settings, caplog, metrics)

@@ -1,19 +1,26 @@
 """The LanceDB store: a table past `ann_min_rows` gets its vector index, and while every
-partition is probed the index returns exactly what a scan of the table returns."""
+partition is probed the index returns exactly what a scan of the table returns; a running
+searcher sees what another process writes."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+import time
 from pathlib import Path
 
 import lancedb
 import numpy as np
 import pytest
 
-from shared.config import Settings
-from shared.corpus import read_documents, sample_corpus_path, sample_queries
-from shared.errors import StoreError
-from shared.models import load_embedder
-from shared.store import DocumentStore, _outgrown
+from rankstream.config import Settings
+from rankstream.errors import StoreError
+from rankstream.models import load_embedder
+from rankstream.retrieval.ann import outgrown
+from rankstream.retrieval.corpus import read_documents, sample_corpus_path, sample_queries
+from rankstream.retrieval.store import DocumentStore
+from rankstream.workers.local import RANKSTREAM, settings_env
 
 
 async def test_an_indexed_small_table_finds_what_a_scan_finds(
@@ -57,5 +64,37 @@ def test_rows_added_later_are_indexed_too(tmp_path: Path, settings: Settings) ->
 
 
 def test_an_index_is_retrained_once_the_table_calls_for_twice_its_partitions() -> None:
-    assert not _outgrown(indexed_rows=5_000, rows=8_192)  # 2 partitions either way
-    assert _outgrown(indexed_rows=4_096, rows=8_193)  # 1 partition, 3 called for
+    assert not outgrown(indexed_rows=5_000, rows=8_192)  # 2 partitions either way
+    assert outgrown(indexed_rows=4_096, rows=8_193)  # 1 partition, 3 called for
+
+
+async def test_a_running_searcher_sees_what_another_process_indexes_within_the_interval(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """`rankstream index` in a child process upserts new passages into a table a store is
+    already searching (as a running retrieval worker does): within `read_consistency_s`
+    the searcher finds them, and the vector index covers them."""
+    uri, interval_s = str(tmp_path / "db"), 1.0
+    settings = settings.model_copy(
+        update={"lancedb_uri": uri, "ann_min_rows": 30, "read_consistency_s": interval_s}
+    )
+    embedder = load_embedder(settings)
+    DocumentStore.from_settings(settings).index(read_documents(sample_corpus_path()), embedder)
+    searcher = DocumentStore.from_settings(settings)
+    text = "Octopuses taste with the suckers on their arms."
+    vector = embedder.embed_queries([text])[0]
+    assert "octopus-new" not in [hit.doc_id for hit in await searcher.search(vector, 3)]
+    new_corpus = tmp_path / "new.jsonl"
+    new_corpus.write_text(json.dumps({"id": "octopus-new", "text": text}) + "\n")
+
+    await asyncio.to_thread(
+        subprocess.run,
+        [RANKSTREAM, "index", str(new_corpus)],
+        env=settings_env(settings), check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    indexed_at = time.monotonic()
+    while "octopus-new" not in [hit.doc_id for hit in await searcher.search(vector, 3)]:
+        assert time.monotonic() - indexed_at < interval_s + 5, "the new passage never appeared"
+        await asyncio.sleep(0.1)
+
+    assert DocumentStore.from_settings(settings).unindexed_rows() == 0

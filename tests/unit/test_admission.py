@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from shared.admission import PairBudget
+from rankstream.scheduling.admission import PairBudget
 
 
 async def test_holders_beyond_the_budget_wait_until_pairs_are_released() -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shared.config import Settings
-from workers.spec import asyncapi_spec
+from rankstream.config import Settings
+from rankstream.workers.spec import asyncapi_spec
 
 
 def test_the_spec_documents_every_subject_and_every_message() -> None:

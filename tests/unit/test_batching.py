@@ -7,7 +7,12 @@ import time
 
 import pytest
 
-from shared.batching import BatchLimits, BatchStats, DeadlineExceededError, MicroBatcher
+from rankstream.scheduling.batcher import (
+    BatchLimits,
+    BatchStats,
+    DeadlineExceededError,
+    MicroBatcher,
+)
 
 
 class RecordingProcess:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from shared.store import ANN_PARAMS, AnnParams
-from workers.bench_store import (
+from rankstream.retrieval.ann import ANN_PARAMS, AnnParams
+from rankstream.workers.tools.bench_store import (
     StoreBenchRow,
     render_table,
     run_store_bench,

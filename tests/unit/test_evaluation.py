@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from shared.evaluation import (
+from rankstream.workers.tools.evaluation import (
     mean_metrics,
     paired_randomization_p_value,
     per_query_metrics,
-    percentiles,
     write_trec_run,
 )
+from rankstream.workers.tools.stats import percentiles
 
 QRELS = {"q1": {"d1": 2, "d2": 1}, "q2": {"d3": 1, "d4": 1}}
 RUN = {"q1": ["d2", "d9", "d1"], "q2": ["d8", "d7", "d3"]}

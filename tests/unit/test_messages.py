@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from shared.messages import (
+from rankstream.wire.messages import (
     REPLY_ADAPTER,
     ErrorCode,
     ErrorResult,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shared.messages import Candidate
-from shared.ranking import rank
+from rankstream.ranking import rank
+from rankstream.wire.messages import Candidate
 
 
 def candidates(n: int) -> list[Candidate]:

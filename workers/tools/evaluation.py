@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,11 @@ import numpy as np
 from ir_measures import RR, R, nDCG
 from scipy.stats import permutation_test
 
-from shared.errors import InvalidRequestError
+from rankstream.errors import InvalidRequestError
 
 Qrels = dict[str, dict[str, int]]
 RankedRun = dict[str, list[str]]  # query id -> document ids, best first
 METRIC_NAMES = ("nDCG@10", "MRR@10", "Recall@10", "Recall@100")
-PERCENTILES = (50, 95, 99)
 
 
 def read_queries(data_dir: Path) -> dict[str, str]:
@@ -99,15 +97,6 @@ def paired_randomization_p_value(
         rng=np.random.default_rng(seed),
     )
     return float(result.pvalue)
-
-
-def percentiles(values: Sequence[float]) -> dict[str, float]:
-    array = np.asarray(values, dtype=float)
-    return {f"p{p}": float(np.percentile(array, p)) for p in PERCENTILES}
-
-
-def median(values: Sequence[float]) -> float:
-    return float(statistics.median(values)) if values else 0.0
 
 
 def write_trec_run(path: Path, run: RankedRun, run_name: str) -> None:

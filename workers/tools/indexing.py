@@ -8,10 +8,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from shared.config import Settings
-from shared.corpus import corpus_file, read_documents
-from shared.models import Embedder, load_embedder
-from shared.store import DocumentStore
+from rankstream.config import Settings
+from rankstream.models import Embedder, load_embedder
+from rankstream.retrieval.corpus import corpus_file, read_documents
+from rankstream.retrieval.store import DocumentStore
 
 
 def count_lines(path: Path) -> int:
@@ -23,7 +23,7 @@ def index_corpus(
     settings: Settings, path: Path, console: Console, embedder: Embedder | None = None
 ) -> int:
     """Embed and upsert every document of `path` into the configured table."""
-    store = DocumentStore(settings.lancedb_uri, settings.table, settings.ann_min_rows)
+    store = DocumentStore.from_settings(settings)
     if embedder is None:
         with console.status("loading the embedder"):
             embedder = load_embedder(settings)
@@ -50,7 +50,7 @@ def ensure_indexed(settings: Settings, path: Path, console: Console) -> Settings
     settings = settings.model_copy(
         update={"table": content_table_name(path, settings.embedder_model)}
     )
-    store = DocumentStore(settings.lancedb_uri, settings.table, settings.ann_min_rows)
+    store = DocumentStore.from_settings(settings)
     documents = count_lines(path)
     if store.count() == documents:
         console.print(f"[dim]reusing table {settings.table} ({documents} documents)[/dim]")

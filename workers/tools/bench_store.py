@@ -26,8 +26,11 @@ import numpy.typing as npt
 import pyarrow as pa
 from rich.table import Table
 
-from shared.corpus import Document
-from shared.store import ANN_PARAMS, AnnParams, _to_arrow, build_ann_index, vector_search
+from rankstream.models.base import normalise
+from rankstream.retrieval.ann import ANN_PARAMS, AnnParams, build_ann_index, vector_search
+from rankstream.retrieval.corpus import Document
+from rankstream.retrieval.store import to_arrow
+from rankstream.workers.tools.stats import percentiles
 
 Matrix = npt.NDArray[np.float32]
 
@@ -93,7 +96,7 @@ class _Mixture:
         leaf = np.minimum(np.searchsorted(self.cumulative, rng.random(count)), leaves - 1)
         noise = rng.standard_normal((count, self.dimension), dtype=np.float32) * self.axis_scale
         noise *= np.float32(np.sqrt(NOISE_SHARE / self.dimension))
-        return _normalised(self.centres[leaf] + noise)
+        return normalise(self.centres[leaf] + noise)
 
 
 def synthetic_corpus(
@@ -148,7 +151,7 @@ def run_store_bench(
             for index in table.list_indices():  # a reused table: measure exact search again
                 table.drop_index(index.name)
             exact_ms, exact_ids = _timed_search(uri, name, query_vectors, k, ANN_PARAMS)
-            exact_p50 = _percentile(exact_ms, 50)
+            exact_p50 = percentiles(exact_ms)["p50"]
             exact_recall = _recall(exact_ids, truth)
             emit(
                 StoreBenchRow(
@@ -157,7 +160,7 @@ def run_store_bench(
                     "flat scan",
                     0.0,
                     exact_p50,
-                    _percentile(exact_ms, 99),
+                    percentiles(exact_ms)["p99"],
                     exact_p50,
                     exact_recall,
                     exact_recall,
@@ -175,8 +178,8 @@ def run_store_bench(
                             search.index_type,
                             f"{search.build_params(size)} {search.search_params()}",
                             build_s,
-                            _percentile(ann_ms, 50),
-                            _percentile(ann_ms, 99),
+                            percentiles(ann_ms)["p50"],
+                            percentiles(ann_ms)["p99"],
                             exact_p50,
                             _recall(ann_ids, exact_ids),
                             exact_recall,
@@ -235,13 +238,13 @@ def _write_table(
                 for i in range(start, start + len(vectors))
             ]
             start += len(vectors)
-            yield from _to_arrow(documents, vectors, model).to_batches()
+            yield from to_arrow(documents, vectors, model).to_batches()
 
     if reuse:
         for _ in batches():
             pass
     else:
-        schema = _to_arrow([], np.zeros((0, dimension), np.float32), model).schema
+        schema = to_arrow([], np.zeros((0, dimension), np.float32), model).schema
         db.create_table(name, data=batches(), schema=schema, mode="overwrite")
     return top.ids()
 
@@ -312,14 +315,5 @@ def _by_build(params: Sequence[AnnParams]) -> list[tuple[AnnParams, list[AnnPara
     return list(groups.items())
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
-
-
-def _normalised(vectors: Matrix) -> Matrix:
-    norms: Matrix = np.linalg.norm(vectors, axis=1, keepdims=True).astype(np.float32)
-    return (vectors / np.maximum(norms, np.float32(1e-12))).astype(np.float32)
-
-
 def _random_unit(rng: np.random.Generator, count: int, dimension: int) -> Matrix:
-    return _normalised(rng.standard_normal((count, dimension), dtype=np.float32))
+    return normalise(rng.standard_normal((count, dimension), dtype=np.float32))

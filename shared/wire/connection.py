@@ -20,7 +20,7 @@ from faststream.nats.security import (
     NatsUserPassword,
 )
 
-from shared.config import Settings
+from rankstream.config import Settings
 
 
 @dataclass(frozen=True, repr=False)

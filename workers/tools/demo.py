@@ -8,12 +8,13 @@ import asyncio
 from rich.console import Console
 from rich.table import Table
 
-from shared.client import RankstreamClient
-from shared.config import Settings
-from shared.connection import loggable_url
-from shared.corpus import SampleQuery, sample_queries
-from shared.messages import RankedResult
-from workers.runner import index_sample, local_nats, running_workers
+from rankstream.client import RankstreamClient
+from rankstream.config import Settings
+from rankstream.models import load_embedder
+from rankstream.retrieval.corpus import SampleQuery, sample_queries
+from rankstream.wire.connection import loggable_url
+from rankstream.wire.messages import RankedResult
+from rankstream.workers.app import index_sample, local_nats, running_workers
 
 DEMO_TABLE = "rankstream_demo"
 SHOWN = 5
@@ -23,11 +24,12 @@ async def run_demo(settings: Settings, console: Console, depth: int = 10) -> lis
     settings = settings.model_copy(update={"table": DEMO_TABLE})
     async with local_nats(settings, port=None) as settings:
         console.print(f"[dim]NATS: {loggable_url(settings.effective_nats_url)}[/dim]")
-        with console.status("indexing the sample corpus"):
-            indexed = await asyncio.to_thread(index_sample, settings)
+        with console.status("loading the embedder and indexing the sample corpus"):
+            embedder = await asyncio.to_thread(load_embedder, settings)
+            indexed = await asyncio.to_thread(index_sample, settings, embedder)
         console.print(f"[dim]indexed {indexed} sample passages into {settings.lancedb_uri}[/dim]")
-        with console.status("loading models and starting both workers"):
-            workers = running_workers(settings)
+        with console.status("loading the reranker and starting both workers"):
+            workers = running_workers(settings, embedder=embedder)
             await workers.__aenter__()
         try:
             async with RankstreamClient(settings) as client:

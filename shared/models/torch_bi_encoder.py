@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
-from shared.models.base import Vectors
+from rankstream.models.base import Vectors
 
 
 class SentenceTransformerEmbedder:

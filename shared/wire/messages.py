@@ -140,6 +140,7 @@ class ErrorResult(WireModel):
     request_id: str
     code: ErrorCode
     message: str
+    worker: str = Field(default="", description="The worker that failed: retrieval or rerank.")
 
 
 Reply = Annotated[RankedResult | ErrorResult, Field(discriminator="kind")]

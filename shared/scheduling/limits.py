@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from shared.config import Settings
-from shared.errors import InvalidRequestError
-from shared.messages import CandidateSet, QueryRequest
+from rankstream.config import Settings
+from rankstream.errors import InvalidRequestError
+from rankstream.wire.messages import CandidateSet, QueryRequest
 
 
 def check_request(request: QueryRequest, settings: Settings) -> None:

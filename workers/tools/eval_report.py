@@ -7,18 +7,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.evaluation import (
+from rankstream.wire.messages import StageTimings
+from rankstream.workers.tools.evaluation import (
     METRIC_NAMES,
     Qrels,
     RankedRun,
     mean_metrics,
-    median,
     paired_randomization_p_value,
     per_query_metrics,
-    percentiles,
     write_trec_run,
 )
-from shared.messages import StageTimings
+from rankstream.workers.tools.stats import median, percentiles
 
 BASELINE = "retrieval"
 

@@ -1,41 +1,40 @@
 """`rankstream bench`: load through the real pipeline (worker processes, NATS, batcher), and in
 the same run the two references it must be judged against, on the same model and inputs:
-the model alone in a tight loop (the limit) and one model call per request (no batching);
-and, between limit and pipeline, the rerank worker's batcher and model alone in process."""
+the model alone at its best batch shape (the limit) and one model call per request (no
+batching); and, between limit and pipeline, the rerank worker's scheduler alone in process."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from prometheus_client.parser import text_string_to_metric_families
+from rankstream.client import RankstreamClient
+from rankstream.config import Settings
+from rankstream.errors import RankstreamError
+from rankstream.models import CrossEncoderBackend, Pair, PairEncoding, load_cross_encoder
+from rankstream.retrieval.corpus import sample_corpus_path, sample_queries
+from rankstream.scheduling.pair_scheduler import PairScheduler, rerank_batch_limits
+from rankstream.wire.messages import RankedResult, StageTimings
+from rankstream.workers.app import local_nats
+from rankstream.workers.local import PEAK_RSS_METRIC, WorkerProcess, free_port, metric_samples
+from rankstream.workers.tools.bench_transport import jetstream_hop_ms
+from rankstream.workers.tools.evaluation import read_queries
+from rankstream.workers.tools.indexing import ensure_indexed
+from rankstream.workers.tools.stats import percentiles
 
-from shared.client import RankstreamClient
-from shared.config import Settings
-from shared.corpus import sample_corpus_path, sample_queries
-from shared.errors import RankstreamError
-from shared.evaluation import percentiles, read_queries
-from shared.messages import RankedResult, StageTimings
-from shared.models import CrossEncoderBackend, Pair, load_cross_encoder
-from shared.nats_server import free_port
-from workers.bench_transport import jetstream_hop_ms
-from workers.indexing import ensure_indexed
-from workers.pair_scheduler import PairScheduler
-from workers.processes import WorkerProcess
-from workers.runner import local_nats
+T = TypeVar("T")
 
-MODEL_SAMPLE_PAIRS = 640  # pairs replayed in process for the limit and unbatched figures
-SWEEP_PAIRS = 64  # pairs scored at each batch size of the sweep
-SWEEP_MIN_S = 1.0
+MODEL_SAMPLE_PAIRS = 64  # pairs replayed in process for the model-alone figures
+SHAPE_MIN_S = 1.0  # each batch shape is timed over whole passes for at least this long
 LOW_LOAD_SHARE = 0.25
 RERANKER_MODEL_SECONDS = "rankstream_model_batch_seconds_sum"  # labelled model="reranker"
+TOKEN_BUDGET_SHAPE = "token budget"
 
 
 @dataclass(frozen=True)
@@ -103,13 +102,15 @@ async def run_bench(
             progress("workers ready; warming up")
             async with RankstreamClient(base) as client:
                 await closed_loop(client, texts, options.depth, options.concurrency, 3.0)
-                before = scrape(rerank_port)
+                before, cpu_before = scrape(rerank_port), rerank.cpu_seconds()
                 progress(f"closed loop: {options.concurrency} clients for {options.duration_s:g} s")
                 saturated = await closed_loop(
                     client, texts, options.depth, options.concurrency, options.duration_s
                 )
-                batches = batch_figures(before, scrape(rerank_port), settings, saturated.wall_s)
-                rss_mb = rerank.peak_rss_mb()
+                cpu_s = rerank.cpu_seconds() - cpu_before
+                after = scrape(rerank_port)
+                batches = batch_figures(before, after, settings, saturated.wall_s)
+                rss_mb = after.get(PEAK_RSS_METRIC, 0.0) / 2**20
                 low_rate = LOW_LOAD_SHARE * len(saturated.replies) / saturated.wall_s
                 progress(f"open loop at 25% of saturation: {low_rate:.2f} queries/s")
                 low = await open_loop(
@@ -123,23 +124,21 @@ async def run_bench(
                     extra = await open_loop(
                         client, texts, options.depth, options.rate, options.duration_s
                     )
-    progress("model alone: tight loop and one call per request")
+    progress("model alone: every batch shape, and one call per request")
     model = await asyncio.to_thread(load_cross_encoder, settings)
     requests = [[(r.query, d.text) for d in r.results[: r.reranked]] for r in saturated.replies]
-    limit, unbatched = await asyncio.to_thread(model_references, model, requests, settings)
-    by_size = await asyncio.to_thread(
-        pairs_per_s_by_batch_size, model, requests, settings.max_batch_pairs
-    )
-    progress("the rerank worker's batcher and model alone, in this process")
+    references = await asyncio.to_thread(model_references, model, requests, settings)
+    progress("the rerank worker's scheduler and model alone, in this process")
     scheduler = await scheduler_pairs_per_s(
         model, requests, settings, options.concurrency, options.duration_s / 2
     )
-    report = _report(settings, options, saturated, low, extra, batches, limit, unbatched, rss_mb)
+    report = _report(settings, options, saturated, low, extra, batches, references, rss_mb)
+    limit = references.limit
     return {
         **report,
+        "rerank_cpu_s_per_1000_pairs": 1000 * cpu_s / max(1, saturated.pairs),
         "scheduler_pairs_per_s": scheduler,
         "scheduler_vs_limit": scheduler / limit if limit else None,
-        "model_pairs_per_s_by_batch_size": by_size,
         "jetstream_hop_ms": hop_ms,
     }
 
@@ -207,11 +206,11 @@ async def _ask(client: RankstreamClient, text: str, depth: int, run: LoadRun) ->
 
 def scrape(port: int) -> dict[str, float]:
     """The rerank worker's unlabelled metrics, and the reranker's model seconds."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    samples = metric_samples(port)
     figures = {
-        s.name: s.value for s in samples if s.name.startswith("rankstream_rerank_") and not s.labels
+        s.name: s.value
+        for s in samples
+        if (s.name.startswith("rankstream_rerank_") or s.name == PEAK_RSS_METRIC) and not s.labels
     }
     for s in samples:
         if s.name == RERANKER_MODEL_SECONDS and s.labels == {"model": "reranker"}:
@@ -243,22 +242,52 @@ def batch_figures(
     }
 
 
+@dataclass(frozen=True)
+class ModelReferences:
+    """The model alone on one sample of the run's pairs, encoded once before any timing:
+    pairs/s in each batch shape tried, the best of them (the limit), and one call per
+    request as the requests came (the unbatched figure)."""
+
+    by_shape: dict[str, float]
+    unbatched: float
+
+    @property
+    def limit(self) -> float:
+        return max(self.by_shape.values(), default=0.0)
+
+    @property
+    def limit_shape(self) -> str:
+        return max(self.by_shape, key=lambda shape: self.by_shape[shape], default="")
+
+    @property
+    def by_batch_size(self) -> dict[str, float]:
+        return {shape: v for shape, v in self.by_shape.items() if shape != TOKEN_BUDGET_SHAPE}
+
+
 def model_references(
     model: CrossEncoderBackend, requests: list[list[Pair]], settings: Settings
-) -> tuple[float, float]:
-    """Pairs/s of the model alone: batched as tightly as the limits allow, and per request."""
+) -> ModelReferences:
+    """Batch shapes: the length-sorted sample cut into batches of 1, 2, 4 .. max_batch_pairs
+    pairs (little padding at any size, so the size is what varies; on a GPU this is where
+    batching pays), and cut as the token budget allows (`tight_batches`)."""
     sample: list[list[Pair]] = []
     for pairs in requests:
         if sum(len(p) for p in sample) >= MODEL_SAMPLE_PAIRS:
             break
-        sample.append(pairs)
-    flat = [pair for pairs in sample for pair in pairs]
+        if pairs:
+            sample.append(pairs)
+    per_request = [model.encode(pairs) for pairs in sample]
+    flat = sorted((e for encodings in per_request for e in encodings), key=len)
     if not flat:
-        return 0.0, 0.0
-    costs = model.token_lengths(flat)
-    tight = tight_batches(flat, costs, settings.max_batch_pairs, settings.max_batch_tokens)
-    model.score(flat[:4])
-    return _pairs_per_s(model, tight), _pairs_per_s(model, sample)
+        return ModelReferences({}, 0.0)
+    limits = rerank_batch_limits(settings)
+    sizes = [2**k for k in range(limits.max_items.bit_length()) if 2**k <= limits.max_items]
+    shapes = {str(size): [flat[i : i + size] for i in range(0, len(flat), size)] for size in sizes}
+    shapes[TOKEN_BUDGET_SHAPE] = tight_batches(
+        flat, [len(e) for e in flat], limits.max_items, limits.max_padded_tokens
+    )
+    by_shape = {name: _shape_pairs_per_s(model, batches) for name, batches in shapes.items()}
+    return ModelReferences(by_shape, _shape_pairs_per_s(model, per_request))
 
 
 async def scheduler_pairs_per_s(
@@ -269,9 +298,10 @@ async def scheduler_pairs_per_s(
     seconds: float,
 ) -> float:
     """Pairs/s of the rerank worker's scheduler and model in this process, fed by `clients`
-    closed-loop requesters replaying `requests`: no NATS, no retrieval, no other process.
-    Between it and the limit is what the scheduler loses; between it and the pipeline, what
-    the work around the model costs it (decoding, transport, and sharing the cores)."""
+    closed-loop requesters replaying `requests` (tokenized on submit, as the worker does): no
+    NATS, no retrieval, no other process. Between it and the limit is what the scheduler
+    loses; between it and the pipeline, what the work around the model costs it (decoding,
+    transport, and sharing the cores)."""
     requests = [pairs for pairs in requests if pairs]
     if not requests:
         return 0.0
@@ -289,62 +319,35 @@ async def scheduler_pairs_per_s(
             position += clients
 
     started = time.perf_counter()
-    async with PairScheduler(model, settings) as scheduler:
+    async with PairScheduler(model, rerank_batch_limits(settings)) as scheduler:
         await asyncio.gather(*(one_client(i) for i in range(clients)))
     return scored / (time.perf_counter() - started)
 
 
-def pairs_per_s_by_batch_size(
-    model: CrossEncoderBackend, requests: list[list[Pair]], max_batch_pairs: int
-) -> dict[int, float]:
-    """The model alone at batch sizes 1, 2, 4 .. `max_batch_pairs`, on the SWEEP_PAIRS pairs
-    nearest the median length (so there is next to no padding at any size, and the batch
-    size is what varies). On a GPU this is where batching pays."""
-    pairs = [pair for pairs in requests for pair in pairs][:MODEL_SAMPLE_PAIRS]
-    if not pairs:
-        return {}
-    costs = model.token_lengths(pairs)
-    median = sorted(costs)[len(costs) // 2]
-    nearest = sorted(zip(costs, pairs, strict=True), key=lambda t: abs(t[0] - median))
-    ordered = [pair for _, pair in sorted(nearest[:SWEEP_PAIRS], key=lambda t: t[0])]
-    sizes = [2**k for k in range(max_batch_pairs.bit_length()) if 2**k <= max_batch_pairs]
-    return {
-        size: _sweep_point(model, [ordered[i : i + size] for i in range(0, len(ordered), size)])
-        for size in sizes
-    }
-
-
-def _sweep_point(model: CrossEncoderBackend, batches: list[list[Pair]]) -> float:
-    """One call that pays for the new shape, then at least SWEEP_MIN_S of whole passes (on a
-    GPU one pass takes milliseconds)."""
-    model.score(batches[-1])
-    return _pairs_per_s(model, batches, min_seconds=SWEEP_MIN_S)
-
-
 def tight_batches(
-    pairs: list[Pair], costs: list[int], max_pairs: int, max_tokens: int
-) -> list[list[Pair]]:
-    """Sorted by length, cut where the next pair would break a limit: least padding possible."""
-    if not pairs:
+    items: list[T], costs: list[int], max_items: int, max_tokens: int
+) -> list[list[T]]:
+    """Sorted by cost, cut where the next item would break a limit: least padding possible."""
+    if not items:
         return []
-    batches: list[list[Pair]] = [[]]
+    batches: list[list[T]] = [[]]
     longest = 0
-    for cost, pair in sorted(zip(costs, pairs, strict=True), key=lambda t: t[0]):
+    for cost, item in sorted(zip(costs, items, strict=True), key=lambda t: t[0]):
         size = len(batches[-1]) + 1
-        if batches[-1] and (size > max_pairs or size * max(longest, cost) > max_tokens):
+        if batches[-1] and (size > max_items or size * max(longest, cost) > max_tokens):
             batches.append([])
             longest = 0
-        batches[-1].append(pair)
+        batches[-1].append(item)
         longest = max(longest, cost)
     return batches
 
 
-def _pairs_per_s(
-    model: CrossEncoderBackend, batches: list[list[Pair]], min_seconds: float = 0.0
-) -> float:
-    """Pairs/s over whole passes through `batches`: one, or as many as `min_seconds` takes."""
+def _shape_pairs_per_s(model: CrossEncoderBackend, batches: list[list[PairEncoding]]) -> float:
+    """One call that pays for the new shape, then whole passes through `batches` for at
+    least SHAPE_MIN_S."""
+    model.score(batches[-1])
     started, passes = time.perf_counter(), 0
-    while passes == 0 or time.perf_counter() - started < min_seconds:
+    while passes == 0 or time.perf_counter() - started < SHAPE_MIN_S:
         for batch in batches:
             model.score(batch)
         passes += 1
@@ -358,12 +361,12 @@ def _report(
     low: LoadRun,
     extra: LoadRun | None,
     batches: dict[str, float],
-    limit: float,
-    unbatched: float,
+    references: ModelReferences,
     rss_mb: float,
 ) -> dict[str, Any]:
     summary = saturated.summary()
     pipeline = summary["pairs_per_s"]
+    limit, unbatched = references.limit, references.unbatched
     return {
         "model": settings.reranker_model,
         "device": settings.device,
@@ -371,6 +374,9 @@ def _report(
         "depth": options.depth,
         "concurrency": options.concurrency,
         "limit_pairs_per_s": limit,
+        "limit_batch_shape": references.limit_shape,
+        "model_pairs_per_s_by_batch_size": references.by_batch_size,
+        "model_pairs_per_s_by_shape": references.by_shape,
         "pipeline_pairs_per_s": pipeline,
         "unbatched_pairs_per_s": unbatched,
         "pipeline_vs_limit": pipeline / limit if limit else None,

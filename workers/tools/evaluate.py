@@ -12,14 +12,20 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from shared.client import RankstreamClient
-from shared.config import Settings
-from shared.errors import RankstreamError
-from shared.eval_report import BASELINE, ConfigRun, QueryOutcome, summarize, write_outputs
-from shared.evaluation import read_qrels, read_queries
-from shared.messages import ErrorResult
-from workers.indexing import ensure_indexed
-from workers.runner import local_nats, running_workers
+from rankstream.client import RankstreamClient
+from rankstream.config import Settings
+from rankstream.errors import RankstreamError
+from rankstream.wire.messages import ErrorResult
+from rankstream.workers.app import local_nats, running_workers
+from rankstream.workers.tools.eval_report import (
+    BASELINE,
+    ConfigRun,
+    QueryOutcome,
+    summarize,
+    write_outputs,
+)
+from rankstream.workers.tools.evaluation import read_qrels, read_queries
+from rankstream.workers.tools.indexing import ensure_indexed
 
 RESULTS_PER_QUERY = 100  # Recall@100 needs a hundred results
 WARM_UP_QUERIES = 4

@@ -105,7 +105,15 @@ class _Item(Generic[T, R]):
 
 
 class MicroBatcher(Generic[T, R]):
-    """Run as `async with MicroBatcher(process, limits) as batcher: await batcher.submit(...)`."""
+    """Run as `async with MicroBatcher(process, limits) as batcher: await batcher.submit(...)`.
+
+    Args:
+        process: scores one batch: items in, one output per item out, in order. What it
+            raises fails every request with an item in that batch.
+        limits: when a batch closes.
+        on_batch: called with each batch's figures (for metrics).
+        clock: `time.monotonic` unless a test drives time.
+    """
 
     def __init__(
         self,
@@ -143,25 +151,33 @@ class MicroBatcher(Generic[T, R]):
     async def submit(
         self, items: Sequence[T], costs: Sequence[int], deadline: float | None = None
     ) -> Ticket[R]:
-        """Queue one request's items and wait for all their outputs.
+        """Queue one request's items and wait for all their outputs (see `enqueue`)."""
+        return await self.enqueue(items, costs, deadline)
 
-        `deadline` is on this batcher's clock (`time.monotonic` by default). Raises
-        DeadlineExceededError when it passes first, or whatever `process` raised for a batch
-        holding one of these items.
+    def enqueue(
+        self, items: Sequence[T], costs: Sequence[int], deadline: float | None = None
+    ) -> asyncio.Future[Ticket[R]]:
+        """Queue one request's items now; the future resolves to all their outputs.
+
+        `deadline` is on this batcher's clock (`time.monotonic` by default). The future
+        raises DeadlineExceededError when it passes first, or whatever `process` raised for a
+        batch holding one of these items. Cancel it to withdraw the request: its items still
+        queued never reach `process`.
         """
         if len(items) != len(costs):
             raise ValueError(f"{len(items)} items but {len(costs)} costs")
         if self._loop_task is None or self._loop_task.done():
             raise RuntimeError("micro-batcher is not running: use it as an async context manager")
-        if not items:
-            return Ticket([], 0.0, 0.0, 0, 0)
         future: asyncio.Future[Ticket[R]] = asyncio.get_running_loop().create_future()
+        if not items:
+            future.set_result(Ticket([], 0.0, 0.0, 0, 0))
+            return future
         request: _Request[T, R] = _Request(
             items, self._clock(), deadline, future, outputs=[None] * len(items)
         )
         self._queue.extend(_Item(request, i, cost) for i, cost in enumerate(costs))
         self._arrived.set()
-        return await future
+        return future
 
     async def _run(self) -> None:
         while True:

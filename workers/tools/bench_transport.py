@@ -15,9 +15,9 @@ import uuid
 import nats
 from nats.js.api import StorageType
 
-from shared.config import Settings
-from shared.connection import connect_kwargs
-from shared.evaluation import percentiles
+from rankstream.config import Settings
+from rankstream.wire.connection import connect_kwargs
+from rankstream.workers.tools.stats import percentiles
 
 HOP_SAMPLES = 40
 IDLE_BETWEEN_S = 0.05

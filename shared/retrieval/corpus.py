@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from shared.errors import InvalidRequestError
+from rankstream.errors import InvalidRequestError
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,10 @@ def _document(line: str, number: int) -> Document:
 
 
 def sample_corpus_path() -> Path:
-    return Path(str(resources.files("shared") / "sample_data" / "corpus.jsonl"))
+    return Path(str(resources.files("rankstream") / "sample_data" / "corpus.jsonl"))
 
 
 def sample_queries() -> list[SampleQuery]:
-    path = resources.files("shared") / "sample_data" / "queries.jsonl"
+    path = resources.files("rankstream") / "sample_data" / "queries.jsonl"
     rows = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
     return [SampleQuery(r["id"], r["text"], tuple(r.get("relevant", ()))) for r in rows]

@@ -1,0 +1,150 @@
+"""The JetStream topology: one place that says which streams exist and how they behave.
+
+- QUERIES and CANDIDATES are work queues: each message is handed to one replica of the
+  worker that shares the stream's durable consumer, and removed once acknowledged.
+- ADVISORIES keeps JetStream's "gave up on this message" advisories for our two work
+  queues until a worker has dead-lettered the message they name.
+- DEAD_LETTERS keeps, for two weeks, every message that will never be answered normally.
+- RESULTS keeps answers for a while, with a duplicate window: a result published twice
+  under the same `Nats-Msg-Id` (after a redelivery) is stored once.
+
+Workers create the streams that are missing and never change one that exists: an operator
+may have set its replicas, limits or retention on purpose. What differs from the settings
+below is logged as a warning; a stream whose subjects or retention would break delivery is
+refused with a StreamConfigError.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import nats
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from rankstream.config import Settings
+from rankstream.errors import RankstreamError
+from rankstream.wire.connection import connect_kwargs
+from rankstream.wire.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+RESULTS_MAX_AGE_S = 600.0
+DEAD_LETTERS_MAX_AGE_S = 14 * 24 * 3600.0
+DUPLICATE_WINDOW_S = 120.0
+
+
+# What a stream an operator made may differ in without a warning being worth it.
+CHECKED_FIELDS = ("retention", "storage", "num_replicas", "max_age", "duplicate_window")
+# ... and what it may not differ in at all: delivery depends on it.
+REQUIRED_FIELDS = ("retention",)
+
+
+class StreamConfigError(RankstreamError):
+    """An existing stream cannot serve rankstream as configured (its subjects or retention):
+    fix or delete the stream, or use another RANKSTREAM_SUBJECT_PREFIX."""
+
+
+def stream_configs(subjects: Subjects, replicas: int = 1) -> list[StreamConfig]:
+    """The streams rankstream needs, each with `replicas` copies (3 on a NATS cluster)."""
+    configs = [
+        _work_queue(subjects.queries_stream, subjects.queries),
+        _work_queue(subjects.candidates_stream, subjects.candidates),
+        StreamConfig(
+            name=subjects.results_stream,
+            subjects=[f"{subjects.results_root}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=RESULTS_MAX_AGE_S,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+        StreamConfig(
+            name=subjects.advisories_stream,
+            subjects=[
+                subjects.max_deliveries_advisory(stream)
+                for stream in (subjects.queries_stream, subjects.candidates_stream)
+            ],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+        ),
+        StreamConfig(
+            name=subjects.dead_letters_stream,
+            subjects=[subjects.dead_letters],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=DEAD_LETTERS_MAX_AGE_S,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+    ]
+    for config in configs:
+        config.num_replicas = replicas
+    return configs
+
+
+def _work_queue(name: str, subject: str) -> StreamConfig:
+    return StreamConfig(
+        name=name,
+        subjects=[subject],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
+
+
+async def ensure_streams_on(
+    js: JetStreamContext, subjects: Subjects, replicas: int = 1
+) -> list[str]:
+    """Create the missing streams; check the existing ones, keep them as they are, and
+    return (and log) how they differ. Raises StreamConfigError when one cannot serve."""
+    differences: list[str] = []
+    for wanted in stream_configs(subjects, replicas):
+        differences += await _ensure_stream(js, wanted)
+    for difference in differences:
+        log.warning("%s; keeping the stream as it is", difference)
+    return differences
+
+
+async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> list[str]:
+    assert wanted.name is not None
+    try:
+        existing = (await js.stream_info(wanted.name)).config
+    except NotFoundError:
+        try:
+            await js.add_stream(wanted)
+            return []
+        except BadRequestError:  # another replica created it meanwhile
+            existing = (await js.stream_info(wanted.name)).config
+    return stream_differences(wanted, existing)
+
+
+def stream_differences(wanted: StreamConfig, existing: StreamConfig) -> list[str]:
+    """How `existing` differs from what rankstream would create; raises StreamConfigError
+    where the difference breaks delivery (retention, or subjects that miss ours)."""
+    missing = set(wanted.subjects or []) - set(existing.subjects or [])
+    if missing:
+        raise StreamConfigError(
+            f"stream {wanted.name} exists without the subjects {sorted(missing)}"
+        )
+    differences = []
+    for field in CHECKED_FIELDS:
+        ours, theirs = getattr(wanted, field), getattr(existing, field)
+        if ours == theirs:
+            continue
+        if field in REQUIRED_FIELDS:
+            raise StreamConfigError(f"stream {wanted.name} has {field} {theirs}, not {ours}")
+        differences.append(
+            f"stream {wanted.name}: {field} is {theirs}, rankstream would set {ours}"
+        )
+    return differences
+
+
+async def ensure_streams(settings: Settings) -> list[str]:
+    """`ensure_streams_on` over a connection of its own; returns the differences."""
+    connection = await nats.connect(**connect_kwargs(settings))
+    try:
+        return await ensure_streams_on(
+            connection.jetstream(), Subjects.from_settings(settings), settings.stream_replicas
+        )
+    finally:
+        await connection.close()

