@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import os
@@ -59,6 +60,18 @@ def main(
         "metrics_port": metrics_port,
     }
     ctx.obj = Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _require_extra(extra: str, *modules: str) -> None:
+    """Exit with the install command when an optional extra is missing (a serving image
+    installs `rankstream` without `rankstream[eval]`)."""
+    missing = [module for module in modules if importlib.util.find_spec(module) is None]
+    if missing:
+        console.print(
+            f"[red]error:[/red] this command needs {', '.join(missing)}: "
+            f"pip install 'rankstream[{extra}]'"
+        )
+        raise typer.Exit(1)
 
 
 def _run(coroutine: Any) -> Any:
@@ -164,6 +177,7 @@ def evaluate(
     ] = 1,
 ) -> None:
     """Is the reranker worth its latency? Quality and latency per rerank depth, measured."""
+    _require_extra("eval", "ir_measures", "scipy", "matplotlib")
     from rankstream.workers.tools.evaluate import EvalOptions, run_eval
 
     try:
