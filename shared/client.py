@@ -10,6 +10,7 @@ import asyncio
 import logging
 import uuid
 from types import TracebackType
+from typing import Any, TypedDict, Unpack
 
 import nats
 from nats.aio.client import Client as NatsConnection
@@ -23,17 +24,29 @@ from rankstream.errors import QueryFailedError, QueryTimeoutError, RankstreamErr
 from rankstream.wire.connection import connect_kwargs, loggable_url
 from rankstream.wire.messages import (
     REPLY_ADAPTER,
+    Depth,
     ErrorResult,
     QueryRequest,
     RankedResult,
     dedup_id,
     now_ms,
 )
+from rankstream.wire.pipeline import PipelineSpec
 from rankstream.wire.subjects import Subjects
 
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 2.0
+
+
+class QueryOptions(TypedDict, total=False):
+    """What a query may ask for besides its text (`RankstreamClient.query` says each)."""
+
+    top_k: int | None
+    depth: Depth | None
+    timeout_s: float | None
+    pipeline: PipelineSpec | str | None
+    cache: bool
 
 
 class RankstreamClient:
@@ -123,36 +136,44 @@ class RankstreamClient:
             await self._connection.drain()
             self._connection = None
 
-    def request(
-        self, text: str, top_k: int | None = None, depth: int | None = None,
-        timeout_s: float | None = None,
-    ) -> QueryRequest:  # fmt: skip
-        """A query request that will be answered on this client's reply subject; the
-        arguments left out take the settings' defaults. Send it with `send`."""
+    def request(self, text: str, **options: Unpack[QueryOptions]) -> QueryRequest:
+        """A query request that will be answered on this client's reply subject; the options
+        (see `query`) left out take the settings' defaults. Send it with `send`.
+
+        Raises InvalidRequestError for a pipeline that does not parse."""
         settings = self._settings
-        timeout_ms = settings.default_timeout_ms if timeout_s is None else int(timeout_s * 1000)
+        timeout_s, depth = options.get("timeout_s"), options.get("depth")
+        top_k, pipeline = options.get("top_k"), options.get("pipeline")
+        fields: dict[str, Any] = {
+            "retrieval": settings.default_retrieval,
+            "depth": settings.default_depth if depth is None else depth,
+        }
+        if pipeline is not None:
+            spec = PipelineSpec.parse(pipeline) if isinstance(pipeline, str) else pipeline
+            fields = spec.request_fields()
         return QueryRequest(
             query=text,
             top_k=settings.default_top_k if top_k is None else top_k,
-            depth=settings.default_depth if depth is None else depth,
-            timeout_ms=timeout_ms,
+            timeout_ms=settings.default_timeout_ms if timeout_s is None else int(timeout_s * 1000),
             reply_to=self.reply_subject,
+            cache=options.get("cache", True),
+            **fields,
         )
 
-    async def query(
-        self, text: str, top_k: int | None = None, depth: int | None = None,
-        timeout_s: float | None = None,
-    ) -> RankedResult:  # fmt: skip
+    async def query(self, text: str, **options: Unpack[QueryOptions]) -> RankedResult:
         """Ask and wait for the ranked result.
 
         Args:
             text: the query.
             top_k: results to return (default `settings.default_top_k`).
-            depth: candidates the cross-encoder reranks; 0 returns the retrieval order
-                (default `settings.default_depth`).
+            depth: candidates the cross-encoder reranks; 0 returns the retrieval order,
+                `auto` lets the worker choose (default `settings.default_depth`).
             timeout_s: how long the pipeline may take, and how long this call waits
                 (default `settings.default_timeout_ms`). Workers answer a little before it:
                 with the retrieval order marked `degraded` when reranking would miss it.
+            pipeline: the retrieval mode and rerank cascade, as `PipelineSpec` or in its
+                notation (`hybrid+ce@100/doc64>ce@20`); it replaces `depth`.
+            cache: answer from the result cache when it can (and cache the answer).
 
         Returns:
             The ranked result: `results` best first, `timings_ms` per stage.
@@ -164,7 +185,7 @@ class RankstreamClient:
                 `expired`: allow more time) and `.worker` where.
             RankstreamError: the client is not connected, or no stream takes queries.
         """
-        reply = await self.send(self.request(text, top_k, depth, timeout_s))
+        reply = await self.send(self.request(text, **options))
         if isinstance(reply, ErrorResult):
             raise QueryFailedError(reply.code, reply.message, reply.worker)
         return reply

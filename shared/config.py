@@ -144,9 +144,36 @@ class Settings(BaseSettings):
     max_embed_batch: int = Field(default=32, ge=1)
     max_embed_wait_ms: float = Field(default=0.0, ge=0)  # as max_batch_wait_ms
     default_top_k: int = Field(default=10, ge=1)
-    default_depth: int = Field(default=20, ge=0)
+    default_depth: int | Literal["auto"] = 20
     max_depth: int = Field(default=1000, ge=1)
     default_timeout_ms: int = Field(default=30_000, ge=1)
+    default_retrieval: Literal["dense", "bm25", "hybrid"] = "dense"
+    # Hybrid search: reciprocal rank fusion of the dense and BM25 lists (retrieval/fusion.py),
+    # each list's top `hybrid_fusion_depth`, weighted.
+    hybrid_dense_weight: float = Field(default=1.0, ge=0)
+    hybrid_bm25_weight: float = Field(default=1.0, ge=0)
+    hybrid_fusion_depth: int = Field(default=100, ge=1)
+    # Depth `auto`: a policy maps the retrieval's confidence to a depth in [0, max_auto_depth]
+    # (scheduling/adaptive_depth.py); None: the packaged policy, calibrated on a train split.
+    max_auto_depth: int = Field(default=50, ge=1)
+    auto_depth_policy: Path | None = None
+
+    # --- token budgets (rerank) ---
+    # Document tokens a pair may hold (the query is never cut); None: what max_length leaves.
+    default_max_doc_tokens: int | None = Field(default=None, ge=8)
+    # A document over the budget: `head` keeps its first tokens; `maxp` scores windows of the
+    # budget's size (half-overlapping, at most `maxp_max_windows`) and keeps the best score.
+    default_long_docs: Literal["head", "maxp"] = "head"
+    maxp_max_windows: int = Field(default=4, ge=1, le=64)
+    # Scorers a request's stages may name besides `ce` (the reranker above), loaded at start.
+    preload_scorers: list[str] = Field(default_factory=list)
+
+    # --- result cache (a NATS JetStream key-value bucket shared by every replica) ---
+    cache_ttl_s: float = Field(default=600.0, ge=0)  # 0 turns the cache off
+    cache_max_bytes: int = Field(default=256 << 20, ge=1 << 20)
+    # Semantic tier: reuse the answer of a cached query whose embedding is at least this
+    # cosine-similar (same table, models and pipeline); None turns it off.
+    semantic_cache_threshold: float | None = Field(default=None, gt=0, le=1)
 
     # --- LanceDB ---
     lancedb_uri: str = str(Path.home() / ".cache" / "rankstream" / "lancedb")

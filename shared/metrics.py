@@ -55,7 +55,7 @@ class Metrics:
         )  # fmt: skip
         self.model_batch_seconds = Histogram(
             "rankstream_model_batch_seconds",
-            "Wall time of one model call (model=embedder|reranker).",
+            "Wall time of one model call (model=embedder, or the rerank scorer: ce, ...).",
             ["model"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.rerank_batch_pairs = Histogram(
@@ -117,6 +117,63 @@ class Metrics:
                 ),
             )
         )
+        self.cache_requests = Counter(
+            "rankstream_cache_requests",
+            "Result-cache lookups by tier (exact|semantic) and outcome (hit|miss).",
+            ["tier", "outcome"],
+            registry=r,
+        )
+        self.cache_writes, self.cache_evictions = (
+            Counter(name, text, labels, registry=r)
+            for name, text, labels in (
+                ("rankstream_cache_writes", "Answers written to the result cache.", []),
+                (
+                    "rankstream_cache_evictions",
+                    "Entries the semantic tier dropped, by reason (expired|deleted).",
+                    ["reason"],
+                ),
+            )
+        )
+        self.cache_entries = Gauge(
+            "rankstream_cache_entries", "Cached queries the semantic tier holds.", registry=r
+        )
+        self.retrieval_requests = Counter(
+            "rankstream_retrieval_requests",
+            "Searches by retrieval mode (dense|bm25|hybrid).",
+            ["mode"],
+            registry=r,
+        )
+        self.search_seconds = Histogram(
+            "rankstream_search_seconds",
+            "Time of each list a search ran (list=dense|bm25; hybrid runs both at once).",
+            ["list"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rerank_depth = Histogram(
+            "rankstream_rerank_depth",
+            "Candidates the first rerank stage scored, by how the depth was set (fixed|auto).",
+            ["policy"],
+            buckets=(0, 1, 2, 5, 10, 15, 20, 30, 50, 100, 200, 500, 1000),
+            registry=r,
+        )
+        self.rerank_over_budget, self.rerank_truncated_tokens, self.rerank_tokenized_docs = (
+            Counter(name, text, registry=r)
+            for name, text in (
+                (
+                    "rankstream_rerank_over_budget_docs",
+                    "Candidates longer than their stage's document token budget.",
+                ),
+                (
+                    "rankstream_rerank_truncated_tokens",
+                    "Document tokens the budget left out of every pair (head: the tail).",
+                ),
+                (
+                    "rankstream_rerank_tokenized_docs",
+                    "Candidates the rerank worker tokenized itself (no usable ids stored).",
+                ),
+            )
+        )
         self.peak_rss_bytes = Gauge(
             "rankstream_process_peak_resident_memory_bytes",
             "The highest resident memory of this process seen so far (sampled every second "
@@ -137,8 +194,8 @@ class Metrics:
             if milliseconds > 0:
                 self.stage_seconds.labels(stage=stage).observe(milliseconds / 1000.0)
 
-    def observe_rerank_batch(self, stats: BatchStats) -> None:
-        self.model_batch_seconds.labels(model="reranker").observe(stats.seconds)
+    def observe_rerank_batch(self, stats: BatchStats, scorer: str = "ce") -> None:
+        self.model_batch_seconds.labels(model=scorer).observe(stats.seconds)
         self.rerank_batch_pairs.observe(stats.items)
         self.rerank_batch_requests.observe(stats.requests)
         self.rerank_batch_tokens.observe(stats.padded_tokens)

@@ -1,44 +1,72 @@
-"""Turning a candidate set and its rerank scores into the ranked answer."""
+"""Turning a candidate set and its stages' scores into the ranked answer.
+
+Each stage of a cascade scores the top of the order the stage before left (retrieval's, for
+the first) and reorders that top by its scores, ties kept in the order they had; the rest
+keep their places behind it. A document's reported score is the last score it got.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from rankstream.wire.messages import (
     Candidate,
     CandidateSet,
     RankedDoc,
     RankedResult,
+    StageReport,
     StageTimings,
     now_ms,
 )
 
+RETRIEVAL = "retrieval"
+
+
+@dataclass(frozen=True)
+class Scored:
+    candidate: Candidate
+    score: float
+    stage: str
+
+
+def retrieval_order(candidates: Sequence[Candidate]) -> list[Scored]:
+    return [Scored(c, c.retrieval_score, RETRIEVAL) for c in candidates]
+
+
+def rerank_top(order: Sequence[Scored], scores: Sequence[float], stage: str) -> list[Scored]:
+    """`order` with its first `len(scores)` reordered by `scores` (ties keep their order)."""
+    top = [Scored(s.candidate, score, stage) for s, score in zip(order, scores, strict=False)]
+    ranked = sorted(enumerate(top), key=lambda item: (-item[1].score, item[0]))
+    return [scored for _, scored in ranked] + list(order[len(scores) :])
+
 
 def rank(candidates: Sequence[Candidate], scores: Sequence[float], top_k: int) -> list[RankedDoc]:
-    """The first `len(scores)` candidates by rerank score (ties keep retrieval order), then
-    the unscored rest in retrieval order with their retrieval score."""
-    scored = sorted(
-        zip(candidates[: len(scores)], scores, strict=True),
-        key=lambda pair: (-pair[1], pair[0].retrieval_rank),
-    )
-    unscored = [(c, c.retrieval_score) for c in candidates[len(scores) :]]
+    """One stage: the first `len(scores)` candidates by score, then the rest in retrieval
+    order with their retrieval score."""
+    return ranked_docs(rerank_top(retrieval_order(candidates), scores, "rerank"), top_k)
+
+
+def ranked_docs(order: Sequence[Scored], top_k: int) -> list[RankedDoc]:
     return [
         RankedDoc(
-            doc_id=candidate.doc_id,
-            text=candidate.text,
-            score=score,
-            retrieval_rank=candidate.retrieval_rank,
-            retrieval_score=candidate.retrieval_score,
+            doc_id=s.candidate.doc_id,
+            text=s.candidate.text,
+            score=s.score,
+            retrieval_rank=s.candidate.retrieval_rank,
+            retrieval_score=s.candidate.retrieval_score,
+            stage=s.stage,
         )
-        for candidate, score in [*scored, *unscored][:top_k]
+        for s in order[:top_k]
     ]
 
 
 def ranked_result(
     candidate_set: CandidateSet,
-    scores: Sequence[float],
+    order: Sequence[Scored],
     timings: StageTimings,
     model_id: str,
+    stages: Sequence[StageReport] = (),
     batch_pairs: int = 0,
     batch_requests: int = 0,
     degraded: bool = False,
@@ -49,12 +77,14 @@ def ranked_result(
     return RankedResult(
         request_id=request.request_id,
         query=request.query,
-        results=rank(candidate_set.candidates, scores, request.top_k),
+        results=ranked_docs(order, request.top_k),
         timings_ms=timings,
         batch_pairs=batch_pairs,
         batch_requests=batch_requests,
-        reranked=len(scores),
+        reranked=stages[0].candidates if stages else 0,
         degraded=degraded,
         model_id=model_id,
         embedder_model=candidate_set.embedder_model,
+        stages=list(stages),
+        retrieval=candidate_set.retrieval,
     )

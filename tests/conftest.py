@@ -49,12 +49,15 @@ def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sample_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The sample corpus, indexed once per session with the packaged bi-encoder."""
     from rankstream.models import load_embedder
+    from rankstream.models.registry import load_reranker_tokenizer
     from rankstream.retrieval.store import DocumentStore
 
     uri = str(tmp_path_factory.mktemp("lancedb"))
     settings = Settings(lancedb_uri=uri)
-    DocumentStore(uri, settings.table, settings.ann_min_rows).index(
-        read_documents(sample_corpus_path()), load_embedder(settings)
+    DocumentStore.from_settings(settings).index(
+        read_documents(sample_corpus_path()),
+        load_embedder(settings),
+        load_reranker_tokenizer(settings),
     )
     return uri
 
@@ -68,4 +71,6 @@ def settings(nats_url: str, sample_db: str, model_cache_dir: Path) -> Settings:
         lancedb_uri=sample_db,
         model_cache_dir=model_cache_dir,
         metrics_port=0,
+        # Off unless a test is about it: repeated queries must reach the models.
+        cache_ttl_s=0,
     )

@@ -19,13 +19,16 @@ from functools import partial
 from faststream.nats import NatsBroker
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 
+from rankstream.cache import result_cache
 from rankstream.config import Settings
 from rankstream.metrics import Metrics
 from rankstream.models import CrossEncoderBackend, Embedder, load_embedder
+from rankstream.models.registry import load_reranker_tokenizer
 from rankstream.retrieval.corpus import read_documents, sample_corpus_path
 from rankstream.retrieval.store import DocumentStore
 from rankstream.wire.connection import broker_kwargs, loggable_url
 from rankstream.wire.streams import ensure_streams
+from rankstream.workers.context import WorkerContext
 from rankstream.workers.delivery import DeliveryGuard, watch_max_deliveries
 from rankstream.workers.health import Health, health_endpoints
 from rankstream.workers.local import READY_LINE, EmbeddedNatsServer
@@ -82,13 +85,15 @@ async def running_workers(
     await ensure_streams(settings)
     broker = build_broker(settings, metrics) if broker is None else broker
     watch_max_deliveries(broker, settings, metrics)
-    workers: list[Worker] = [
-        RetrievalWorker(settings, broker, metrics, embedder=embedder)
-        if kind == WorkerKind.RETRIEVAL
-        else RerankWorker(settings, broker, metrics, model=cross_encoder)
-        for kind in kinds
-    ]
     async with AsyncExitStack() as stack:
+        cache = await stack.enter_async_context(result_cache(settings, metrics))
+        context = WorkerContext(settings, broker, metrics, cache)
+        workers: list[Worker] = [
+            RetrievalWorker(context, embedder=embedder)
+            if kind == WorkerKind.RETRIEVAL
+            else RerankWorker(context, model=cross_encoder)
+            for kind in kinds
+        ]
         for worker in workers:
             await worker.start()
             stack.push_async_callback(worker.stop)
@@ -116,7 +121,7 @@ async def local_nats(settings: Settings, port: int | None) -> AsyncIterator[Sett
 def index_sample(settings: Settings, embedder: Embedder) -> int:
     """Embed the built-in sample corpus and upsert it into the configured table."""
     return DocumentStore.from_settings(settings).index(
-        read_documents(sample_corpus_path()), embedder
+        read_documents(sample_corpus_path()), embedder, load_reranker_tokenizer(settings)
     )
 
 

@@ -137,6 +137,9 @@ def query(
     text: Annotated[str, typer.Argument(help="The query")],
     top_k: Annotated[int | None, typer.Option(help="Results to return")] = None,
     depth: Annotated[int | None, typer.Option(help="Candidates to rerank; 0 = none")] = None,
+    pipeline: Annotated[
+        str | None, typer.Option(help="Retrieval and cascade, e.g. hybrid+ce@100/doc64>ce@20")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer")] = 30.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the ranked result as JSON")] = (
         False
@@ -147,7 +150,9 @@ def query(
 
     async def ask() -> Any:
         async with RankstreamClient(ctx.obj) as client:
-            return await client.query(text, top_k=top_k, depth=depth, timeout_s=timeout)
+            return await client.query(
+                text, top_k=top_k, depth=depth, timeout_s=timeout, pipeline=pipeline
+            )
 
     result = _run(ask())
     if as_json:
@@ -159,6 +164,17 @@ def query(
         )
         console.print(f"    [dim]{doc.text[:160]}[/dim]")
     console.print(f"[dim]ms: {result.timings_ms.model_dump()}[/dim]")
+    for stage in result.stages:
+        console.print(
+            f"[dim]stage {stage.name}: {stage.pairs} pairs, {stage.inference_ms:.0f} ms[/dim]"
+        )
+
+
+CONFIGS_HELP = (
+    "Pipelines, comma-separated: MODE[+STAGE{>STAGE}] with MODE dense|bm25|hybrid and STAGE "
+    "SCORER@DEPTH[/docN|/maxpN], SCORER ce|ce-int8|ce-fp32, DEPTH a number or auto; e.g. "
+    "dense,bm25,hybrid,hybrid+ce@10,dense+ce@20/doc256,hybrid+ce@auto,hybrid+ce@100/doc64>ce@20"
+)
 
 
 @app.command("eval")
@@ -167,37 +183,86 @@ def evaluate(
     data_dir: Annotated[
         Path, typer.Argument(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/")
     ],
+    configs: Annotated[str, typer.Option(help=CONFIGS_HELP)] = "",
+    baseline: Annotated[
+        str | None, typer.Option(help="The configuration p-values compare to (default: first)")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for the report")] = Path("eval-out"),
     split: Annotated[str, typer.Option(help="qrels/<split>.tsv")] = "test",
-    depths: Annotated[str, typer.Option(help="Rerank depths, comma-separated")] = "10,20,50,100",
     concurrency: Annotated[int, typer.Option(min=1, help="Queries in flight")] = 8,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N queries")] = None,
     relevance_threshold: Annotated[
         int, typer.Option(help="Grade counted relevant by binary metrics (TREC DL: 2)")
     ] = 1,
-) -> None:
-    """Is the reranker worth its latency? Quality and latency per rerank depth, measured."""
+    repeat_zipf: Annotated[
+        float | None,
+        typer.Option(help="Then replay each configuration with a Zipf(S) repeat of the queries, "
+                     "cache on, and report the cache's hit ratio and latency"),
+    ] = None,
+    keep_identical_ids: Annotated[
+        bool, typer.Option(help="Count a result whose id is the query's (BEIR drops it)")
+    ] = False,
+) -> None:  # fmt: skip
+    """Is reranking worth its cost? Quality, latency, pairs and CPU per configuration."""
     _require_extra("eval", "ir_measures", "scipy", "matplotlib")
-    from rankstream.workers.tools.evaluate import EvalOptions, run_eval
+    from rankstream.workers.tools.evaluate import (
+        DEFAULT_CONFIGS,
+        EvalOptions,
+        parse_configs,
+        run_eval,
+    )
 
     try:
-        parsed_depths = tuple(int(d) for d in depths.split(",") if d.strip())
-    except ValueError as error:
-        raise typer.BadParameter("--depths takes integers like 10,20,50") from error
-    if any(d < 1 for d in parsed_depths):
-        raise typer.BadParameter("--depths must be positive")
+        specs = parse_configs(configs or DEFAULT_CONFIGS)
+    except RankstreamError as error:
+        raise typer.BadParameter(str(error), param_hint="--configs") from error
     options = EvalOptions(
         data_dir=data_dir,
         out_dir=out,
+        configs=specs,
+        baseline=baseline,
         split=split,
-        depths=parsed_depths,
         concurrency=concurrency,
         limit=limit,
         relevance_threshold=relevance_threshold,
+        repeat_zipf=repeat_zipf,
+        ignore_identical_ids=not keep_identical_ids,
     )
     report = _run(run_eval(ctx.obj, options, console))
     console.print(report.read_text(encoding="utf-8"))
-    console.print(f"[bold]written to {out}[/bold]: metrics.json, report.md, tradeoff.png, runs/")
+    console.print(
+        f"[bold]written to {out}[/bold]: metrics.json, about.json, report.md, tradeoff.png, runs/"
+    )
+
+
+@app.command("calibrate-depth")
+def calibrate_depth(
+    ctx: typer.Context,
+    data_dir: Annotated[Path, typer.Argument(help="BEIR folder with a train split")],
+    out: Annotated[Path, typer.Option(help="Where the policy JSON is written")] = Path(
+        "auto_depth.json"
+    ),
+    mode: Annotated[str, typer.Option(help="Retrieval mode: dense, bm25, hybrid")] = "hybrid",
+    scorer: Annotated[str, typer.Option(help="The stage's scorer")] = "ce",
+    split: Annotated[str, typer.Option(help="qrels/<split>.tsv (never the reported one)")] = (
+        "train"
+    ),
+    grid: Annotated[str, typer.Option(help="Depths to choose from")] = "0,5,10,15,20,30",
+    tolerance: Annotated[float, typer.Option(help="nDCG@10 each quartile may lose")] = 0.005,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N queries")] = None,
+) -> None:
+    """Fit the depth `auto` policy on a train split; use it with RANKSTREAM_AUTO_DEPTH_POLICY."""
+    _require_extra("eval", "ir_measures", "scipy")
+    from rankstream.workers.tools.calibrate import CalibrationOptions, calibrate
+
+    try:
+        depths = tuple(int(d) for d in grid.split(",") if d.strip())
+    except ValueError as error:
+        raise typer.BadParameter("--grid takes integers like 0,5,10,20") from error
+    options = CalibrationOptions(data_dir, out, mode, scorer, split, depths, tolerance, limit)
+    policy = _run(calibrate(ctx.obj, options, console))
+    console.print(policy.to_json())
+    console.print(f"[bold]written to {out}[/bold]: RANKSTREAM_AUTO_DEPTH_POLICY={out}")
 
 
 @app.command()

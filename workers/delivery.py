@@ -228,10 +228,10 @@ def watch_max_deliveries(broker: NatsBroker, settings: Settings, metrics: Metric
         await give_up(replies, failed, ErrorCode.INTERNAL, reason)
         await js.delete_msg(advisory.stream, advisory.stream_seq)
 
-    for stream in (subjects.queries_stream, subjects.candidates_stream):
+    for stream in (subjects.streams.queries, subjects.streams.candidates):
         broker.subscriber(
             subjects.max_deliveries_advisory(stream),
-            stream=JStream(subjects.advisories_stream, declare=False),
+            stream=JStream(subjects.streams.advisories, declare=False),
             durable=f"{subjects.prefix}-dead-letters-{stream.lower()}",
             pull_sub=PullSub(batch_size=1, timeout=1.0),
             include_in_schema=False,

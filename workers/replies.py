@@ -36,7 +36,7 @@ class ReplySender:
             await self._broker.publish(
                 reply,
                 subject=reply_to,
-                stream=self._subjects.results_stream,
+                stream=self._subjects.streams.results,
                 headers={"Nats-Msg-Id": dedup_id(reply.request_id, "reply")},
             )
         else:
@@ -52,7 +52,7 @@ class ReplySender:
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         await self._broker.publish(
-            letter, self._subjects.dead_letters, stream=self._subjects.dead_letters_stream
+            letter, self._subjects.dead_letters, stream=self._subjects.streams.dead_letters
         )
 
 

@@ -1,27 +1,38 @@
-"""Rerank worker: candidate set -> admission (pair budget) -> pair scheduler (pairs tokenized
-once, pooled across requests, grouped by length) -> cross-encoder -> ranked result."""
+"""Rerank worker: candidate set -> each stage of its cascade (pairs under the token budget,
+tokenized once, pooled across requests by that scorer's batcher) -> ranked result, which
+is also written to the result cache."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import AsyncExitStack
+from functools import partial
 
-from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 
-from rankstream.config import Settings
-from rankstream.errors import ExpiredError, OverloadedError
-from rankstream.metrics import Metrics
+from rankstream.errors import ExpiredError
 from rankstream.models import CrossEncoderBackend, load_cross_encoder
-from rankstream.models.base import PairEncoding
-from rankstream.ranking import ranked_result
+from rankstream.models.registry import scorer_model
+from rankstream.ranking import Scored, ranked_result, rerank_top, retrieval_order
 from rankstream.scheduling.admission import PairBudget
 from rankstream.scheduling.batcher import BatchStats, DeadlineExceededError
+from rankstream.scheduling.budgets import DocumentBudget
 from rankstream.scheduling.deadlines import Deadline
 from rankstream.scheduling.limits import check_candidates
-from rankstream.scheduling.pair_scheduler import PairScheduler, rerank_batch_limits
-from rankstream.wire.messages import CandidateSet, RankedResult, StageTimings, now_ms
-from rankstream.wire.subjects import Subjects
+from rankstream.scheduling.pair_scheduler import rerank_batch_limits
+from rankstream.scheduling.stages import CrossEncoderStage, StageInput, StageOutcome
+from rankstream.wire.messages import (
+    AUTO,
+    CachedAnswer,
+    CandidateSet,
+    RankedResult,
+    RerankStage,
+    StageReport,
+    StageTimings,
+    now_ms,
+)
+from rankstream.workers.context import WorkerContext
 from rankstream.workers.delivery import work_queue_subscription
 from rankstream.workers.heartbeat import in_progress_heartbeats
 from rankstream.workers.replies import ReplySender
@@ -33,34 +44,33 @@ WARM_UP_LENGTHS = (16, 64, 128, 256, 512)
 
 
 class RerankWorker:
-    """The rerank handler and what it holds: the cross-encoder, its scheduler, the pair budget.
+    """The rerank handler and what it holds: a stage runtime per scorer (`ce`, and any other
+    a request names, loaded on first use), the pair budget they share, the result cache.
 
     Args:
-        settings: limits, batching and deadline settings.
-        broker: the broker its subscriber is registered on (started by the caller).
-        metrics: where it reports.
-        model: a loaded cross-encoder; default: `load_cross_encoder(settings)` in `start()`.
+        context: settings (limits, batching, budgets, deadlines), broker (its subscriber is
+            registered on it; the caller starts it), metrics, and the cache answers go to.
+        model: a loaded cross-encoder for `ce`; default: `load_cross_encoder(settings)`.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        broker: NatsBroker,
-        metrics: Metrics,
-        model: CrossEncoderBackend | None = None,
-    ) -> None:
-        self._settings = settings
-        self._metrics = metrics
-        self._model = model
-        subjects = Subjects.from_settings(settings)
-        self._replies = ReplySender(broker, subjects, WORKER, metrics)
-        self._scheduler: PairScheduler | None = None
+    def __init__(self, context: WorkerContext, model: CrossEncoderBackend | None = None) -> None:
+        settings, metrics = context.settings, context.metrics
+        self._settings, self._metrics, self._cache = settings, metrics, context.cache
+        self._given: dict[str, CrossEncoderBackend] = {} if model is None else {"ce": model}
+        subjects = context.subjects
+        self._replies = ReplySender(context.broker, subjects, WORKER, metrics)
         self._budget = PairBudget(
             settings.max_inflight_pairs, on_change=metrics.rerank_inflight_pairs.set
         )
-        broker.subscriber(
+        self._stages: dict[str, CrossEncoderStage] = {}
+        self._loading = asyncio.Lock()
+        self._exit = AsyncExitStack()
+        context.broker.subscriber(
             **work_queue_subscription(
-                settings, subjects.candidates, subjects.candidates_stream, subjects.rerank_durable
+                settings,
+                subjects.candidates,
+                subjects.streams.candidates,
+                subjects.durable("rerank"),
             ),
             title="rerank:candidates",
             description="Candidate sets; their pairs are scored in batches shared across "
@@ -69,40 +79,54 @@ class RerankWorker:
 
     @property
     def model(self) -> CrossEncoderBackend:
-        assert self._scheduler is not None, "start() the worker first"
-        return self._scheduler.model
+        """The `ce` scorer's cross-encoder."""
+        return self._stages["ce"].model
 
     async def start(self) -> None:
-        """Load the cross-encoder (in a thread) unless one was given, warm it up over the
-        shapes it will see, then start the scheduler."""
-        model = self._model
-        if model is None:
-            model = await asyncio.to_thread(load_cross_encoder, self._settings)
-        await asyncio.to_thread(self._warm_up, model)
-        scheduler = PairScheduler(model, rerank_batch_limits(self._settings), self._on_batch)
-        await scheduler.__aenter__()
-        self._scheduler = scheduler
+        """Load and warm up `ce` and the preloaded scorers, each in a thread."""
+        for scorer in dict.fromkeys(["ce", *self._settings.preload_scorers]):
+            await self._stage(scorer)
+
+    async def stop(self) -> None:
+        await self._exit.aclose()
+
+    async def _stage(self, scorer: str) -> CrossEncoderStage:
+        """The runtime of `scorer`, loaded and warmed up on first use."""
+        if scorer in self._stages:
+            return self._stages[scorer]
+        async with self._loading:
+            if scorer not in self._stages:
+                model = self._given.get(scorer)
+                if model is None:
+                    name = scorer_model(self._settings, scorer)
+                    model = await asyncio.to_thread(load_cross_encoder, self._settings, name)
+                await asyncio.to_thread(self._warm_up, model)
+                stage = CrossEncoderStage(
+                    model,
+                    rerank_batch_limits(self._settings),
+                    self._budget,
+                    partial(self._on_batch, scorer),
+                    self._settings.shed_load,
+                )
+                self._stages[scorer] = await self._exit.enter_async_context(stage)
+        return self._stages[scorer]
 
     def _warm_up(self, model: CrossEncoderBackend) -> None:
         """First calls allocate buffers and pick kernels; pay that before reporting ready."""
         for length in WARM_UP_LENGTHS:
             if length > model.max_length:
                 break
-            (encoding,) = model.encode([("warm up", " ".join(["passage"] * length))])
+            (encoding,) = model.tokenizer.encode([("warm up", " ".join(["passage"] * length))])
             batch = max(
                 1, min(self._settings.max_batch_pairs, self._settings.max_batch_tokens // length)
             )
             for size in sorted({1, batch}):
                 model.score([encoding] * size)
 
-    def _on_batch(self, stats: BatchStats) -> None:
-        self._metrics.observe_rerank_batch(stats)
-        if self._scheduler is not None:
-            self._metrics.rerank_queued_pairs.set(self._scheduler.queued_pairs)
-
-    async def stop(self) -> None:
-        if self._scheduler is not None:
-            await self._scheduler.__aexit__(None, None, None)
+    def _on_batch(self, scorer: str, stats: BatchStats) -> None:
+        self._metrics.observe_rerank_batch(stats, scorer)
+        queued = sum(stage.scheduler.queued_pairs for stage in self._stages.values())
+        self._metrics.rerank_queued_pairs.set(queued)
 
     async def handle(self, candidate_set: CandidateSet, message: NatsMessage) -> None:
         started = now_ms()
@@ -112,6 +136,8 @@ class RerankWorker:
                 reply = await self._rerank(candidate_set, started)
             self._metrics.observe_timings(reply.timings_ms)
             await self._replies.send(request.reply_to, reply)
+        if not reply.degraded:
+            await self._remember(candidate_set, reply)
 
     async def _rerank(self, candidate_set: CandidateSet, started: float) -> RankedResult:
         request = candidate_set.request
@@ -122,44 +148,114 @@ class RerankWorker:
         deadline = Deadline.of(request, self._settings.deadline_margin_ms)
         if deadline.passed():
             return self._missed_deadline(candidate_set, timings)
-        assert self._scheduler is not None, "start() the worker first"
-        pairs = [(request.query, c.text) for c in candidate_set.candidates[: request.depth]]
-        encodings = await asyncio.to_thread(self._scheduler.model.encode, pairs)
-        async with self._budget.hold(len(encodings)):
-            self._shed_if_late(encodings, deadline)
-            scored = self._scheduler.enqueue(encodings, deadline.monotonic())
+        order = retrieval_order(candidate_set.candidates)
+        reports: list[StageReport] = []
+        outcome: StageOutcome | None = None
+        for position, stage in enumerate(request.rerank_stages()):
+            depth = min(self._depth(candidate_set, stage, position), len(order))
             try:
-                # Queued pairs are dropped at the deadline by the batcher; a batch already in
-                # the model is not waited for past it.
-                ticket = await asyncio.wait_for(scored, max(0.0, deadline.remaining_s()))
-            except (DeadlineExceededError, TimeoutError):
-                return self._missed_deadline(candidate_set, timings)
-        timings = timings.model_copy(
-            update={
-                "batch_wait": ticket.batch_wait_s * 1000,
-                "inference": ticket.inference_s * 1000,
-            }
+                outcome = await self._score(candidate_set, stage, order[:depth], deadline)
+            except DeadlineExceededError:
+                if not reports:
+                    return self._missed_deadline(candidate_set, timings)
+                return self._answer(candidate_set, order, reports, timings, outcome, True)
+            order = rerank_top(order, outcome.scores, stage.name)
+            reports.append(self._report(stage, depth, outcome))
+        return self._answer(candidate_set, order, reports, timings, outcome, False)
+
+    def _depth(self, candidate_set: CandidateSet, stage: RerankStage, position: int) -> int:
+        if position == 0 and candidate_set.first_depth is not None:
+            return candidate_set.first_depth
+        if stage.depth == AUTO:  # only a first stage may be auto; retrieval resolved it
+            return self._settings.max_auto_depth
+        return stage.depth
+
+    async def _score(
+        self,
+        candidate_set: CandidateSet,
+        stage: RerankStage,
+        top: list[Scored],
+        deadline: Deadline,
+    ) -> StageOutcome:
+        runtime = await self._stage(stage.scorer)
+        budget = DocumentBudget(
+            stage.max_doc_tokens or self._settings.default_max_doc_tokens,
+            stage.long_docs or self._settings.default_long_docs,
+            self._settings.maxp_max_windows,
         )
-        return ranked_result(
-            candidate_set,
-            ticket.outputs,
-            timings,
-            self.model.model_id,
-            ticket.largest_batch_items,
-            ticket.largest_batch_requests,
+        outcome = await runtime.score(
+            StageInput(
+                query=candidate_set.request.query,
+                documents=[s.candidate.text for s in top],
+                token_ids=[
+                    tuple(s.candidate.token_ids) if s.candidate.token_ids is not None else None
+                    for s in top
+                ],
+                tokenizer=candidate_set.tokenizer,
+                budget=budget,
+                deadline=deadline,
+            )
+        )
+        self._metrics.rerank_over_budget.inc(outcome.plan.over_budget)
+        self._metrics.rerank_truncated_tokens.inc(outcome.plan.truncated_tokens)
+        self._metrics.rerank_tokenized_docs.inc(outcome.tokenized_documents)
+        return outcome
+
+    def _report(self, stage: RerankStage, depth: int, outcome: StageOutcome) -> StageReport:
+        return StageReport(
+            name=stage.name,
+            model_id=self._stages[stage.scorer].model.model_id,
+            candidates=depth,
+            pairs=len(outcome.plan.encodings),
+            over_budget=outcome.plan.over_budget,
+            truncated_tokens=outcome.plan.truncated_tokens,
+            batch_wait_ms=outcome.ticket.batch_wait_s * 1000,
+            inference_ms=outcome.ticket.inference_s * 1000,
         )
 
-    def _shed_if_late(self, encodings: list[PairEncoding], deadline: Deadline) -> None:
-        """Answer `overloaded` at once when the queue ahead predicts a missed deadline."""
-        assert self._scheduler is not None
-        if not self._settings.shed_load:
+    def _answer(
+        self,
+        candidate_set: CandidateSet,
+        order: list[Scored],
+        reports: list[StageReport],
+        timings: StageTimings,
+        last: StageOutcome | None,
+        degraded: bool,
+    ) -> RankedResult:
+        timings = timings.model_copy(
+            update={
+                "batch_wait": sum(r.batch_wait_ms for r in reports),
+                "inference": sum(r.inference_ms for r in reports),
+            }
+        )
+        ticket = last.ticket if last is not None else None
+        return ranked_result(
+            candidate_set,
+            order,
+            timings,
+            reports[-1].model_id if reports else "none",
+            reports,
+            ticket.largest_batch_items if ticket else 0,
+            ticket.largest_batch_requests if ticket else 0,
+            degraded=degraded,
+        )
+
+    async def _remember(self, candidate_set: CandidateSet, reply: RankedResult) -> None:
+        ticket = candidate_set.cache
+        if self._cache is None or ticket is None:
             return
-        wait_s = self._scheduler.predicted_wait_s(len(encodings))
-        if wait_s is not None and wait_s > deadline.remaining_s():
-            raise OverloadedError(
-                f"{self._scheduler.queued_pairs} pairs queued ahead: about {wait_s:.1f} s to "
-                f"score, {max(0.0, deadline.remaining_s()):.1f} s left before the deadline"
-            )
+        answer = CachedAnswer(
+            query=ticket.query,
+            context=ticket.context,
+            results=reply.results,
+            reranked=reply.reranked,
+            model_id=reply.model_id,
+            embedder_model=reply.embedder_model,
+            stages=reply.stages,
+            retrieval=reply.retrieval,
+            query_vector=ticket.query_vector,
+        )
+        await self._cache.put(ticket.key, answer)
 
     def _missed_deadline(self, candidate_set: CandidateSet, timings: StageTimings) -> RankedResult:
         """Retrieval order marked degraded, or an `expired` error, as configured."""
@@ -168,5 +264,6 @@ class RerankWorker:
         self._metrics.deadline_misses.labels(worker=WORKER, action=action).inc()
         if action == "expired":
             raise ExpiredError(f"deadline passed before request {request.request_id} was scored")
-        model_id = self._scheduler.model.model_id if self._scheduler else "none"
-        return ranked_result(candidate_set, [], timings, model_id, degraded=True)
+        return ranked_result(
+            candidate_set, retrieval_order(candidate_set.candidates), timings, "none", degraded=True
+        )

@@ -1,4 +1,5 @@
-"""Retrieval worker: query -> embed (micro-batched) -> LanceDB search -> candidate set."""
+"""Retrieval worker: query -> result cache -> embed (micro-batched) -> search (dense, BM25 or
+hybrid) -> depth (`auto`: from the search's confidence) -> candidate set."""
 
 from __future__ import annotations
 
@@ -6,27 +7,38 @@ import asyncio
 import time
 
 import numpy as np
-from faststream.nats import JStream, NatsBroker
+from faststream.nats import JStream
 
-from rankstream.config import Settings
+from rankstream.cache import cache_key, context_digest, normalise_query
 from rankstream.errors import ExpiredError
-from rankstream.metrics import Metrics
 from rankstream.models import Embedder, load_embedder
 from rankstream.models.base import Vectors
-from rankstream.ranking import ranked_result
-from rankstream.retrieval.store import DocumentStore, Retriever
-from rankstream.scheduling.batcher import BatchLimits, MicroBatcher
+from rankstream.models.registry import scorer_model
+from rankstream.ranking import ranked_result, retrieval_order
+from rankstream.retrieval.fusion import SearchMode
+from rankstream.retrieval.store import DocumentStore, Retriever, SearchResult
+from rankstream.scheduling.adaptive_depth import (
+    DepthPolicy,
+    load_depth_policy,
+    retrieval_features,
+)
+from rankstream.scheduling.batcher import BatchLimits, MicroBatcher, Ticket
 from rankstream.scheduling.deadlines import Deadline
 from rankstream.scheduling.limits import check_request
 from rankstream.wire.messages import (
+    AUTO,
+    CachedAnswer,
+    CacheTicket,
     Candidate,
     CandidateSet,
     QueryRequest,
+    RankedResult,
+    RetrievalReport,
     StageTimings,
     dedup_id,
     now_ms,
 )
-from rankstream.wire.subjects import Subjects
+from rankstream.workers.context import WorkerContext
 from rankstream.workers.delivery import work_queue_subscription
 from rankstream.workers.replies import ReplySender
 
@@ -34,44 +46,44 @@ WORKER = "retrieval"
 
 
 class RetrievalWorker:
-    """The retrieval handler and what it holds: the query embedder and the store.
+    """The retrieval handler and what it holds: the query embedder, the store, the depth
+    policy and the result cache.
 
     Args:
-        settings: limits, batching and store settings.
-        broker: the broker its subscriber and publisher are registered on.
-        metrics: where it reports.
+        context: settings (limits, batching, retrieval), broker (its subscriber and
+            publisher are registered on it), metrics, and the cache looked up first.
         embedder: a loaded embedder; default: `load_embedder(settings)` in `start()`.
         store: what it searches; default: `DocumentStore.from_settings(settings)`.
     """
 
     def __init__(
         self,
-        settings: Settings,
-        broker: NatsBroker,
-        metrics: Metrics,
+        context: WorkerContext,
         embedder: Embedder | None = None,
         store: Retriever | None = None,
     ) -> None:
-        self._settings = settings
-        self._metrics = metrics
-        self._subjects = Subjects.from_settings(settings)
+        settings, metrics, broker = context.settings, context.metrics, context.broker
+        self._settings, self._metrics, self._cache = settings, metrics, context.cache
+        self._subjects = context.subjects
         self._replies = ReplySender(broker, self._subjects, WORKER, metrics)
         self._embedder = embedder
         self._store: Retriever = store or DocumentStore.from_settings(settings)
+        self._policy: DepthPolicy = load_depth_policy(settings.auto_depth_policy)
         self._batcher: MicroBatcher[str, Vectors] | None = None
         broker.subscriber(
             **work_queue_subscription(
                 settings,
                 self._subjects.queries,
-                self._subjects.queries_stream,
-                self._subjects.retrieval_durable,
+                self._subjects.streams.queries,
+                self._subjects.durable("retrieval"),
             ),
             title="retrieval:queries",
-            description="Query requests; each is embedded, searched and forwarded.",
+            description="Query requests; each is looked up in the result cache, embedded, "
+            "searched and forwarded.",
         )(self.handle)
         self._candidates = broker.publisher(
             self._subjects.candidates,
-            stream=JStream(self._subjects.candidates_stream, declare=False),
+            stream=JStream(self._subjects.streams.candidates, declare=False),
             title="retrieval:candidates",
             description="Candidate sets for the rerank worker.",
             schema=CandidateSet,
@@ -109,44 +121,196 @@ class RetrievalWorker:
 
     async def _retrieve(self, request: QueryRequest, started: float) -> None:
         self._check(request)
-        assert self._batcher is not None, "start() the worker first"
-        embed_start = time.perf_counter()
-        (vector,) = (await self._batcher.submit([request.query], [1])).outputs
+        timings = StageTimings(queue_wait=max(0.0, started - request.created_at_ms))
+        ticket = None
+        if self._cache is not None and request.cache:
+            lookup = time.perf_counter()
+            ticket = await self._cache_ticket(request)
+            answer = await self._cache.get(ticket.key)
+            timings = timings.model_copy(update={"cache": _ms_since(lookup)})
+            if answer is not None:
+                await self._reply_cached(request, answer, timings)
+                return
+        mode = SearchMode(request.retrieval)
+        vector = None
+        if mode != SearchMode.BM25 or (ticket is not None and self._cache_is_semantic):
+            embed_start = time.perf_counter()
+            (vector,) = (await self._embedded([request.query])).outputs
+            timings = timings.model_copy(update={"embed": _ms_since(embed_start)})
+        if ticket is not None and vector is not None and self._cache is not None:
+            lookup = time.perf_counter()
+            answer = await self._cache.nearest(ticket.context, vector)
+            timings = timings.model_copy(update={"cache": timings.cache + _ms_since(lookup)})
+            if answer is not None:
+                await self._reply_cached(request, answer, timings)
+                return
+            ticket = ticket.model_copy(update={"query_vector": [float(x) for x in vector]})
+        await self._search_and_forward(request, vector, mode, timings, ticket)
+
+    async def _search_and_forward(
+        self,
+        request: QueryRequest,
+        vector: Vectors | None,
+        mode: SearchMode,
+        timings: StageTimings,
+        ticket: CacheTicket | None,
+    ) -> None:
+        count = request.candidate_count(self._settings.max_auto_depth)
         search_start = time.perf_counter()
-        hits = await self._store.search(vector, request.candidate_count)
-        search_end = time.perf_counter()
-        timings = StageTimings(
-            queue_wait=max(0.0, started - request.created_at_ms),
-            embed=(search_start - embed_start) * 1000,
-            search=(search_end - search_start) * 1000,
-        )
+        result = await self._store.search(request.query, vector, count, mode)
+        timings = timings.model_copy(update={"search": _ms_since(search_start)})
+        self._observe_search(result)
+        report, first_depth = self._depth(request, result)
         candidate_set = CandidateSet(
             request=request,
             candidates=[
-                Candidate(doc_id=h.doc_id, text=h.text, retrieval_score=h.score, retrieval_rank=i)
-                for i, h in enumerate(hits, start=1)
+                Candidate(
+                    doc_id=hit.doc_id,
+                    text=hit.text,
+                    retrieval_score=hit.score,
+                    retrieval_rank=rank,
+                    token_ids=list(hit.token_ids)
+                    if hit.token_ids is not None and rank <= first_depth
+                    else None,
+                )
+                for rank, hit in enumerate(result.hits, start=1)
             ],
             timings_ms=timings,
             embedder_model=self.embedder.model_id,
+            retrieval=report,
+            tokenizer=result.tokenizer,
+            first_depth=first_depth,
+            cache=ticket,
         )
-        if request.depth == 0:
-            result = ranked_result(candidate_set, [], timings, model_id="none")
-            self._metrics.observe_timings(result.timings_ms)
-            await self._replies.send(request.reply_to, result)
+        if first_depth == 0:
+            order = retrieval_order(candidate_set.candidates)
+            answer = ranked_result(candidate_set, order, timings, model_id="none")
+            self._metrics.observe_timings(answer.timings_ms)
+            await self._replies.send(request.reply_to, answer)
+            await self._remember(ticket, answer)
             return
         await self._candidates.publish(
             candidate_set, headers={"Nats-Msg-Id": dedup_id(request.request_id, "candidates")}
         )
         self._metrics.requests.labels(worker=WORKER, outcome="forwarded").inc()
 
+    def _depth(self, request: QueryRequest, result: SearchResult) -> tuple[RetrievalReport, int]:
+        """The search's report, and the first stage's depth (`auto` resolved)."""
+        features = retrieval_features(result.dense_scores, result.bm25_scores, result.overlap_at_10)
+        stages = request.rerank_stages()
+        report = RetrievalReport(
+            mode=result.mode,
+            dense_ms=result.dense_ms,
+            bm25_ms=result.bm25_ms,
+            table_version=result.table_version,
+            features=features,
+        )
+        if not stages:
+            self._metrics.rerank_depth.labels(policy="fixed").observe(0)
+            return report, 0
+        if stages[0].depth != AUTO:
+            self._metrics.rerank_depth.labels(policy="fixed").observe(stages[0].depth)
+            return report, int(stages[0].depth)
+        depth, confidence = self._policy.choose(features, self._settings.max_auto_depth)
+        self._metrics.rerank_depth.labels(policy="auto").observe(depth)
+        chosen = report.model_copy(update={"chosen_depth": depth, "confidence": confidence})
+        return chosen, depth
+
+    def _observe_search(self, result: SearchResult) -> None:
+        self._metrics.retrieval_requests.labels(mode=result.mode).inc()
+        if result.mode != SearchMode.BM25:
+            self._metrics.search_seconds.labels(list="dense").observe(result.dense_ms / 1000)
+        if result.mode != SearchMode.DENSE:
+            self._metrics.search_seconds.labels(list="bm25").observe(result.bm25_ms / 1000)
+
+    @property
+    def _cache_is_semantic(self) -> bool:
+        return self._cache is not None and self._cache.semantic
+
+    async def _cache_ticket(self, request: QueryRequest) -> CacheTicket:
+        """Where this request's answer is (or will be) cached: everything the answer depends
+        on, the table's current version included."""
+        settings = self._settings
+        stages = request.rerank_stages()
+        context = {
+            "table": settings.table,
+            "version": await self._store.version(),
+            "embedder": self.embedder.model_id,
+            "mode": request.retrieval,
+            "fusion": [settings.hybrid_dense_weight, settings.hybrid_bm25_weight,
+                       settings.hybrid_fusion_depth],
+            "stages": [
+                [scorer_model(settings, s.scorer), s.depth,
+                 s.max_doc_tokens or settings.default_max_doc_tokens,
+                 s.long_docs or settings.default_long_docs]
+                for s in stages
+            ],
+            "max_length": settings.max_length,
+            "maxp_windows": settings.maxp_max_windows,
+            "auto": self._policy.to_json() if any(s.depth == AUTO for s in stages) else None,
+            "max_auto_depth": settings.max_auto_depth,
+            "top_k": request.top_k,
+        }  # fmt: skip
+        digest = context_digest(context)
+        query = normalise_query(request.query)
+        return CacheTicket(key=cache_key(query, digest), context=digest, query=query)
+
+    async def _reply_cached(
+        self, request: QueryRequest, answer: CachedAnswer, timings: StageTimings
+    ) -> None:
+        timings = timings.model_copy(update={"total": now_ms() - request.created_at_ms})
+        result = RankedResult(
+            request_id=request.request_id,
+            query=request.query,
+            results=answer.results,
+            timings_ms=timings,
+            batch_pairs=0,
+            batch_requests=0,
+            reranked=answer.reranked,
+            model_id=answer.model_id,
+            embedder_model=answer.embedder_model,
+            stages=answer.stages,
+            retrieval=answer.retrieval,
+            cached=True,
+        )
+        self._metrics.observe_timings(timings)
+        await self._replies.send(request.reply_to, result)
+
+    async def _remember(self, ticket: CacheTicket | None, answer: RankedResult) -> None:
+        if self._cache is None or ticket is None:
+            return
+        await self._cache.put(
+            ticket.key,
+            CachedAnswer(
+                query=ticket.query,
+                context=ticket.context,
+                results=answer.results,
+                reranked=0,
+                model_id=answer.model_id,
+                embedder_model=answer.embedder_model,
+                retrieval=answer.retrieval,
+                query_vector=ticket.query_vector,
+            ),
+        )
+
     def _check(self, request: QueryRequest) -> None:
         check_request(request, self._settings)
+        for stage in request.rerank_stages():
+            scorer_model(self._settings, stage.scorer)  # an unknown scorer is refused here
         deadline = Deadline.of(request, self._settings.deadline_margin_ms)
         if deadline.passed():
             # Nothing retrieved yet, so nothing to degrade to: an `expired` error.
             self._metrics.deadline_misses.labels(worker=WORKER, action="expired").inc()
             raise ExpiredError(f"deadline passed {-deadline.remaining_s():.1f} s ago")
 
+    async def _embedded(self, texts: list[str]) -> Ticket[Vectors]:
+        assert self._batcher is not None, "start() the worker first"
+        return await self._batcher.submit(texts, [1] * len(texts))
+
     async def _embed(self, texts: list[str]) -> list[Vectors]:
         vectors = await asyncio.to_thread(self.embedder.embed_queries, texts)
         return list(np.asarray(vectors))
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

@@ -11,6 +11,7 @@ from rankstream.metrics import Metrics
 from rankstream.wire.messages import Reply
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.app import build_broker
+from rankstream.workers.context import WorkerContext
 from rankstream.workers.rerank import RerankWorker
 from rankstream.workers.retrieval import RetrievalWorker
 
@@ -18,8 +19,9 @@ from rankstream.workers.retrieval import RetrievalWorker
 def asyncapi_spec(settings: Settings) -> dict[str, Any]:
     metrics = Metrics()
     broker = build_broker(settings, metrics)
-    RetrievalWorker(settings, broker, metrics)
-    RerankWorker(settings, broker, metrics)
+    context = WorkerContext(settings, broker, metrics)
+    RetrievalWorker(context)
+    RerankWorker(context)
     subjects = Subjects.from_settings(settings)
     broker.publisher(
         subjects.results_for("{client_id}"),

@@ -7,18 +7,24 @@ reranker as an fp32 checkpoint.
 
 from rankstream.models.base import (
     CrossEncoderBackend,
+    DocumentTokenizer,
     Embedder,
     Pair,
+    PairCodec,
     PairEncoding,
+    TokenIds,
     score_pairs,
 )
 from rankstream.models.registry import load_cross_encoder, load_embedder
 
 __all__ = [
     "CrossEncoderBackend",
+    "DocumentTokenizer",
     "Embedder",
     "Pair",
+    "PairCodec",
     "PairEncoding",
+    "TokenIds",
     "load_cross_encoder",
     "load_embedder",
     "score_pairs",

@@ -13,6 +13,7 @@ import numpy.typing as npt
 from rankstream.errors import ModelError
 
 Pair = tuple[str, str]
+TokenIds = tuple[int, ...]
 Vectors = npt.NDArray[np.float32]
 
 
@@ -28,18 +29,54 @@ class PairEncoding:
         return len(self.ids)
 
 
+class DocumentTokenizer(Protocol):
+    """Tokenizes documents for a cross-encoder, at index time or in the rerank worker."""
+
+    @property
+    def fingerprint(self) -> str:
+        """Names the vocabulary and rules: stored ids are used only where it matches."""
+        ...
+
+    def encode_documents(self, documents: Sequence[str]) -> list[TokenIds]:
+        """Each document's ids, without special tokens, whole."""
+        ...
+
+
+class PairCodec(DocumentTokenizer, Protocol):
+    """Builds the pairs a cross-encoder reads from a query's and documents' ids."""
+
+    @property
+    def max_length(self) -> int: ...
+
+    def encode_query(self, query: str) -> TokenIds:
+        """The query's ids, never truncated. Raises InvalidRequestError when it leaves a
+        document too little room."""
+        ...
+
+    def document_room(self, query: TokenIds) -> int:
+        """Tokens a document may have beside `query`."""
+        ...
+
+    def join(self, query: TokenIds, document: TokenIds) -> PairEncoding:
+        """The pair with its special tokens; the document cut to the room the query leaves."""
+        ...
+
+    def encode(self, pairs: Sequence[Pair]) -> list[PairEncoding]:
+        """Pairs from text: `join(encode_query(q), encode_documents([d]))` for each."""
+        ...
+
+
 class CrossEncoderBackend(Protocol):
     """Scores (query, document) pairs: one raw logit each, higher = more relevant.
 
-    Pairs are encoded once (`encode`, where they are costed for batching) and scored from
-    those encodings (`score`), so nothing is tokenized twice."""
+    Pairs are encoded once by `tokenizer` (where they are costed for batching) and scored
+    from those encodings (`score`), so nothing is tokenized twice."""
 
     model_id: str
     max_length: int
 
-    def encode(self, pairs: Sequence[Pair]) -> list[PairEncoding]:
-        """Each pair tokenized and truncated to `max_length` tokens, in order."""
-        ...
+    @property
+    def tokenizer(self) -> PairCodec: ...
 
     def score(self, batch: Sequence[PairEncoding]) -> list[float]:
         """One score per encoding, in order. Raises ModelError on non-finite output."""
@@ -48,7 +85,7 @@ class CrossEncoderBackend(Protocol):
 
 def score_pairs(model: CrossEncoderBackend, pairs: Sequence[Pair]) -> list[float]:
     """Encode and score in one call: for tools and tests that hold text, not encodings."""
-    return model.score(model.encode(pairs))
+    return model.score(model.tokenizer.encode(pairs))
 
 
 class Embedder(Protocol):

@@ -15,7 +15,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from rankstream.errors import ModelError
-from rankstream.models.base import Pair, PairEncoding, finite_scores
+from rankstream.models.base import PairEncoding, finite_scores
 from rankstream.models.tokenization import PairTokenizer
 
 
@@ -48,9 +48,6 @@ class OnnxCrossEncoder:
             str(model_path), options, providers=["CPUExecutionProvider"]
         )
         self._input_names = {i.name for i in self._session.get_inputs()}
-
-    def encode(self, pairs: Sequence[Pair]) -> list[PairEncoding]:
-        return self.tokenizer.encode(pairs)
 
     def score(self, batch: Sequence[PairEncoding]) -> list[float]:
         if not batch:

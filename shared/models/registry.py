@@ -9,8 +9,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rankstream.config import Settings
-from rankstream.errors import ModelError
+from rankstream.errors import InvalidRequestError, ModelError
 from rankstream.models.base import CrossEncoderBackend, Embedder, Vectors
+from rankstream.models.tokenization import PairTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +111,28 @@ def _onnx_embedder(st_dir: Path, model_id: str, settings: Settings) -> Embedder:
     return OnnxEmbedder(out_dir, model_id)
 
 
-def load_cross_encoder(settings: Settings) -> CrossEncoderBackend:
-    """The configured cross-encoder (`settings.reranker_model`): onnxruntime for a folder
-    with `model.onnx`, sentence-transformers otherwise.
+def scorer_model(settings: Settings, scorer: str) -> str:
+    """The model a rerank stage's scorer name stands for: `ce` the configured reranker,
+    `ce-int8` / `ce-fp32` the packaged cross-encoder in either precision.
+
+    Raises InvalidRequestError for a name the worker does not know."""
+    models = {
+        "ce": settings.reranker_model,
+        "ce-int8": PACKAGED_PREFIX + MINILM_RERANKER_INT8,
+        "ce-fp32": PACKAGED_PREFIX + MINILM_RERANKER_FP32,
+    }
+    if scorer not in models:
+        raise InvalidRequestError(f"unknown scorer {scorer!r}; known: {sorted(models)}")
+    return models[scorer]
+
+
+def load_cross_encoder(settings: Settings, name: str | None = None) -> CrossEncoderBackend:
+    """A cross-encoder: `name` (`packaged:NAME`, a local folder, a Hugging Face id), by
+    default the configured `settings.reranker_model`. A folder with `model.onnx` runs on
+    onnxruntime, anything else on sentence-transformers.
 
     Raises ModelError for an unknown packaged name or a package that is not installed."""
-    name = settings.reranker_model
+    name = name or settings.reranker_model
     log.info("loading cross-encoder %s", name)
     if name == PACKAGED_PREFIX + MINILM_RERANKER_INT8:
         return _onnx(packaged_int8_reranker_dir(), name, settings)
@@ -127,6 +144,29 @@ def load_cross_encoder(settings: Settings) -> CrossEncoderBackend:
     if (local / "model.onnx").is_file():
         return _onnx(local, name, settings)
     return _torch(str(local) if local.exists() else name, name, settings, local.exists())
+
+
+def load_reranker_tokenizer(settings: Settings, name: str | None = None) -> PairTokenizer:
+    """The tokenizer of a cross-encoder (default: the configured reranker), without its
+    weights: to tokenize documents at index time."""
+    from tokenizers import Tokenizer
+
+    name = name or settings.reranker_model
+    if name in (PACKAGED_PREFIX + MINILM_RERANKER_INT8, PACKAGED_PREFIX + MINILM_RERANKER_FP32):
+        path = packaged_int8_reranker_dir() / "tokenizer.json"
+    elif name.startswith(PACKAGED_PREFIX):
+        raise ModelError(f"unknown packaged reranker {name!r}; known: {PACKAGED_RERANKERS}")
+    else:
+        path = Path(name).expanduser() / "tokenizer.json"
+    if path.is_file():
+        tokenizer = Tokenizer.from_file(str(path))
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(name).backend_tokenizer
+    return PairTokenizer(
+        tokenizer, settings.max_length, pad_id=(tokenizer.padding or {}).get("pad_id", 0)
+    )
 
 
 def _onnx(model_dir: Path, model_id: str, settings: Settings) -> CrossEncoderBackend:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from sentence_transformers import CrossEncoder
 
-from rankstream.models.base import Pair, PairEncoding, finite_scores
+from rankstream.models.base import PairEncoding, finite_scores
 from rankstream.models.tokenization import PairTokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -50,9 +50,6 @@ class TorchCrossEncoder:
         self.tokenizer = PairTokenizer(
             hf_tokenizer.backend_tokenizer, max_length, pad_id=hf_tokenizer.pad_token_id or 0
         )
-
-    def encode(self, pairs: Sequence[Pair]) -> list[PairEncoding]:
-        return self.tokenizer.encode(pairs)
 
     def score(self, batch: Sequence[PairEncoding]) -> list[float]:
         if not batch:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -99,9 +100,14 @@ def build_ann_index(table: lancedb.table.Table, rows: int, params: AnnParams = A
 
 
 async def vector_search(
-    table: AsyncTable, vector: Vectors, limit: int, params: AnnParams = ANN_PARAMS
+    table: AsyncTable,
+    vector: Vectors,
+    limit: int,
+    params: AnnParams = ANN_PARAMS,
+    columns: Sequence[str] = ("id",),
 ) -> list[dict[str, Any]]:
-    """Rows nearest `vector` by cosine distance; ANN where an index exists, exact otherwise
+    """Rows nearest `vector` by cosine distance (`columns` and `_distance`), best first;
+    ANN where an index exists, exact otherwise
     (LanceDB scans every row of a table without a vector index and ignores the ANN knobs).
 
     On LanceDB's async API, awaited on the caller's event loop: the sync API runs the same
@@ -117,8 +123,8 @@ async def vector_search(
         query = query.refine_factor(params.refine_factor)
     if params.ef is not None:
         query = query.ef(params.ef)
-    columns = ["id", "title", "text", "_distance"]  # naming _distance silences a warning
-    rows: list[dict[str, Any]] = await query.select(columns).limit(limit).to_list()
+    selected = [*columns, "_distance"]  # naming _distance silences a warning
+    rows: list[dict[str, Any]] = await query.select(selected).limit(limit).to_list()
     return rows
 
 

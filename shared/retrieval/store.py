@@ -1,13 +1,22 @@
-"""The LanceDB table of documents: index (upsert by id), search (cosine)."""
+"""The LanceDB table of documents: index (upsert by id), search by vector, by BM25, or both.
+
+One table holds, per document: `id`, `title`, `text`, `content` (title + text: what is
+embedded, searched and reranked), `vector` (normalised, so cosine), and `doc_tokens` (the
+content's token ids for the cross-encoder, computed once here). Two indexes stand beside
+it, both LanceDB's own: the vector index (`ann`) and a full-text (BM25) index on `content`.
+Re-indexing updates both (`ensure_indexes`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from itertools import islice
-from typing import Protocol
+from typing import Any, Protocol
 
 import lancedb
 import pyarrow as pa
@@ -15,14 +24,21 @@ from lancedb.table import AsyncTable
 
 from rankstream.config import Settings
 from rankstream.errors import StoreError
-from rankstream.models.base import Embedder, Vectors
+from rankstream.models.base import DocumentTokenizer, Embedder, TokenIds, Vectors
 from rankstream.retrieval.ann import ANN_PARAMS, build_ann_index, outgrown, vector_search
 from rankstream.retrieval.corpus import Document
+from rankstream.retrieval.fulltext import build_fulltext_index, fulltext_search
+from rankstream.retrieval.fusion import FusionWeights, SearchMode, reciprocal_rank_fusion
 
 log = logging.getLogger(__name__)
 
 MODEL_KEY = b"rankstream.embedder_model"
+TOKENIZER_KEY = b"rankstream.tokenizer"
 WRITE_CHUNK = 2048
+# Token ids kept per document: enough for MaxP windows over long documents.
+MAX_STORED_TOKENS = 8192
+VECTOR, CONTENT, TOKENS = "vector", "content", "doc_tokens"
+TABLE_LAYOUT = 2  # 1: id, title, text, vector; 2: + content (full text), doc_tokens
 
 ProgressFn = Callable[[int], None]
 
@@ -31,17 +47,37 @@ ProgressFn = Callable[[int], None]
 class SearchHit:
     doc_id: str
     text: str
-    score: float  # cosine similarity
+    score: float  # cosine similarity (dense), BM25 score (bm25), fused score (hybrid)
+    token_ids: TokenIds | None = None  # the cross-encoder's ids, when the table has them
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Hits best first, what each list took, and the table version searched."""
+
+    hits: list[SearchHit]
+    mode: SearchMode
+    dense_ms: float
+    bm25_ms: float
+    table_version: int
+    tokenizer: str | None  # fingerprint of the tokenizer that made `token_ids`
+    dense_scores: list[float]  # the dense list's top scores (for adaptive depth)
+    bm25_scores: list[float]
+    overlap_at_10: float | None  # share of the dense top 10 also in the BM25 top 10
 
 
 class Retriever(Protocol):
     """What the retrieval worker searches: `DocumentStore`, or a fake in handler tests."""
 
-    async def search(self, vector: Vectors, limit: int) -> list[SearchHit]: ...
+    async def search(
+        self, query: str, vector: Vectors | None, limit: int, mode: SearchMode
+    ) -> SearchResult: ...
+
+    async def version(self) -> int: ...
 
 
 class DocumentStore:
-    """One LanceDB table: `id`, `title`, `text`, `vector` (normalised, so cosine).
+    """One LanceDB table and its vector and full-text indexes.
 
     Args:
         uri: a LanceDB directory or URI (`s3://...` and the like).
@@ -49,6 +85,8 @@ class DocumentStore:
         ann_min_rows: from this many rows on, the table gets an ANN index.
         read_consistency_s: searches see rows other processes wrote at most this many
             seconds ago (0: every search checks for a newer version; None: never).
+        fusion: the weights of the dense and BM25 lists in `hybrid` search.
+        fusion_depth: how many hits of each list hybrid search fuses.
     """
 
     def __init__(
@@ -57,23 +95,31 @@ class DocumentStore:
         table: str,
         ann_min_rows: int,
         read_consistency_s: float | None = None,
+        fusion: FusionWeights | None = None,
+        fusion_depth: int = 100,
     ) -> None:
         self._uri, self._name, self._ann_min_rows = uri, table, ann_min_rows
         self._consistency = (
             None if read_consistency_s is None else timedelta(seconds=read_consistency_s)
         )
+        self._fusion, self._fusion_depth = fusion or FusionWeights(), fusion_depth
         self._db = lancedb.connect(uri, read_consistency_interval=self._consistency)
         self._table: lancedb.table.Table | None = None
         self._search_table: AsyncTable | None = None  # searches run on the async API
+        self._search_tokenizer: str | None = None
+        self._version: tuple[float, int] | None = None  # (when read, version)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DocumentStore:
-        """The configured table (`lancedb_uri`, `table`, `ann_min_rows`, `read_consistency_s`)."""
+    def from_settings(cls, settings: Settings, table: str | None = None) -> DocumentStore:
+        """The configured table (or `table`): `lancedb_uri`, `ann_min_rows`,
+        `read_consistency_s`, the hybrid fusion weights and depth."""
         return cls(
             settings.lancedb_uri,
-            settings.table,
+            table or settings.table,
             settings.ann_min_rows,
             settings.read_consistency_s,
+            FusionWeights(settings.hybrid_dense_weight, settings.hybrid_bm25_weight),
+            settings.hybrid_fusion_depth,
         )
 
     def exists(self) -> bool:
@@ -83,37 +129,87 @@ class DocumentStore:
         return int(self._open().count_rows()) if self.exists() else 0
 
     def embedder_model(self) -> str | None:
+        return self._metadata(MODEL_KEY)
+
+    def tokenizer(self) -> str | None:
+        """Fingerprint of the tokenizer whose ids the `doc_tokens` column holds."""
+        return self._metadata(TOKENIZER_KEY)
+
+    def _metadata(self, key: bytes) -> str | None:
         if not self.exists():
             return None
-        metadata = self._open().schema.metadata or {}
-        value = metadata.get(MODEL_KEY)
+        value = (self._open().schema.metadata or {}).get(key)
         return value.decode() if value else None
 
     def index(
-        self, documents: Iterable[Document], embedder: Embedder, on_chunk: ProgressFn | None = None
+        self,
+        documents: Iterable[Document],
+        embedder: Embedder,
+        tokenizer: DocumentTokenizer | None = None,
+        on_chunk: ProgressFn | None = None,
     ) -> int:
-        """Embed and upsert documents by id; build an ANN index once the table needs one."""
+        """Embed (and, with `tokenizer`, tokenize for the cross-encoder) and upsert documents
+        by id; then bring the vector and full-text indexes up to date."""
         written = 0
         for chunk in _chunks(documents, WRITE_CHUNK):
-            vectors = embedder.embed_documents([d.content for d in chunk])
-            self._upsert(to_arrow(chunk, vectors, embedder.model_id))
+            contents = [d.content for d in chunk]
+            vectors = embedder.embed_documents(contents)
+            tokens = tokenizer.encode_documents(contents) if tokenizer is not None else None
+            fingerprint = tokenizer.fingerprint if tokenizer is not None else None
+            self._upsert(to_arrow(chunk, vectors, embedder.model_id, tokens, fingerprint))
             written += len(chunk)
             if on_chunk is not None:
                 on_chunk(len(chunk))
-        self.ensure_ann_index()
+        self.ensure_indexes()
         return written
 
-    async def search(self, vector: Vectors, limit: int) -> list[SearchHit]:
-        """Nearest documents by cosine similarity, best first."""
-        rows = await vector_search(await self._open_for_search(), vector, limit)
-        return [
-            SearchHit(
-                str(r["id"]),
-                Document(r["id"], r["text"], r["title"]).content,
-                1.0 - float(r["_distance"]),
-            )
-            for r in rows
-        ]
+    async def search(
+        self,
+        query: str,
+        vector: Vectors | None,
+        limit: int,
+        mode: SearchMode = SearchMode.DENSE,
+    ) -> SearchResult:
+        """The `limit` best documents for `query` (BM25) and/or `vector` (cosine), best
+        first; `hybrid` fuses both lists by reciprocal rank (`fusion.py`)."""
+        table = await self._open_for_search()
+        if mode != SearchMode.BM25 and vector is None:
+            raise ValueError(f"{mode} search needs the query vector")
+        depth = limit if mode != SearchMode.HYBRID else max(limit, self._fusion_depth)
+        (dense, dense_ms), (bm25, bm25_ms) = await asyncio.gather(  # hybrid: both at once
+            _timed(
+                vector_search(table, vector, depth, columns=_COLUMNS)
+                if vector is not None and mode != SearchMode.BM25
+                else None
+            ),
+            _timed(
+                fulltext_search(table, query, depth, columns=_COLUMNS)
+                if mode != SearchMode.DENSE
+                else None
+            ),
+        )
+        rows, scores = _ranked(mode, dense, bm25, self._fusion, limit)
+        return SearchResult(
+            hits=[_hit(row, score) for row, score in zip(rows, scores, strict=True)],
+            mode=mode,
+            dense_ms=dense_ms,
+            bm25_ms=bm25_ms,
+            table_version=await self.version(),
+            tokenizer=self._search_tokenizer,
+            dense_scores=[1.0 - float(r["_distance"]) for r in dense[:limit]],
+            bm25_scores=[float(r["_score"]) for r in bm25[:limit]],
+            overlap_at_10=_overlap(dense, bm25) if dense and bm25 else None,
+        )
+
+    async def version(self) -> int:
+        """The table version searches see (re-read at most every read-consistency interval):
+        it changes whenever the table does, so cached answers can be keyed by it."""
+        interval = self._consistency.total_seconds() if self._consistency else float("inf")
+        now = time.monotonic()
+        if self._version is None or now - self._version[0] >= interval:
+            table = await self._open_for_search()
+            self._version = (now, int(await table.version()))
+        return self._version[1]
 
     async def _open_for_search(self) -> AsyncTable:
         if self._search_table is None:
@@ -123,8 +219,15 @@ class DocumentStore:
                     f"table {self._name!r} does not exist: run `rankstream index` first"
                 )
             table = await db.open_table(self._name)
-            if "vector" not in (await table.schema()).names:
-                raise StoreError(f"table {self._name!r} has no vector column")
+            schema = await table.schema()
+            missing = {VECTOR, CONTENT} - set(schema.names)
+            if missing:
+                raise StoreError(
+                    f"table {self._name!r} has no {sorted(missing)} column: it was indexed by "
+                    "an older rankstream; index the corpus again into a new table"
+                )
+            value = (schema.metadata or {}).get(TOKENIZER_KEY)
+            self._search_tokenizer = value.decode() if value else None
             self._search_table = table
         return self._search_table
 
@@ -137,13 +240,14 @@ class DocumentStore:
         if not self.exists():
             self._table = self._db.create_table(self._name, data=data)
             return
-        existing = self.embedder_model()
-        model = (data.schema.metadata or {}).get(MODEL_KEY, b"").decode()
-        if existing and existing != model:
-            raise StoreError(
-                f"table {self._name!r} holds {existing} vectors; re-index with that model "
-                f"or use another table (got {model})"
-            )
+        for key, what in ((MODEL_KEY, "vectors"), (TOKENIZER_KEY, "token ids")):
+            existing = self._metadata(key)
+            incoming = (data.schema.metadata or {}).get(key, b"").decode()
+            if existing and existing != incoming:
+                raise StoreError(
+                    f"table {self._name!r} holds {what} of {existing}; re-index with that "
+                    f"model or use another table (got {incoming or 'none'})"
+                )
         (
             self._open()
             .merge_insert("id")
@@ -152,35 +256,87 @@ class DocumentStore:
             .execute(data)
         )
 
-    def ensure_ann_index(self) -> None:
-        """Index every row once the table has `ann_min_rows`: build the vector index, add new
-        rows to it, or rebuild it when the table has outgrown its partitions (rows LanceDB
-        has not indexed are scanned on every search).
+    def ensure_indexes(self) -> None:
+        """Bring both indexes up to date: the full-text index always (BM25 over every row),
+        the vector index once the table has `ann_min_rows` (build it, add new rows, or
+        rebuild it when the table has outgrown its partitions). Rows an index does not cover
+        yet are scanned on every search.
 
-        Small tables get one too: up to nprobes x partition_rows rows every partition is
-        probed, so the results stay those of exact search, but they come from LanceDB's
-        in-memory index cache rather than a scan of the files, which is faster."""
-        rows = self.count()
+        Small tables get a vector index too: up to nprobes x partition_rows rows every
+        partition is probed, so the results stay those of exact search, but they come from
+        LanceDB's in-memory index cache rather than a scan of the files, which is faster."""
         table = self._open()
-        if rows < self._ann_min_rows:
-            return
-        index = next(iter(table.list_indices()), None)
-        stats = table.index_stats(index.name) if index is not None else None
-        if stats is None or outgrown(stats.num_indexed_rows, rows, ANN_PARAMS):
+        indexes = {tuple(index.columns): index for index in table.list_indices()}
+        if (CONTENT,) not in indexes:
+            build_fulltext_index(table, CONTENT)
+        rows = self.count()
+        vector_index = indexes.get((VECTOR,))
+        stats = table.index_stats(vector_index.name) if vector_index is not None else None
+        if rows >= self._ann_min_rows and (
+            stats is None or outgrown(stats.num_indexed_rows, rows, ANN_PARAMS)
+        ):
             build_ann_index(table, rows)
-        elif stats.num_unindexed_rows:
-            log.info("adding %d rows to the vector index", stats.num_unindexed_rows)
+        if self.unindexed_rows():
+            log.info("adding new rows to the indexes")
             table.optimize()
 
     def unindexed_rows(self) -> int:
-        """Rows the vector index does not cover yet (searched by a scan); 0 without an index
-        only when the table is empty."""
+        """Rows some index does not cover yet (searched by a scan until `optimize`); the
+        vector index counts only once the table is large enough to have one."""
         table = self._open()
-        index = next(iter(table.list_indices()), None)
-        if index is None:
+        worst = 0
+        for index in table.list_indices():
+            stats = table.index_stats(index.name)
+            worst = max(worst, int(stats.num_unindexed_rows) if stats is not None else 0)
+        has_vector_index = any(tuple(i.columns) == (VECTOR,) for i in table.list_indices())
+        if self.count() >= self._ann_min_rows and not has_vector_index:
             return self.count()
-        stats = table.index_stats(index.name)
-        return int(stats.num_unindexed_rows) if stats is not None else self.count()
+        return worst
+
+
+_COLUMNS = ["id", "content", TOKENS]
+
+
+async def _timed(
+    search: Awaitable[list[dict[str, Any]]] | None,
+) -> tuple[list[dict[str, Any]], float]:
+    """The rows and the milliseconds they took; no rows and 0 for a list not searched."""
+    if search is None:
+        return [], 0.0
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = await search
+    return rows, (time.perf_counter() - started) * 1000
+
+
+def _ranked(
+    mode: SearchMode,
+    dense: list[dict[str, Any]],
+    bm25: list[dict[str, Any]],
+    weights: FusionWeights,
+    limit: int,
+) -> tuple[list[dict[str, Any]], list[float]]:
+    if mode == SearchMode.DENSE:
+        return dense[:limit], [1.0 - float(r["_distance"]) for r in dense[:limit]]
+    if mode == SearchMode.BM25:
+        return bm25[:limit], [float(r["_score"]) for r in bm25[:limit]]
+    by_id = {str(r["id"]): r for r in [*bm25, *dense]}
+    fused = reciprocal_rank_fusion(
+        [str(r["id"]) for r in dense], [str(r["id"]) for r in bm25], weights
+    )[:limit]
+    return [by_id[doc] for doc, _ in fused], [score for _, score in fused]
+
+
+def _hit(row: dict[str, Any], score: float) -> SearchHit:
+    tokens = row.get(TOKENS)
+    return SearchHit(
+        str(row["id"]), str(row[CONTENT]), score, tuple(tokens) if tokens is not None else None
+    )
+
+
+def _overlap(dense: Sequence[dict[str, Any]], bm25: Sequence[dict[str, Any]]) -> float:
+    top_dense = {str(r["id"]) for r in dense[:10]}
+    top_bm25 = {str(r["id"]) for r in bm25[:10]}
+    return len(top_dense & top_bm25) / max(1, min(10, len(top_dense)))
 
 
 def _chunks(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:
@@ -189,22 +345,39 @@ def _chunks(documents: Iterable[Document], size: int) -> Iterator[list[Document]
         yield chunk
 
 
-def to_arrow(documents: list[Document], vectors: Vectors, model_id: str) -> pa.Table:
-    """Rows in the table's schema; the embedder that made the vectors is in its metadata."""
+def to_arrow(
+    documents: list[Document],
+    vectors: Vectors,
+    model_id: str,
+    tokens: list[TokenIds] | None = None,
+    tokenizer: str | None = None,
+) -> pa.Table:
+    """Rows in the table's schema; the embedder that made the vectors and the tokenizer
+    that made the token ids are in its metadata."""
     dimension = vectors.shape[1]
+    metadata = {MODEL_KEY: model_id.encode()}
+    if tokenizer is not None:
+        metadata[TOKENIZER_KEY] = tokenizer.encode()
     schema = pa.schema(
         [
             pa.field("id", pa.string()),
             pa.field("title", pa.string()),
             pa.field("text", pa.string()),
-            pa.field("vector", pa.list_(pa.float32(), dimension)),
+            pa.field(CONTENT, pa.string()),
+            pa.field(VECTOR, pa.list_(pa.float32(), dimension)),
+            pa.field(TOKENS, pa.list_(pa.int32())),
         ],
-        metadata={MODEL_KEY: model_id.encode()},
+        metadata=metadata,
+    )
+    token_column = (
+        [list(ids[:MAX_STORED_TOKENS]) for ids in tokens] if tokens else [None] * len(documents)
     )
     columns = [
         [d.doc_id for d in documents],
         [d.title for d in documents],
         [d.text for d in documents],
+        [d.content for d in documents],
         pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dimension),
+        pa.array(token_column, pa.list_(pa.int32())),
     ]
     return pa.Table.from_arrays(columns, schema=schema)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rankstream.config import Settings
 from rankstream.errors import InvalidRequestError
-from rankstream.wire.messages import CandidateSet, QueryRequest
+from rankstream.wire.messages import AUTO, CandidateSet, QueryRequest
 
 
 def check_request(request: QueryRequest, settings: Settings) -> None:
@@ -15,8 +15,11 @@ def check_request(request: QueryRequest, settings: Settings) -> None:
         )
     if not request.query.strip():
         raise InvalidRequestError("query is blank")
-    for name, value in (("depth", request.depth), ("top_k", request.top_k)):
-        if value > settings.max_depth:
+    depths = [("top_k", request.top_k)] + [
+        (f"stage {stage.name}", stage.depth) for stage in request.rerank_stages()
+    ]
+    for name, value in depths:
+        if value != AUTO and value > settings.max_depth:
             raise InvalidRequestError(f"{name} {value} exceeds max_depth {settings.max_depth}")
 
 

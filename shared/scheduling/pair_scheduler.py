@@ -75,7 +75,7 @@ class PairScheduler:
     async def submit(self, pairs: list[Pair], deadline: float | None = None) -> Ticket[float]:
         """Scores for `pairs`, in order; `deadline` is on `time.monotonic`'s clock (see
         MicroBatcher.submit for what happens when it passes)."""
-        encodings = await asyncio.to_thread(self.model.encode, pairs)
+        encodings = await asyncio.to_thread(self.model.tokenizer.encode, pairs)
         return await self.enqueue(encodings, deadline)
 
     def enqueue(

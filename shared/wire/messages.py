@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 import uuid
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 SCHEMA_VERSION: Literal[1] = 1
 # A subject a reply can be published to: dot-separated non-empty tokens, no whitespace or
@@ -35,15 +36,82 @@ class WireModel(BaseModel):
     schema_version: Literal[1] = SCHEMA_VERSION
 
 
+RetrievalMode = Literal["dense", "bm25", "hybrid"]
+LongDocuments = Literal["head", "maxp"]
+Depth = int | Literal["auto"]
+AUTO: Literal["auto"] = "auto"
+DocumentTokenBudget = Annotated[
+    int | None,
+    Field(ge=8, description="Tokens a pair gives the document; the query is never cut "
+          "(None: the worker's default_max_doc_tokens, else what max_length leaves)."),
+]  # fmt: skip
+LongDocumentsPolicy = Annotated[
+    LongDocuments | None,
+    Field(description="A document over the budget: `head` keeps its first tokens, `maxp` "
+          "scores each window of the budget's size and keeps the best (None: the worker's "
+          "default_long_docs)."),
+]  # fmt: skip
+
+
+class RerankStage(BaseModel):
+    """One step of a cascade: `scorer` reranks the top `depth` of the order so far."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scorer: str = Field(
+        default="ce",
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
+        description="ce (the configured cross-encoder), ce-int8, ce-fp32, or another scorer "
+        "the rerank worker knows.",
+    )
+    depth: Depth = Field(
+        default=20,
+        description="Candidates this stage scores; `auto` (first stage only): chosen from "
+        "the retrieval's confidence, up to the worker's max_auto_depth.",
+    )
+    max_doc_tokens: DocumentTokenBudget = None
+    long_docs: LongDocumentsPolicy = None
+
+    @model_validator(mode="after")
+    def _positive_depth(self) -> RerankStage:
+        if self.depth != AUTO and self.depth < 1:
+            raise ValueError("a stage reranks at least one candidate")
+        return self
+
+    @property
+    def name(self) -> str:
+        """Compact, as in the pipeline grammar: `ce@20`, `ce@auto/doc256`, `ce@100/maxp128`."""
+        budget = ""
+        if self.max_doc_tokens is not None:
+            kind = "maxp" if self.long_docs == "maxp" else "doc"
+            budget = f"/{kind}{self.max_doc_tokens}"
+        return f"{self.scorer}@{self.depth}{budget}"
+
+
 class QueryRequest(WireModel):
     """A user's query, published to the queries subject."""
 
     request_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
     query: str = Field(min_length=1)
     top_k: int = Field(default=10, ge=1, description="How many ranked results to return.")
-    depth: int = Field(
-        default=20, ge=0, description="Candidates to rerank; 0 returns the retrieval order."
+    depth: Depth = Field(
+        default=20,
+        description="Candidates the cross-encoder reranks; 0 returns the retrieval order; "
+        "`auto` lets the worker choose from the retrieval's confidence. Ignored when "
+        "`stages` is given.",
     )
+    retrieval: RetrievalMode = Field(
+        default="dense", description="dense (bi-encoder), bm25 (full text) or hybrid (both)."
+    )
+    stages: list[RerankStage] = Field(
+        default_factory=list,
+        max_length=4,
+        description="A cascade of rerank stages, each over the top of the previous one's "
+        "order (depths must not grow); empty: one `ce` stage over `depth`.",
+    )
+    max_doc_tokens: DocumentTokenBudget = None  # of the `depth` stage
+    long_docs: LongDocumentsPolicy = None  # of the `depth` stage
+    cache: bool = Field(default=True, description="Answer from (and into) the result cache.")
     created_at_ms: float = Field(default_factory=now_ms)
     timeout_ms: int = Field(default=30_000, ge=1, description="Deadline = created_at + timeout.")
     reply_to: str = Field(
@@ -53,14 +121,40 @@ class QueryRequest(WireModel):
         description="Subject the result or error is sent to.",
     )
 
+    @model_validator(mode="after")
+    def _cascade_narrows(self) -> QueryRequest:
+        if self.depth != AUTO and self.depth < 0:
+            raise ValueError("depth must be 0 or more, or `auto`")
+        depths = [stage.depth for stage in self.stages]
+        if AUTO in depths[1:]:
+            raise ValueError("only the first stage may have depth `auto`")
+        fixed = [d for d in depths if d != AUTO]
+        if any(later > earlier for earlier, later in itertools.pairwise(fixed)):
+            raise ValueError("each stage reranks at most as many candidates as the one before")
+        return self
+
     @property
     def deadline_ms(self) -> float:
         return self.created_at_ms + self.timeout_ms
 
-    @property
-    def candidate_count(self) -> int:
+    def rerank_stages(self) -> list[RerankStage]:
+        """The cascade this request asks for: `stages`, or one `ce` stage over `depth`
+        (none when depth is 0)."""
+        if self.stages:
+            return list(self.stages)
+        if self.depth == 0:
+            return []
+        return [
+            RerankStage(
+                depth=self.depth, max_doc_tokens=self.max_doc_tokens, long_docs=self.long_docs
+            )
+        ]
+
+    def candidate_count(self, max_auto_depth: int) -> int:
         """How many candidates retrieval must return: enough to rerank and to answer."""
-        return max(self.top_k, self.depth)
+        stages = self.rerank_stages()
+        first = stages[0].depth if stages else 0
+        return max(self.top_k, max_auto_depth if first == AUTO else first)
 
 
 class Candidate(BaseModel):
@@ -70,6 +164,11 @@ class Candidate(BaseModel):
     text: str
     retrieval_score: float
     retrieval_rank: int = Field(ge=1)
+    token_ids: list[int] | None = Field(
+        default=None,
+        description="The text's token ids (no special tokens) for the cross-encoder whose "
+        "tokenizer the candidate set names; computed once at index time.",
+    )
 
 
 class StageTimings(BaseModel):
@@ -78,12 +177,41 @@ class StageTimings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     queue_wait: float = 0.0
+    cache: float = 0.0
     embed: float = 0.0
     search: float = 0.0
     rerank_queue_wait: float = 0.0
     batch_wait: float = 0.0
     inference: float = 0.0
     total: float = 0.0
+
+
+class RetrievalReport(BaseModel):
+    """How the candidates were found: the mode; the time the vector (`dense_ms`) and the
+    full-text (`bm25_ms`) searches took; the table version searched; for depth `auto`, the
+    depth chosen and the confidence it was chosen from; and the search's confidence signals
+    (`features`, what adaptive depth reads)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: RetrievalMode = "dense"
+    dense_ms: float = 0.0
+    bm25_ms: float = 0.0
+    table_version: int | None = None
+    chosen_depth: int | None = None
+    confidence: float | None = None
+    features: dict[str, float] = Field(default_factory=dict)
+
+
+class CacheTicket(BaseModel):
+    """Where the worker that answers a request caches the answer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    context: str
+    query: str = Field(description="The normalised query.")
+    query_vector: list[float] | None = None
 
 
 class CandidateSet(WireModel):
@@ -94,6 +222,16 @@ class CandidateSet(WireModel):
     timings_ms: StageTimings
     published_at_ms: float = Field(default_factory=now_ms)
     embedder_model: str
+    retrieval: RetrievalReport = Field(default_factory=RetrievalReport)
+    tokenizer: str | None = Field(
+        default=None, description="Fingerprint of the tokenizer that made the token_ids."
+    )
+    first_depth: int | None = Field(
+        default=None, description="The first stage's depth, `auto` resolved."
+    )
+    cache: CacheTicket | None = Field(
+        default=None, description="Where the answer is to be cached (None: not cached)."
+    )
 
 
 class RankedDoc(BaseModel):
@@ -104,6 +242,24 @@ class RankedDoc(BaseModel):
     score: float = Field(description="Rerank score (higher = more relevant) or retrieval score.")
     retrieval_rank: int = Field(ge=1)
     retrieval_score: float
+    stage: str = Field(
+        default="retrieval", description="What gave `score`: a rerank stage, or retrieval."
+    )
+
+
+class StageReport(BaseModel):
+    """One rerank stage of the answer: what it scored and what it took."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="As in the pipeline grammar, e.g. `ce@20/doc256`.")
+    model_id: str
+    candidates: int = Field(ge=0, description="Candidates it scored.")
+    pairs: int = Field(ge=0, description="Pairs the model scored (MaxP: a pair per window).")
+    over_budget: int = Field(ge=0, description="Candidates longer than the token budget.")
+    truncated_tokens: int = Field(ge=0, description="Document tokens no pair held.")
+    batch_wait_ms: float = 0.0
+    inference_ms: float = 0.0
 
 
 class RankedResult(WireModel):
@@ -122,6 +278,26 @@ class RankedResult(WireModel):
     )
     model_id: str
     embedder_model: str
+    stages: list[StageReport] = Field(default_factory=list)
+    retrieval: RetrievalReport = Field(default_factory=RetrievalReport)
+    cached: bool = Field(default=False, description="Answered from the result cache.")
+
+
+class CachedAnswer(WireModel):
+    """An answer as the result cache keeps it (rankstream/cache.py): what a hit replays."""
+
+    query: str = Field(description="The normalised query.")
+    context: str = Field(description="Digest of everything besides the query it depends on.")
+    results: list[RankedDoc]
+    reranked: int = Field(ge=0)
+    model_id: str
+    embedder_model: str
+    stages: list[StageReport] = Field(default_factory=list)
+    retrieval: RetrievalReport = Field(default_factory=RetrievalReport)
+    query_vector: list[float] | None = Field(
+        default=None, description="The query's embedding, for the semantic tier."
+    )
+    cached_at_ms: float = Field(default_factory=now_ms)
 
 
 class ErrorCode(StrEnum):

@@ -7,6 +7,9 @@
 - DEAD_LETTERS keeps, for two weeks, every message that will never be answered normally.
 - RESULTS keeps answers for a while, with a duplicate window: a result published twice
   under the same `Nats-Msg-Id` (after a redelivery) is stored once.
+- KV_<PREFIX>_CACHE is the result cache's key-value bucket (rankstream/cache.py): one
+  entry a key, entries expire after `cache_ttl_s` (with a marker the watchers see), the
+  oldest are dropped first when it is full.
 
 Workers create the streams that are missing and never change one that exists: an operator
 may have set its replicas, limits or retention on purpose. What differs from the settings
@@ -20,7 +23,7 @@ import logging
 
 import nats
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
 from rankstream.config import Settings
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 RESULTS_MAX_AGE_S = 600.0
 DEAD_LETTERS_MAX_AGE_S = 14 * 24 * 3600.0
 DUPLICATE_WINDOW_S = 120.0
+CACHE_MARKER_TTL_S = 60.0  # how long the marker of an expired cache entry stays
 
 
 # What a stream an operator made may differ in without a warning being worth it.
@@ -46,13 +50,37 @@ class StreamConfigError(RankstreamError):
     fix or delete the stream, or use another RANKSTREAM_SUBJECT_PREFIX."""
 
 
-def stream_configs(subjects: Subjects, replicas: int = 1) -> list[StreamConfig]:
-    """The streams rankstream needs, each with `replicas` copies (3 on a NATS cluster)."""
+def cache_stream_config(subjects: Subjects, ttl_s: float, max_bytes: int) -> StreamConfig:
+    """The result cache's bucket, as nats-py's `create_key_value` lays one out (so
+    `js.key_value()` opens it), but dropping the oldest entries when full, as a cache should."""
+    return StreamConfig(
+        name=f"KV_{subjects.cache_bucket}",
+        subjects=[f"$KV.{subjects.cache_bucket}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        allow_msg_ttl=True,
+        deny_delete=True,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=min(DUPLICATE_WINDOW_S, ttl_s),
+        max_age=ttl_s,
+        max_bytes=max_bytes,
+        max_msgs_per_subject=1,
+        subject_delete_marker_ttl=CACHE_MARKER_TTL_S,
+    )
+
+
+def stream_configs(
+    subjects: Subjects, replicas: int = 1, cache: StreamConfig | None = None
+) -> list[StreamConfig]:
+    """The streams rankstream needs, each with `replicas` copies (3 on a NATS cluster);
+    `cache`: the result cache's bucket too."""
     configs = [
-        _work_queue(subjects.queries_stream, subjects.queries),
-        _work_queue(subjects.candidates_stream, subjects.candidates),
+        _work_queue(subjects.streams.queries, subjects.queries),
+        _work_queue(subjects.streams.candidates, subjects.candidates),
         StreamConfig(
-            name=subjects.results_stream,
+            name=subjects.streams.results,
             subjects=[f"{subjects.results_root}.>"],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
@@ -60,16 +88,16 @@ def stream_configs(subjects: Subjects, replicas: int = 1) -> list[StreamConfig]:
             duplicate_window=DUPLICATE_WINDOW_S,
         ),
         StreamConfig(
-            name=subjects.advisories_stream,
+            name=subjects.streams.advisories,
             subjects=[
                 subjects.max_deliveries_advisory(stream)
-                for stream in (subjects.queries_stream, subjects.candidates_stream)
+                for stream in (subjects.streams.queries, subjects.streams.candidates)
             ],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
         ),
         StreamConfig(
-            name=subjects.dead_letters_stream,
+            name=subjects.streams.dead_letters,
             subjects=[subjects.dead_letters],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
@@ -77,6 +105,8 @@ def stream_configs(subjects: Subjects, replicas: int = 1) -> list[StreamConfig]:
             duplicate_window=DUPLICATE_WINDOW_S,
         ),
     ]
+    if cache is not None:
+        configs.append(cache)
     for config in configs:
         config.num_replicas = replicas
     return configs
@@ -93,12 +123,15 @@ def _work_queue(name: str, subject: str) -> StreamConfig:
 
 
 async def ensure_streams_on(
-    js: JetStreamContext, subjects: Subjects, replicas: int = 1
+    js: JetStreamContext,
+    subjects: Subjects,
+    replicas: int = 1,
+    cache: StreamConfig | None = None,
 ) -> list[str]:
     """Create the missing streams; check the existing ones, keep them as they are, and
     return (and log) how they differ. Raises StreamConfigError when one cannot serve."""
     differences: list[str] = []
-    for wanted in stream_configs(subjects, replicas):
+    for wanted in stream_configs(subjects, replicas, cache):
         differences += await _ensure_stream(js, wanted)
     for difference in differences:
         log.warning("%s; keeping the stream as it is", difference)
@@ -143,8 +176,14 @@ async def ensure_streams(settings: Settings) -> list[str]:
     """`ensure_streams_on` over a connection of its own; returns the differences."""
     connection = await nats.connect(**connect_kwargs(settings))
     try:
+        subjects = Subjects.from_settings(settings)
+        cache = (
+            cache_stream_config(subjects, settings.cache_ttl_s, settings.cache_max_bytes)
+            if settings.cache_ttl_s > 0
+            else None
+        )
         return await ensure_streams_on(
-            connection.jetstream(), Subjects.from_settings(settings), settings.stream_replicas
+            connection.jetstream(), subjects, settings.stream_replicas, cache
         )
     finally:
         await connection.close()

@@ -2,7 +2,8 @@
 
 For prefix `p`: subjects `p.queries`, `p.candidates`, `p.results.<client>`,
 `p.dead_letters`; streams `P_QUERIES`, `P_CANDIDATES`, `P_RESULTS`, `P_DEAD_LETTERS`,
-`P_ADVISORIES`; durable consumers `p-retrieval`, `p-rerank`.
+`P_ADVISORIES`; the result cache's key-value bucket `P_CACHE` (stream `KV_P_CACHE`); durable
+consumers `p-retrieval`, `p-rerank`.
 """
 
 from __future__ import annotations
@@ -13,34 +14,40 @@ from rankstream.config import Settings
 
 
 @dataclass(frozen=True)
+class Streams:
+    """The JetStream streams, by what they hold."""
+
+    queries: str
+    candidates: str
+    results: str
+    dead_letters: str
+    advisories: str
+
+    @classmethod
+    def named(cls, base: str) -> Streams:
+        return cls(*(f"{base}_{part}" for part in ("QUERIES", "CANDIDATES", "RESULTS",
+                                                  "DEAD_LETTERS", "ADVISORIES")))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Subjects:
     prefix: str
     queries: str = field(init=False)
     candidates: str = field(init=False)
     results_root: str = field(init=False)
     dead_letters: str = field(init=False)
-    queries_stream: str = field(init=False)
-    candidates_stream: str = field(init=False)
-    results_stream: str = field(init=False)
-    dead_letters_stream: str = field(init=False)
-    advisories_stream: str = field(init=False)
-    retrieval_durable: str = field(init=False)
-    rerank_durable: str = field(init=False)
+    streams: Streams = field(init=False)
+    cache_bucket: str = field(init=False)
 
     def __post_init__(self) -> None:
-        stream_base = self.prefix.upper().replace("-", "_")
+        base = self.prefix.upper().replace("-", "_")
         names = {
             "queries": f"{self.prefix}.queries",
             "candidates": f"{self.prefix}.candidates",
             "results_root": f"{self.prefix}.results",
             "dead_letters": f"{self.prefix}.dead_letters",
-            "queries_stream": f"{stream_base}_QUERIES",
-            "candidates_stream": f"{stream_base}_CANDIDATES",
-            "results_stream": f"{stream_base}_RESULTS",
-            "dead_letters_stream": f"{stream_base}_DEAD_LETTERS",
-            "advisories_stream": f"{stream_base}_ADVISORIES",
-            "retrieval_durable": f"{self.prefix}-retrieval",
-            "rerank_durable": f"{self.prefix}-rerank",
+            "streams": Streams.named(base),
+            "cache_bucket": f"{base}_CACHE",
         }
         for name, value in names.items():
             object.__setattr__(self, name, value)
@@ -48,6 +55,10 @@ class Subjects:
     @classmethod
     def from_settings(cls, settings: Settings) -> Subjects:
         return cls(settings.subject_prefix)
+
+    def durable(self, worker: str) -> str:
+        """The durable consumer every replica of `worker` (retrieval, rerank) shares."""
+        return f"{self.prefix}-{worker}"
 
     def results_for(self, client_id: str) -> str:
         """Each client listens on its own results subject."""
@@ -61,8 +72,8 @@ class Subjects:
     def worker_for(self, subject_or_stream: str) -> str:
         """The worker that consumes a subject or stream: `retrieval` (queries), `rerank`
         (candidates), or `unknown`."""
-        if subject_or_stream in (self.queries, self.queries_stream):
+        if subject_or_stream in (self.queries, self.streams.queries):
             return "retrieval"
-        if subject_or_stream in (self.candidates, self.candidates_stream):
+        if subject_or_stream in (self.candidates, self.streams.candidates):
             return "rerank"
         return "unknown"

@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
-from rankstream.models import Pair, PairEncoding
+from rankstream.models import PairEncoding
 from rankstream.models.base import finite_scores
 from rankstream.wire.messages import REPLY_ADAPTER, DeadLetter, ErrorCode, ErrorResult, RankedResult
 from rankstream.wire.subjects import Subjects
@@ -176,10 +176,7 @@ class NanModel:
     def __init__(self, real: Any) -> None:
         self.model_id = real.model_id
         self.max_length = real.max_length
-        self._real = real
-
-    def encode(self, pairs: Sequence[Pair]) -> list[PairEncoding]:
-        return list(self._real.encode(pairs))
+        self.tokenizer = real.tokenizer
 
     def score(self, batch: Sequence[PairEncoding]) -> list[float]:
         return finite_scores(np.full(len(batch), float("nan")), self.model_id)
@@ -189,8 +186,7 @@ async def test_a_model_that_returns_nan_gives_a_model_error_and_the_worker_recov
     wire: Wire,
 ) -> None:
     rerank = next(w for w in wire.workers if isinstance(w, RerankWorker))
-    scheduler = rerank._scheduler
-    assert scheduler is not None
+    scheduler = rerank._stages["ce"].scheduler
     real = scheduler.model
     scheduler.model = NanModel(real)
     await wire.send(wire.subjects.queries, wire.query())

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from rankstream.config import Settings
 from rankstream.retrieval.corpus import read_documents, sample_corpus_path, sample_queries
-from rankstream.workers.tools.evaluate import EvalOptions, run_eval
+from rankstream.workers.tools.evaluate import EvalOptions, parse_configs, run_eval
 from rankstream.workers.tools.evaluation import read_qrels
 from rankstream.workers.tools.indexing import ensure_indexed
 
@@ -45,16 +45,24 @@ async def test_eval_writes_every_output_and_its_run_files_score_the_same_elsewhe
 ) -> None:
     settings = settings.model_copy(update={"nats_url": None, "lancedb_uri": str(tmp_path / "db")})
     out = tmp_path / "out"
-    options = EvalOptions(data_dir=collection, out_dir=out, depths=(5, 10), concurrency=4)
+    options = EvalOptions(
+        data_dir=collection,
+        out_dir=out,
+        configs=parse_configs("dense,bm25,hybrid,dense+ce@5,dense+ce@10,hybrid+ce@10>ce@5"),
+        concurrency=4,
+        repeat_zipf=1.1,
+    )
     await run_eval(settings, options, Console(quiet=True))
 
-    document = json.loads((out / "metrics.json").read_text())
-    configs = {c["name"]: c for c in document["configs"]}
-    assert set(configs) == {"retrieval", "rerank-d5", "rerank-d10"}
+    configs = {c["name"]: c for c in json.loads((out / "metrics.json").read_text())}
+    assert list(configs) == [
+        "dense", "bm25", "hybrid", "dense+ce@5", "dense+ce@10", "hybrid+ce@10>ce@5",
+    ]  # fmt: skip
     assert (out / "tradeoff.png").stat().st_size > 10_000
     report = (out / "report.md").read_text()
-    assert "| rerank-d10 |" in report
+    assert "| dense+ce@10 |" in report
     assert "## Verdict" in report
+    assert "cheapest within" in report
     qrels = Qrels.from_dict(read_qrels(collection, "test"))
     for name, config in configs.items():
         run = Run.from_file(str(out / config["run_file"]), kind="trec")
@@ -63,10 +71,16 @@ async def test_eval_writes_every_output_and_its_run_files_score_the_same_elsewhe
             assert config["metrics"][ours] == pytest.approx(independent[theirs], abs=1e-4), name
         assert config["errors"] == 0
         assert set(config["latency_ms"]) == {"p50", "p95", "p99"}
-    assert configs["rerank-d10"]["pairs_per_query"] == 10
-    assert configs["rerank-d10"]["p_value_vs_retrieval"] is not None
+        assert config["cpu_s_per_query"] > 0
+    assert configs["dense"]["p_value_vs_baseline"] is None  # the baseline itself
+    assert configs["dense+ce@10"]["pairs_per_query"] == 10
+    assert configs["hybrid+ce@10>ce@5"]["pairs_per_query"] == 15
+    assert configs["dense+ce@10"]["p_value_vs_baseline"] is not None
+    assert any(config["pareto"] for config in configs.values())
     # The sample is written so that the reranker fixes what the bi-encoder gets wrong.
-    assert configs["rerank-d10"]["metrics"]["nDCG@10"] > configs["retrieval"]["metrics"]["nDCG@10"]
+    assert configs["dense+ce@10"]["metrics"]["nDCG@10"] > configs["dense"]["metrics"]["nDCG@10"]
+    (replay, *_) = json.loads((out / "about.json").read_text())["cache_replay"]
+    assert replay["hit_ratio"] > 0, "a Zipf replay of 8 queries repeats some: cache hits"
 
 
 def test_an_indexed_collection_is_reused_and_a_changed_one_is_not(

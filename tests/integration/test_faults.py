@@ -121,8 +121,10 @@ async def until_all_delivered_to_rerank(settings: Settings, count: int) -> None:
         js = connection.jetstream()
         give_up = time.monotonic() + 120
         while True:
-            queries = await js.consumer_info(subjects.queries_stream, subjects.retrieval_durable)
-            pairs = await js.consumer_info(subjects.candidates_stream, subjects.rerank_durable)
+            queries = await js.consumer_info(
+                subjects.streams.queries, subjects.durable("retrieval")
+            )
+            pairs = await js.consumer_info(subjects.streams.candidates, subjects.durable("rerank"))
             forwarded = queries.delivered.stream_seq >= count and not queries.num_ack_pending
             if forwarded and not pairs.num_pending:
                 return
@@ -220,7 +222,7 @@ async def test_sigterm_finishes_and_acknowledges_what_the_worker_holds_then_exit
                 replies = await answers
             connection = await nats.connect(settings.effective_nats_url)
             info = await connection.jetstream().consumer_info(
-                subjects.candidates_stream, subjects.rerank_durable
+                subjects.streams.candidates, subjects.durable("rerank")
             )
             await connection.close()
     figures = ledger.figures(
@@ -252,7 +254,7 @@ async def test_messages_whose_worker_dies_on_their_last_delivery_become_dead_let
             worker.stop()
             replies = await answers
             connection = await nats.connect(settings.effective_nats_url)
-            letters = await connection.jetstream().stream_info(subjects.dead_letters_stream)
+            letters = await connection.jetstream().stream_info(subjects.streams.dead_letters)
             await connection.close()
     figures = ledger.figures("killed on the last delivery")
     gave_up = [r for r in replies if isinstance(r, ErrorResult)]

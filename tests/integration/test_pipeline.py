@@ -225,7 +225,7 @@ async def test_a_full_rerank_worker_leaves_work_in_the_stream_instead_of_its_mem
         await asyncio.sleep(1.5)
         connection = await nats.connect(settings.effective_nats_url)
         info = await connection.jetstream().consumer_info(
-            subjects.candidates_stream, subjects.rerank_durable
+            subjects.streams.candidates, subjects.durable("rerank")
         )
         await connection.close()
         results = await answers

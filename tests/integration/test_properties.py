@@ -277,7 +277,7 @@ class Pipeline:
         return outcomes
 
     async def _letters_caught_up(self) -> bool:
-        info = await self.js.consumer_info(self.subjects.dead_letters_stream, LETTERS_DURABLE)
+        info = await self.js.consumer_info(self.subjects.streams.dead_letters, LETTERS_DURABLE)
         return not info.num_pending and not info.num_ack_pending
 
     async def _settle(self) -> None:
@@ -287,8 +287,8 @@ class Pipeline:
         started = time.monotonic()
         stuck_since: float | None = None
         queues = (
-            (self.subjects.queries_stream, self.subjects.retrieval_durable),
-            (self.subjects.candidates_stream, self.subjects.rerank_durable),
+            (self.subjects.streams.queries, self.subjects.durable("retrieval")),
+            (self.subjects.streams.candidates, self.subjects.durable("rerank")),
         )
         while True:
             held: dict[str, int] = {}
@@ -703,7 +703,7 @@ def breaks_a_limit(request: QueryRequest) -> bool:
     return (
         len(request.query) > MAX_QUERY_CHARS
         or not request.query.strip()
-        or max(request.top_k, request.depth) > MAX_DEPTH
+        or max(request.top_k, request.depth if isinstance(request.depth, int) else 0) > MAX_DEPTH
     )
 
 

@@ -324,7 +324,7 @@ async def test_the_example_accounts_let_each_role_do_its_work_and_no_more(
         try:
             with pytest.raises(nats.errors.TimeoutError):
                 await connection.jetstream(timeout=1).delete_stream(
-                    Subjects(role["client"].subject_prefix).queries_stream
+                    Subjects(role["client"].subject_prefix).streams.queries
                 )
         finally:
             await connection.close()

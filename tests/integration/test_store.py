@@ -34,20 +34,22 @@ async def test_an_indexed_small_table_finds_what_a_scan_finds(
         store.index(documents, embedder)
 
     def indices(uri: Path) -> list[str]:
-        return [i.name for i in lancedb.connect(str(uri)).open_table("docs").list_indices()]
+        """The vector indexes (the full-text index every table has is left out)."""
+        table = lancedb.connect(str(uri)).open_table("docs")
+        return [i.name for i in table.list_indices() if i.columns == ["vector"]]
 
     assert indices(tmp_path / "scan") == []
     assert indices(tmp_path / "ann") != []
     vectors = embedder.embed_queries([q.text for q in sample_queries()])
     for vector in vectors:
-        expected = [hit.doc_id for hit in await scanned.search(vector, 10)]
-        assert [hit.doc_id for hit in await indexed.search(vector, 10)] == expected
+        expected = [hit.doc_id for hit in (await scanned.search("", vector, 10)).hits]
+        assert [hit.doc_id for hit in (await indexed.search("", vector, 10)).hits] == expected
 
 
 async def test_searching_a_missing_table_is_a_store_error(tmp_path: Path) -> None:
     store = DocumentStore(str(tmp_path), "absent", ann_min_rows=1_000)
     with pytest.raises(StoreError, match="does not exist"):
-        await store.search(np.zeros(384, dtype=np.float32), 5)
+        await store.search("query", np.zeros(384, dtype=np.float32), 5)
 
 
 def test_rows_added_later_are_indexed_too(tmp_path: Path, settings: Settings) -> None:
@@ -57,10 +59,11 @@ def test_rows_added_later_are_indexed_too(tmp_path: Path, settings: Settings) ->
     store.index(documents[:40], embedder)
     store.index(documents[40:], embedder)
     table = lancedb.connect(str(tmp_path)).open_table("docs")
-    (index,) = table.list_indices()
-    stats = table.index_stats(index.name)
-    assert stats is not None
-    assert (stats.num_indexed_rows, stats.num_unindexed_rows) == (len(documents), 0)
+    assert {tuple(index.columns) for index in table.list_indices()} == {("vector",), ("content",)}
+    for index in table.list_indices():  # the vector index and the full-text index
+        stats = table.index_stats(index.name)
+        assert stats is not None
+        assert (stats.num_indexed_rows, stats.num_unindexed_rows) == (len(documents), 0)
 
 
 def test_an_index_is_retrained_once_the_table_calls_for_twice_its_partitions() -> None:
@@ -83,7 +86,9 @@ async def test_a_running_searcher_sees_what_another_process_indexes_within_the_i
     searcher = DocumentStore.from_settings(settings)
     text = "Octopuses taste with the suckers on their arms."
     vector = embedder.embed_queries([text])[0]
-    assert "octopus-new" not in [hit.doc_id for hit in await searcher.search(vector, 3)]
+    assert "octopus-new" not in [
+        hit.doc_id for hit in (await searcher.search(text, vector, 3)).hits
+    ]
     new_corpus = tmp_path / "new.jsonl"
     new_corpus.write_text(json.dumps({"id": "octopus-new", "text": text}) + "\n")
 
@@ -93,7 +98,9 @@ async def test_a_running_searcher_sees_what_another_process_indexes_within_the_i
         env=settings_env(settings), check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     indexed_at = time.monotonic()
-    while "octopus-new" not in [hit.doc_id for hit in await searcher.search(vector, 3)]:
+    while "octopus-new" not in [
+        hit.doc_id for hit in (await searcher.search(text, vector, 3)).hits
+    ]:
         assert time.monotonic() - indexed_at < interval_s + 5, "the new passage never appeared"
         await asyncio.sleep(0.1)
 

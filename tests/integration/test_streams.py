@@ -33,7 +33,7 @@ async def test_an_operators_stream_settings_are_kept_and_the_difference_is_warne
     connection = await nats.connect(settings.effective_nats_url)
     js = connection.jetstream()
     operators = StreamConfig(
-        name=subjects.queries_stream,
+        name=subjects.streams.queries,
         subjects=[subjects.queries],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.MEMORY,
@@ -45,10 +45,10 @@ async def test_an_operators_stream_settings_are_kept_and_the_difference_is_warne
 
     differences = await ensure_streams(settings)
 
-    kept = (await js.stream_info(subjects.queries_stream)).config
+    kept = (await js.stream_info(subjects.streams.queries)).config
     await connection.close()
     assert (kept.storage, kept.max_age, kept.max_msgs) == (StorageType.MEMORY, 3600.0, 5_000)
-    assert any("storage" in d and subjects.queries_stream in d for d in differences)
+    assert any("storage" in d and subjects.streams.queries in d for d in differences)
     assert any("max_age" in d for d in differences)
     assert "keeping the stream as it is" in caplog.text
 
@@ -59,7 +59,7 @@ async def test_a_stream_that_cannot_serve_is_refused_with_a_clear_error(
     subjects = Subjects.from_settings(settings)
     connection = await nats.connect(settings.effective_nats_url)
     await connection.jetstream().add_stream(
-        name=subjects.queries_stream, subjects=[subjects.queries], retention=RetentionPolicy.LIMITS
+        name=subjects.streams.queries, subjects=[subjects.queries], retention=RetentionPolicy.LIMITS
     )
     await connection.close()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +27,11 @@ from rankstream import (
     StageTimings,
 )
 from rankstream.metrics import Metrics
-from rankstream.wire.messages import REPLY_ADAPTER, Candidate, DeadLetter, now_ms
+from rankstream.models import TokenIds
+from rankstream.wire.messages import REPLY_ADAPTER, Candidate, DeadLetter, RerankStage, now_ms
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.app import build_broker
+from rankstream.workers.context import WorkerContext
 from rankstream.workers.rerank import RerankWorker
 from rankstream.workers.retrieval import RetrievalWorker
 from tests.unit.fakes import ListStore, OverlapCrossEncoder, WordEmbedder
@@ -59,7 +61,7 @@ class Pipeline:
 
     async def ask(self, request: QueryRequest) -> RankedResult | ErrorResult:
         await self.broker.publish(
-            request, self.subjects.queries, stream=self.subjects.queries_stream
+            request, self.subjects.queries, stream=self.subjects.streams.queries
         )
         return self.answer_to(request.request_id)
 
@@ -91,20 +93,19 @@ async def pipeline(
     metrics = Metrics()
     broker = build_broker(settings, metrics)
     subjects = Subjects.from_settings(settings)
-    retrieval = RetrievalWorker(
-        settings, broker, metrics, embedder=WordEmbedder(), store=ListStore(PASSAGES)
-    )
-    rerank = RerankWorker(settings, broker, metrics, model=cross_encoder)
+    context = WorkerContext(settings, broker, metrics)
+    retrieval = RetrievalWorker(context, embedder=WordEmbedder(), store=ListStore(PASSAGES))
+    rerank = RerankWorker(context, model=cross_encoder)
     wired = Pipeline(settings, broker, metrics, subjects, cross_encoder)
 
     @broker.subscriber(
-        f"{subjects.results_root}.>", stream=JStream(subjects.results_stream, declare=False)
+        f"{subjects.results_root}.>", stream=JStream(subjects.streams.results, declare=False)
     )
     async def collect_answer(body: dict[str, Any]) -> None:
         wired.answers.append(REPLY_ADAPTER.validate_python(body))
 
     @broker.subscriber(
-        subjects.dead_letters, stream=JStream(subjects.dead_letters_stream, declare=False)
+        subjects.dead_letters, stream=JStream(subjects.streams.dead_letters, declare=False)
     )
     async def collect_dead_letter(letter: DeadLetter) -> None:
         wired.dead_letters.append(letter)
@@ -175,7 +176,7 @@ async def test_candidates_over_the_limit_are_refused_by_the_rerank_worker(
         embedder_model="fake:words",
     )
     await pipeline.broker.publish(
-        candidate_set, pipeline.subjects.candidates, stream=pipeline.subjects.candidates_stream
+        candidate_set, pipeline.subjects.candidates, stream=pipeline.subjects.streams.candidates
     )
 
     answer = pipeline.answer_to(request.request_id)
@@ -244,3 +245,90 @@ async def test_each_pipeline_counts_on_its_own_registry(settings: Settings) -> N
     assert second.registry.get_sample_value(
         "rankstream_requests_total", {"worker": "rerank", "outcome": "ok"}
     ) in (None, 0.0)
+
+
+async def test_bm25_and_hybrid_searches_are_served_and_reported(pipeline: Pipeline) -> None:
+    for mode in ("bm25", "hybrid"):
+        answer = await pipeline.ask(pipeline.request("planes contrails", retrieval=mode))
+
+        assert isinstance(answer, RankedResult)
+        assert answer.retrieval.mode == mode
+        assert answer.results[0].doc_id == "contrails"
+    assert (
+        pipeline.metrics.registry.get_sample_value(
+            "rankstream_retrieval_requests_total", {"mode": "hybrid"}
+        )
+        == 1
+    )
+
+
+async def test_a_cascade_reranks_the_top_of_each_stage_and_reports_every_stage(
+    pipeline: Pipeline,
+) -> None:
+    stages = [RerankStage(depth=4), RerankStage(scorer="ce", depth=2)]
+    answer = await pipeline.ask(pipeline.request("why do planes leave contrails", stages=stages))
+
+    assert isinstance(answer, RankedResult)
+    assert [(s.name, s.candidates, s.pairs) for s in answer.stages] == [
+        ("ce@4", 4, 4), ("ce@2", 2, 2),
+    ]  # fmt: skip
+    assert [doc.stage for doc in answer.results[:3]] == ["ce@2", "ce@2", "ce@4"]
+    assert answer.reranked == 4
+    assert answer.timings_ms.inference == pytest.approx(sum(s.inference_ms for s in answer.stages))
+
+
+async def test_auto_depth_is_chosen_within_its_bounds(
+    pipeline: Pipeline, settings: Settings
+) -> None:
+    answer = await pipeline.ask(pipeline.request("planes", depth="auto", top_k=4))
+
+    assert isinstance(answer, RankedResult)
+    assert answer.retrieval.chosen_depth is not None
+    assert 0 <= answer.retrieval.chosen_depth <= settings.max_auto_depth
+    assert answer.reranked == min(answer.retrieval.chosen_depth, len(PASSAGES))
+
+
+async def test_a_document_over_the_budget_is_cut_or_split_into_windows(
+    pipeline: Pipeline,
+) -> None:
+    query = "why do planes leave contrails"
+    head = await pipeline.ask(pipeline.request(query, depth=4, max_doc_tokens=8))
+    maxp = await pipeline.ask(pipeline.request(query, depth=4, max_doc_tokens=8, long_docs="maxp"))
+
+    assert isinstance(head, RankedResult)
+    assert isinstance(maxp, RankedResult)
+    (head_stage,), (maxp_stage,) = head.stages, maxp.stages
+    assert head_stage.over_budget == maxp_stage.over_budget > 0
+    assert head_stage.pairs == 4
+    assert maxp_stage.pairs > 4
+    assert maxp_stage.truncated_tokens < head_stage.truncated_tokens
+
+
+async def test_stored_token_ids_spare_the_rerank_worker_tokenizing_documents(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokenized: list[int] = []
+    codec = pipeline.cross_encoder.tokenizer
+    real = codec.encode_documents
+
+    def counting(documents: Sequence[str]) -> list[TokenIds]:
+        tokenized.append(len(documents))
+        return real(documents)
+
+    monkeypatch.setattr(codec, "encode_documents", counting)
+
+    answer = await pipeline.ask(pipeline.request("tides", depth=3))
+
+    assert isinstance(answer, RankedResult)
+    assert answer.reranked == 3
+    assert sum(tokenized) == 0, "documents were tokenized again"
+
+
+async def test_an_unknown_scorer_is_refused_before_any_search(pipeline: Pipeline) -> None:
+    answer = await pipeline.ask(
+        pipeline.request("tides", stages=[RerankStage(scorer="no-such-model", depth=2)])
+    )
+
+    assert isinstance(answer, ErrorResult)
+    assert answer.code == ErrorCode.INVALID_REQUEST
+    assert "no-such-model" in answer.message

@@ -52,8 +52,9 @@ def test_out_of_range_fields_are_refused(bad: dict[str, object]) -> None:
 
 
 def test_retrieval_fetches_enough_candidates_for_both_depth_and_top_k() -> None:
-    assert a_request(top_k=5, depth=20).candidate_count == 20
-    assert a_request(top_k=10, depth=0).candidate_count == 10
+    assert a_request(top_k=5, depth=20).candidate_count(max_auto_depth=50) == 20
+    assert a_request(top_k=10, depth=0).candidate_count(max_auto_depth=50) == 10
+    assert a_request(top_k=10, depth="auto").candidate_count(max_auto_depth=50) == 50
 
 
 def test_the_deadline_is_creation_time_plus_timeout() -> None:
@@ -74,6 +75,7 @@ def test_a_reply_is_decoded_as_result_or_error_by_its_kind() -> None:
 def test_timings_serialise_as_stage_name_to_milliseconds() -> None:
     timings = json.loads(StageTimings(embed=1.5, total=9.0).model_dump_json())
     assert set(timings) == {
-        "queue_wait", "embed", "search", "rerank_queue_wait", "batch_wait", "inference", "total",
+        "queue_wait", "cache", "embed", "search", "rerank_queue_wait", "batch_wait",
+        "inference", "total",
     }  # fmt: skip
     assert timings["embed"] == 1.5

@@ -33,7 +33,7 @@ T = TypeVar("T")
 MODEL_SAMPLE_PAIRS = 64  # pairs replayed in process for the model-alone figures
 SHAPE_MIN_S = 1.0  # each batch shape is timed over whole passes for at least this long
 LOW_LOAD_SHARE = 0.25
-RERANKER_MODEL_SECONDS = "rankstream_model_batch_seconds_sum"  # labelled model="reranker"
+RERANKER_MODEL_SECONDS = "rankstream_model_batch_seconds_sum"  # labelled model="ce"
 TOKEN_BUDGET_SHAPE = "token budget"
 
 
@@ -196,7 +196,7 @@ async def open_loop(
 async def _ask(client: RankstreamClient, text: str, depth: int, run: LoadRun) -> None:
     started = time.perf_counter()
     try:
-        reply = await client.query(text, top_k=depth, depth=depth, timeout_s=120)
+        reply = await client.query(text, top_k=depth, depth=depth, timeout_s=120, cache=False)
     except RankstreamError:
         run.errors += 1
         return
@@ -213,7 +213,7 @@ def scrape(port: int) -> dict[str, float]:
         if (s.name.startswith("rankstream_rerank_") or s.name == PEAK_RSS_METRIC) and not s.labels
     }
     for s in samples:
-        if s.name == RERANKER_MODEL_SECONDS and s.labels == {"model": "reranker"}:
+        if s.name == RERANKER_MODEL_SECONDS and s.labels == {"model": "ce"}:
             figures[s.name] = s.value
     return figures
 
@@ -276,7 +276,7 @@ def model_references(
             break
         if pairs:
             sample.append(pairs)
-    per_request = [model.encode(pairs) for pairs in sample]
+    per_request = [model.tokenizer.encode(pairs) for pairs in sample]
     flat = sorted((e for encodings in per_request for e in encodings), key=len)
     if not flat:
         return ModelReferences({}, 0.0)

@@ -1,0 +1,120 @@
+"""A rerank stage's runtime, without transport: a cross-encoder behind its own pair
+scheduler, scoring one request's candidates under a token budget and a deadline.
+
+Documents arrive as text, or as the token ids computed at index time (used only when they
+come from this model's tokenizer); only the query, and documents without ids, are tokenized
+here. Admission (the worker's pair budget) and load shedding happen here too, just before
+the pairs are queued, so the check sees the queue they join.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rankstream.errors import OverloadedError
+from rankstream.models.base import CrossEncoderBackend, TokenIds
+from rankstream.scheduling.admission import PairBudget
+from rankstream.scheduling.batcher import BatchLimits, BatchStats, DeadlineExceededError, Ticket
+from rankstream.scheduling.budgets import DocumentBudget, PairPlan, plan_pairs
+from rankstream.scheduling.deadlines import Deadline
+from rankstream.scheduling.pair_scheduler import PairScheduler
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """One request's candidates for one stage. `token_ids[i]` is document i's ids from the
+    tokenizer named `tokenizer` (a fingerprint), or None."""
+
+    query: str
+    documents: Sequence[str]
+    token_ids: Sequence[TokenIds | None]
+    tokenizer: str | None
+    budget: DocumentBudget
+    deadline: Deadline
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    scores: list[float]  # one per document, in order
+    plan: PairPlan
+    ticket: Ticket[float]
+    tokenized_documents: int  # documents that had no usable ids and were tokenized here
+
+
+class CrossEncoderStage:
+    """Run as `async with CrossEncoderStage(...) as stage: await stage.score(...)`.
+
+    Args:
+        model: the cross-encoder.
+        limits: its batches' limits.
+        budget: the worker's pair budget, shared by all its stages (admission).
+        on_batch: called with each model call's figures.
+        shed_load: refuse at once (OverloadedError) what the queue ahead would make late.
+    """
+
+    def __init__(
+        self,
+        model: CrossEncoderBackend,
+        limits: BatchLimits,
+        budget: PairBudget,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        shed_load: bool = True,
+    ) -> None:
+        self.model = model
+        self._budget = budget
+        self._shed_load = shed_load
+        self.scheduler = PairScheduler(model, limits, on_batch)
+
+    async def __aenter__(self) -> CrossEncoderStage:
+        await self.scheduler.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.scheduler.__aexit__(*exc_info)
+
+    async def score(self, stage: StageInput) -> StageOutcome:
+        """Scores for `stage.documents`, in order.
+
+        Raises:
+            InvalidRequestError: the query leaves a document too little room.
+            OverloadedError: the pairs queued ahead would not be scored in time.
+            DeadlineExceededError: the deadline passed while they waited or were scored.
+        """
+        query, documents, tokenized = await asyncio.to_thread(self._tokens, stage)
+        plan = plan_pairs(self.model.tokenizer, query, documents, stage.budget)
+        async with self._budget.hold(len(plan.encodings)):
+            self._shed_if_late(len(plan.encodings), stage.deadline)
+            scored = self.scheduler.enqueue(plan.encodings, stage.deadline.monotonic())
+            try:
+                # Queued pairs are dropped at the deadline by the batcher; a batch already
+                # in the model is not waited for past it.
+                ticket = await asyncio.wait_for(scored, max(0.0, stage.deadline.remaining_s()))
+            except TimeoutError as error:
+                raise DeadlineExceededError("deadline passed during scoring") from error
+        return StageOutcome(plan.candidate_scores(ticket.outputs), plan, ticket, tokenized)
+
+    def _tokens(self, stage: StageInput) -> tuple[TokenIds, list[TokenIds], int]:
+        """The query's ids, and each document's: stored ones where they are this model's,
+        freshly tokenized otherwise."""
+        codec = self.model.tokenizer
+        query = codec.encode_query(stage.query)
+        usable = stage.tokenizer == codec.fingerprint and len(stage.token_ids) == len(
+            stage.documents
+        )
+        stored = list(stage.token_ids) if usable else [None] * len(stage.documents)
+        missing = [text for text, ids in zip(stage.documents, stored, strict=True) if ids is None]
+        fresh = iter(codec.encode_documents(missing))
+        documents = [ids if ids is not None else next(fresh) for ids in stored]
+        return query, documents, len(missing)
+
+    def _shed_if_late(self, pairs: int, deadline: Deadline) -> None:
+        if not self._shed_load:
+            return
+        wait_s = self.scheduler.predicted_wait_s(pairs)
+        if wait_s is not None and wait_s > deadline.remaining_s():
+            raise OverloadedError(
+                f"{self.scheduler.queued_pairs} pairs queued ahead: about {wait_s:.1f} s to "
+                f"score, {max(0.0, deadline.remaining_s()):.1f} s left before the deadline"
+            )

@@ -1,0 +1,52 @@
+"""The pipeline notation `eval --configs` and `query --pipeline` read."""
+
+from __future__ import annotations
+
+import pytest
+
+from rankstream.errors import InvalidRequestError
+from rankstream.wire.pipeline import PipelineSpec
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["dense", "bm25", "hybrid", "hybrid+ce@10", "dense+ce@20/doc256", "hybrid+ce@auto",
+     "hybrid+ce@100/doc64>ce@20", "dense+ce-int8@50>ce-fp32@10/maxp128"],
+)  # fmt: skip
+def test_a_spec_reads_back_as_itself(text: str) -> None:
+    assert PipelineSpec.parse(text).name == text
+
+
+def test_a_cascade_becomes_the_request_stages() -> None:
+    fields = PipelineSpec.parse("hybrid+ce@100/doc64>ce-fp32@20/maxp128").request_fields()
+
+    assert fields["retrieval"] == "hybrid"
+    first, second = fields["stages"]
+    assert (first.scorer, first.depth, first.max_doc_tokens, first.long_docs) == (
+        "ce", 100, 64, "head",
+    )  # fmt: skip
+    assert (second.scorer, second.depth, second.max_doc_tokens, second.long_docs) == (
+        "ce-fp32", 20, 128, "maxp",
+    )  # fmt: skip
+
+
+def test_retrieval_alone_asks_for_depth_zero() -> None:
+    assert PipelineSpec.parse("bm25").request_fields() == {
+        "retrieval": "bm25", "stages": [], "depth": 0,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("sparse", "not a retrieval mode"),
+        ("dense+ce", "SCORER@DEPTH"),
+        ("dense+ce@0", "at least one"),
+        ("dense+ce@10>ce@20", "at most as many"),
+        ("dense+ce@10>ce@auto", "only the first stage"),
+        ("dense+ce@10/doc", "SCORER@DEPTH"),
+    ],
+)
+def test_a_bad_spec_is_refused_naming_what_is_wrong(text: str, complaint: str) -> None:
+    with pytest.raises(InvalidRequestError, match=complaint):
+        PipelineSpec.parse(text)
