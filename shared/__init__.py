@@ -35,8 +35,13 @@ from rankstream.wire.messages import (
     QueryRequest,
     RankedDoc,
     RankedResult,
+    RerankDocument,
+    RerankRequest,
+    RerankStage,
+    StageReport,
     StageTimings,
 )
+from rankstream.wire.pipeline import PipelineSpec
 
 try:
     __version__ = version("rankstream")
@@ -52,6 +57,7 @@ __all__ = [
     "InvalidRequestError",
     "ModelError",
     "OverloadedError",
+    "PipelineSpec",
     "QueryFailedError",
     "QueryRequest",
     "QueryTimeoutError",
@@ -59,7 +65,11 @@ __all__ = [
     "RankedResult",
     "RankstreamClient",
     "RankstreamError",
+    "RerankDocument",
+    "RerankRequest",
+    "RerankStage",
     "Settings",
+    "StageReport",
     "StageTimings",
     "StoreError",
     "__version__",

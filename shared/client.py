@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, TypedDict, Unpack
 
@@ -28,6 +29,9 @@ from rankstream.wire.messages import (
     ErrorResult,
     QueryRequest,
     RankedResult,
+    RerankDocument,
+    RerankRequest,
+    RerankStage,
     dedup_id,
     now_ms,
 )
@@ -47,6 +51,16 @@ class QueryOptions(TypedDict, total=False):
     timeout_s: float | None
     pipeline: PipelineSpec | str | None
     cache: bool
+
+
+class RerankOptions(TypedDict, total=False):
+    """What a rerank may ask for besides the query and documents (see `rerank`)."""
+
+    top_n: int | None
+    stages: Sequence[RerankStage]
+    max_doc_tokens: int | None
+    priority: int
+    timeout_s: float | None
 
 
 class RankstreamClient:
@@ -190,8 +204,64 @@ class RankstreamClient:
             raise QueryFailedError(reply.code, reply.message, reply.worker)
         return reply
 
+    def rerank_request(
+        self,
+        query: str,
+        documents: Sequence[str | RerankDocument],
+        *,
+        top_n: int | None = None,
+        stages: Sequence[RerankStage] = (),
+        max_doc_tokens: int | None = None,
+        priority: int = 0,
+        timeout_s: float | None = None,
+    ) -> RerankRequest:
+        """A request to rerank `documents` (texts, or RerankDocument with ids) for `query`,
+        with no retrieval; see `rerank`."""
+        settings = self._settings
+        return RerankRequest(
+            query=query,
+            documents=[RerankDocument(text=d) if isinstance(d, str) else d for d in documents],
+            top_n=top_n,
+            stages=list(stages),
+            max_doc_tokens=max_doc_tokens,
+            priority=priority,
+            timeout_ms=settings.default_timeout_ms if timeout_s is None else int(timeout_s * 1000),
+            reply_to=self.reply_subject,
+        )
+
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[str | RerankDocument],
+        **options: Unpack[RerankOptions],
+    ) -> RankedResult:
+        """Rerank candidates you bring: no retrieval, the same batching and answer.
+
+        Args:
+            query: the query.
+            documents: texts, or RerankDocument(text=..., id=...); a result's `doc_id` is the
+                id given, else the document's position (from 0), and its `retrieval_rank`
+                that position plus one.
+            top_n: results to return (default: all).
+            stages: a cascade over the documents (default: `ce` over all of them).
+            max_doc_tokens: a document token budget (the query is never cut).
+            priority: 0 (default, most urgent) to 999; 666 and up is the batch lane.
+            timeout_s: as for `query`.
+
+        Returns:
+            The ranked result, best first.
+
+        Raises:
+            As `query`: QueryTimeoutError, QueryFailedError (e.g. `invalid_request` for more
+            documents than `max_depth`), RankstreamError.
+        """
+        reply = await self.send(self.rerank_request(query, documents, **options))
+        if isinstance(reply, ErrorResult):
+            raise QueryFailedError(reply.code, reply.message, reply.worker)
+        return reply
+
     async def send(
-        self, request: QueryRequest, wait_s: float | None = None
+        self, request: QueryRequest | RerankRequest, wait_s: float | None = None
     ) -> RankedResult | ErrorResult:
         """Publish a prepared request and wait for the reply, an answer or an error.
 
@@ -221,15 +291,17 @@ class RankstreamClient:
         finally:
             self._waiting.pop(request.request_id, None)
 
-    async def _publish(self, request: QueryRequest) -> None:
+    async def _publish(self, request: QueryRequest | RerankRequest) -> None:
         """Publish until JetStream confirms it, retrying through a NATS outage until the
         request's deadline; the Nats-Msg-Id makes a retried publish land once."""
         assert self._connection is not None
+        is_query = isinstance(request, QueryRequest)
+        subject = self._subjects.queries if is_query else self._subjects.rerank
         delay = 0.1
         while True:
             try:
                 await self._connection.jetstream().publish(
-                    self._subjects.queries,
+                    subject,
                     request.model_dump_json().encode(),
                     headers={"Nats-Msg-Id": dedup_id(request.request_id, "query")},
                     timeout=PUBLISH_TIMEOUT_S,
@@ -237,8 +309,8 @@ class RankstreamClient:
                 return
             except NoStreamResponseError as error:
                 raise RankstreamError(
-                    f"no JetStream stream takes {self._subjects.queries}: start the workers "
-                    "(`rankstream up` or `rankstream worker retrieval`) first"
+                    f"no JetStream stream takes {subject}: start the workers "
+                    "(`rankstream up` or `rankstream worker ...`) first"
                 ) from error
             except (TimeoutError, nats.errors.Error) as error:
                 if now_ms() + delay * 1000 > request.deadline_ms:

@@ -5,11 +5,32 @@ from __future__ import annotations
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBEDDED_NATS_PORT = 4222
+# URL schemes nats-py connects with; `tls` and `wss` turn TLS on.
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+TLS_SCHEMES = ("tls", "wss")
+
+
+def split_nats_servers(url: str) -> list[str]:
+    """`RANKSTREAM_NATS_URL` as a list of server URLs: comma-separated, blanks around each
+    ignored, a bare `host:port` read as `nats://host:port` (as nats-py does)."""
+    return [
+        server if "://" in server else f"nats://{server}"
+        for server in (part.strip() for part in url.split(","))
+        if server
+    ]
+
+
+def _without_credentials(server: str) -> str:
+    """A server URL fit for an error message (no `user:password@`)."""
+    scheme, _, rest = server.rpartition("://")
+    host = rest.rpartition("@")[2]
+    return f"{scheme}://***@{host}" if "@" in rest else server
 
 
 class Settings(BaseSettings):
@@ -22,6 +43,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RANKSTREAM_", extra="ignore")
 
     # --- NATS ---
+    # One server or several, comma-separated (`nats://a:4222,nats://b:4222`): the members of
+    # one NATS cluster, tried in turn at connect and on every reconnect.
     nats_url: str | None = None
     nats_user: str | None = None
     nats_password: SecretStr | None = None
@@ -45,6 +68,38 @@ class Settings(BaseSettings):
     nats_tls_key_file: Path | None = Field(default=None, validate_default=True)
     # The name the server's certificate must carry, when it differs from the URL's host.
     nats_tls_hostname: str | None = None
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_servers_parse(cls, url: str | None) -> str | None:
+        """Each comma-separated server must be a URL nats-py can connect to, and all of them
+        TLS or none (one connection fails over between them with one TLS setting). Messages
+        never repeat a password that may be written into a URL."""
+        if url is None:
+            return None
+        servers = split_nats_servers(url)
+        if not servers:
+            raise ValueError("RANKSTREAM_NATS_URL names no server")
+        for server in servers:
+            shown = _without_credentials(server)
+            try:
+                parts = urlsplit(server)
+                parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+            except ValueError:
+                raise ValueError(f"RANKSTREAM_NATS_URL: {shown} has no valid port") from None
+            if parts.scheme not in NATS_SCHEMES:
+                raise ValueError(
+                    f"RANKSTREAM_NATS_URL: {shown}: scheme {parts.scheme!r} is not one of "
+                    f"{', '.join(NATS_SCHEMES)}"
+                )
+            if not parts.hostname:
+                raise ValueError(f"RANKSTREAM_NATS_URL: {shown} names no host")
+        if len({urlsplit(server).scheme in TLS_SCHEMES for server in servers}) > 1:
+            raise ValueError(
+                "RANKSTREAM_NATS_URL mixes TLS (tls://, wss://) and plain servers: "
+                "the servers of one cluster are reached the same way"
+            )
+        return url
 
     # Checked field by field, never on the whole model: a model-level error would print every
     # input, the password and token included.
@@ -113,6 +168,9 @@ class Settings(BaseSettings):
     max_inflight_requests: int = Field(default=64, ge=1)
     # Pairs a rerank worker holds at once (queued + in the model); past it, it stops pulling.
     max_inflight_pairs: int = Field(default=2048, ge=1)
+    # Priority lanes: a request waiting this long moves up a lane, so batch work never starves
+    # behind interactive traffic (0: never).
+    priority_ageing_s: float = Field(default=5.0, ge=0)
     # How many of the oldest queued pairs are grouped by length (0 = 4 x max_batch_pairs).
     batch_sort_window: int = Field(default=0, ge=0)
     # What a request whose deadline passes before scoring gets: its retrieval order marked
@@ -189,4 +247,11 @@ class Settings(BaseSettings):
 
     @property
     def effective_nats_url(self) -> str:
+        """The configured URL (one server or several, comma-separated), else the embedded
+        server's."""
         return self.nats_url or f"nats://127.0.0.1:{self.embedded_nats_port}"
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """`effective_nats_url` as one URL per server."""
+        return split_nats_servers(self.effective_nats_url)

@@ -174,6 +174,19 @@ class Metrics:
                 ),
             )
         )
+        self.rerank_lane_queued = Gauge(
+            "rankstream_rerank_lane_queued_pairs",
+            "Pairs queued for a model batch, by priority lane (interactive|standard|batch).",
+            ["lane"],
+            registry=r,
+        )
+        self.rerank_lane_wait = Histogram(
+            "rankstream_rerank_lane_wait_seconds",
+            "Time a request's pairs waited for and between batches, by priority lane.",
+            ["lane"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.peak_rss_bytes = Gauge(
             "rankstream_process_peak_resident_memory_bytes",
             "The highest resident memory of this process seen so far (sampled every second "

@@ -32,6 +32,7 @@ from rankstream.config import Settings
 from rankstream.errors import InvalidRequestError, ModelError, RankstreamError
 from rankstream.metrics import Metrics
 from rankstream.wire.messages import SUBJECT_PATTERN, DeadLetter, ErrorCode
+from rankstream.wire.streams import work_queue_streams
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.replies import ReplySender
 
@@ -228,7 +229,7 @@ def watch_max_deliveries(broker: NatsBroker, settings: Settings, metrics: Metric
         await give_up(replies, failed, ErrorCode.INTERNAL, reason)
         await js.delete_msg(advisory.stream, advisory.stream_seq)
 
-    for stream in (subjects.streams.queries, subjects.streams.candidates):
+    for stream in work_queue_streams(subjects):
         broker.subscriber(
             subjects.max_deliveries_advisory(stream),
             stream=JStream(subjects.streams.advisories, declare=False),

@@ -1,4 +1,5 @@
-"""The local-process harness: an embedded `nats-server` and worker child processes.
+"""The local-process harness: an embedded `nats-server`, a three-node NATS cluster on
+loopback, and worker child processes.
 
 `rankstream up`, `demo`, `bench`, `eval` and the tests start these and must always stop
 them; the library (`rankstream.*` outside `rankstream.workers`) never starts a process.
@@ -9,19 +10,25 @@ Python interpreter; a `nats-server` on PATH is used otherwise.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
+import nats
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -132,6 +139,17 @@ class EmbeddedNatsServer(ChildProcess):
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError(f"nats-server on port {self.port} is not running")
+        return self._process.pid
+
+    @property
+    def running(self) -> bool:
+        """Started and not exited (a suspended server is running)."""
+        return self._process is not None and self._process.poll() is None
+
     def start(self) -> EmbeddedNatsServer:
         if port_is_open(self.port):
             raise RuntimeError(f"port {self.port} is taken: is another NATS server running?")
@@ -163,12 +181,257 @@ class EmbeddedNatsServer(ChildProcess):
 
     def stop(self) -> None:
         if self._process is not None:
+            self.resume()  # a suspended server cannot act on SIGTERM
             terminate(self._process, timeout_s=10)
         self._process = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
             self._store_dir = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is flushed, no client is told. The store stays, so
+        `start()` brings the same server back."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def suspend(self) -> None:
+        """SIGSTOP: the server stops answering anyone (clients, routes, monitoring) while its
+        sockets stay open, as a node cut off by a network partition looks to its peers."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `suspend()`: the partition heals."""
+        if self.running:
+            os.kill(self.pid, signal.SIGCONT)
+
+
+CLUSTER_NAME = "rankstream-local"
+CLUSTER_HEALTHY_TIMEOUT_S = 60.0
+
+
+def http_json(url: str, timeout_s: float = 2.0) -> Any:
+    """GET a monitoring endpoint (`/jsz`, `/varz`, `/healthz`) and decode its JSON."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return json.loads(response.read())
+
+
+@dataclass(frozen=True)
+class ConsumerLag:
+    """A durable consumer's lag as KEDA's `nats-jetstream` scaler computes it: read from
+    `/jsz?acc=<account>&consumers=true&config=true` on the node that leads the consumer,
+    `num_pending` (not yet delivered) + `num_ack_pending` (delivered, not acknowledged)."""
+
+    leader: str
+    num_pending: int
+    num_ack_pending: int
+
+    @property
+    def lag(self) -> int:
+        return self.num_pending + self.num_ack_pending
+
+
+class ClusterNode(EmbeddedNatsServer):
+    """One member of a `NatsCluster`: a name, a client port, a route port and a monitoring
+    port, all on loopback, and a JetStream store that outlives a kill."""
+
+    def __init__(self, name: str, store_dir: Path, route_ports: list[int], index: int) -> None:
+        self.name = name
+        self.route_port = route_ports[index]
+        self.monitor_port = free_port()
+        # A cluster node logs routes and elections: to a file, where nothing can fill up
+        # (a pipe nobody reads would block the server once full).
+        self.log_path = store_dir.with_suffix(".log")
+        routes = ",".join(f"nats://127.0.0.1:{port}" for port in route_ports)
+        super().__init__(
+            store_dir=store_dir,
+            extra_args=(
+                "--server_name", name, "--http_port", str(self.monitor_port),
+                "--log", str(self.log_path),
+                "--cluster_name", CLUSTER_NAME, "--cluster", f"nats://127.0.0.1:{self.route_port}",
+                "--routes", routes,
+            ),
+        )  # fmt: skip
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    def start(self) -> ClusterNode:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        super().start()
+        return self
+
+    def healthy(self) -> bool:
+        """`/healthz` says ok: the node is up, in the cluster, and its JetStream assets are
+        current (a node back from a crash or a partition says so once it caught up)."""
+        try:
+            return bool(http_json(f"{self.monitor_url}/healthz").get("status") == "ok")
+        except (OSError, ValueError):  # refused, timed out (suspended), or 503 while catching up
+            return False
+
+    def jsz(self, account: str = "$G") -> Any:
+        """`/jsz` with the streams and consumers of `account` this node holds, the way KEDA's
+        nats-jetstream scaler asks for it."""
+        return http_json(f"{self.monitor_url}/jsz?acc={account}&consumers=true&config=true")
+
+
+class NatsCluster:
+    """Three (or `size`) `nats-server` nodes with JetStream, clustered by routes on loopback
+    ports, each with its own store and monitoring port.
+
+    `with NatsCluster(tmp_path) as cluster:` starts them and waits until every node is healthy;
+    `cluster.url` is the comma-separated list of client URLs (`RANKSTREAM_NATS_URL`). Faults:
+    `kill` (SIGKILL), `suspend`/`resume` (SIGSTOP/SIGCONT), `restart`; leaders are found
+    through the JetStream API (`stream_leader`, `consumer_leader`).
+    """
+
+    def __init__(self, base_dir: Path, size: int = 3) -> None:
+        if size < 1:
+            raise ValueError("a cluster has at least one node")
+        route_ports = [free_port() for _ in range(size)]
+        self.nodes = [
+            ClusterNode(f"n{i + 1}", base_dir / f"n{i + 1}", route_ports, i) for i in range(size)
+        ]
+
+    @property
+    def url(self) -> str:
+        """Every node's client URL, comma-separated: what RANKSTREAM_NATS_URL takes."""
+        return ",".join(node.url for node in self.nodes)
+
+    def node(self, name: str) -> ClusterNode:
+        (found,) = (node for node in self.nodes if node.name == name)
+        return found
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> Self:
+        try:
+            for node in self.nodes:
+                node.start()
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def wait_healthy(self, timeout_s: float = CLUSTER_HEALTHY_TIMEOUT_S) -> None:
+        """Until every running node says healthy (cluster formed, JetStream current)."""
+        wait_until(
+            lambda: all(node.healthy() for node in self.nodes if node.running),
+            timeout_s,
+            "NATS cluster healthy",
+            every_s=0.2,
+        )
+
+    def kill(self, name: str) -> ClusterNode:
+        node = self.node(name)
+        node.kill()
+        return node
+
+    def suspend(self, name: str) -> ClusterNode:
+        node = self.node(name)
+        node.suspend()
+        return node
+
+    def resume(self, name: str) -> ClusterNode:
+        node = self.node(name)
+        node.resume()
+        return node
+
+    def restart(self, name: str) -> ClusterNode:
+        """Start a killed or stopped node again on its ports and store; returns once the whole
+        cluster is healthy again (the node caught up)."""
+        node = self.node(name)
+        if node.running:
+            node.stop()
+        node.start()
+        self.wait_healthy()
+        return node
+
+    async def api(self, subject: str, timeout_s: float = 2.0) -> dict[str, Any]:
+        """One JetStream API request (`$JS.API....`) through any reachable node."""
+        connection = await nats.connect(
+            servers=[node.url for node in self.nodes if node.running],
+            connect_timeout=2,
+            max_reconnect_attempts=1,
+            allow_reconnect=False,
+        )
+        try:
+            reply = await connection.request(subject, b"", timeout=timeout_s)
+            answer: dict[str, Any] = json.loads(reply.data)
+            return answer
+        finally:
+            await connection.close()
+
+    async def stream_leader(self, stream: str, timeout_s: float = 30.0) -> str:
+        """The name of the node that leads `stream` (`$JS.API.STREAM.INFO.<stream>` ->
+        `cluster.leader`), waiting through an election."""
+        return await self._leader(f"$JS.API.STREAM.INFO.{stream}", timeout_s)
+
+    async def consumer_leader(self, stream: str, consumer: str, timeout_s: float = 30.0) -> str:
+        """The node that leads a consumer (`$JS.API.CONSUMER.INFO.<stream>.<consumer>`)."""
+        return await self._leader(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", timeout_s)
+
+    async def _leader(self, subject: str, timeout_s: float) -> str:
+        give_up = time.monotonic() + timeout_s
+        while True:
+            try:
+                leader = (await self.api(subject)).get("cluster", {}).get("leader")
+                if leader:
+                    return str(leader)
+            except (OSError, TimeoutError, nats.errors.Error):
+                pass  # no node answered in time: ask again
+            if time.monotonic() > give_up:
+                raise TimeoutError(f"{subject}: no leader within {timeout_s:g} s")
+            await asyncio.sleep(0.2)
+
+    def consumer_lag(self, stream: str, consumer: str, account: str = "$G") -> ConsumerLag:
+        """What KEDA's nats-jetstream scaler reads: each node's `/jsz` until the one whose
+        server name is the consumer's `cluster.leader`, and its pending counts there."""
+        for node in self.nodes:
+            if not node.running:
+                continue
+            try:
+                jsz = node.jsz(account)
+            except (OSError, ValueError):
+                continue
+            for detail in _consumer_details(jsz, account, stream, consumer):
+                # Followers hold the consumer too, with stale counts: only the leader's count.
+                if detail.get("cluster", {}).get("leader") == node.name:
+                    return ConsumerLag(
+                        leader=node.name,
+                        num_pending=int(detail.get("num_pending", 0)),
+                        num_ack_pending=int(detail.get("num_ack_pending", 0)),
+                    )
+        raise LookupError(f"no node leads consumer {consumer} of stream {stream} now")
+
+
+def _consumer_details(jsz: Any, account: str, stream: str, consumer: str) -> list[Any]:
+    return [
+        detail
+        for held in jsz.get("account_details", [])
+        if held.get("name") == account
+        for detail_stream in held.get("stream_detail", [])
+        if detail_stream.get("name") == stream
+        for detail in detail_stream.get("consumer_detail", [])
+        if detail.get("name") == consumer
+    ]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -19,6 +19,7 @@ from rankstream.scheduling.admission import PairBudget
 from rankstream.scheduling.batcher import BatchStats, DeadlineExceededError
 from rankstream.scheduling.budgets import DocumentBudget
 from rankstream.scheduling.deadlines import Deadline
+from rankstream.scheduling.lanes import LANES, lane_name, priority_lane
 from rankstream.scheduling.limits import check_candidates
 from rankstream.scheduling.pair_scheduler import rerank_batch_limits
 from rankstream.scheduling.stages import CrossEncoderStage, StageInput, StageOutcome
@@ -27,6 +28,7 @@ from rankstream.wire.messages import (
     CachedAnswer,
     CandidateSet,
     RankedResult,
+    RerankRequest,
     RerankStage,
     StageReport,
     StageTimings,
@@ -76,6 +78,17 @@ class RerankWorker:
             description="Candidate sets; their pairs are scored in batches shared across "
             "requests and the ranked result is sent to the request's reply_to.",
         )(self.handle)
+        context.broker.subscriber(
+            **work_queue_subscription(
+                settings,
+                subjects.rerank,
+                subjects.streams.rerank,
+                subjects.durable("rerank-direct"),
+            ),
+            title="rerank:requests",
+            description="Rerank requests that bring their own candidates (no retrieval); "
+            "batched with every other request's pairs, answered with a RankedResult.",
+        )(self.handle_rerank_request)
 
     @property
     def model(self) -> CrossEncoderBackend:
@@ -127,6 +140,10 @@ class RerankWorker:
         self._metrics.observe_rerank_batch(stats, scorer)
         queued = sum(stage.scheduler.queued_pairs for stage in self._stages.values())
         self._metrics.rerank_queued_pairs.set(queued)
+        by_lane = [stage.scheduler.queued_by_lane() for stage in self._stages.values()]
+        for lane in range(len(LANES)):
+            pairs = sum(lanes.get(lane, 0) for lanes in by_lane)
+            self._metrics.rerank_lane_queued.labels(lane=lane_name(lane)).set(pairs)
 
     async def handle(self, candidate_set: CandidateSet, message: NatsMessage) -> None:
         started = now_ms()
@@ -138,6 +155,9 @@ class RerankWorker:
             await self._replies.send(request.reply_to, reply)
         if not reply.degraded:
             await self._remember(candidate_set, reply)
+
+    async def handle_rerank_request(self, request: RerankRequest, message: NatsMessage) -> None:
+        await self.handle(request.as_candidate_set(), message)
 
     async def _rerank(self, candidate_set: CandidateSet, started: float) -> RankedResult:
         request = candidate_set.request
@@ -194,8 +214,11 @@ class RerankWorker:
                 tokenizer=candidate_set.tokenizer,
                 budget=budget,
                 deadline=deadline,
+                lane=priority_lane(candidate_set.request.priority),
             )
         )
+        lane = lane_name(priority_lane(candidate_set.request.priority))
+        self._metrics.rerank_lane_wait.labels(lane=lane).observe(outcome.ticket.batch_wait_s)
         self._metrics.rerank_over_budget.inc(outcome.plan.over_budget)
         self._metrics.rerank_truncated_tokens.inc(outcome.plan.truncated_tokens)
         self._metrics.rerank_tokenized_docs.inc(outcome.tokenized_documents)

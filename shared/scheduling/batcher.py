@@ -3,8 +3,9 @@
 It knows nothing of NATS or models: it is handed `process(items) -> outputs` and a cost per
 item (its token count). How a batch is chosen:
 
-- the oldest queued item is always in the next batch, so every request makes progress and
-  none waits behind a large one indefinitely;
+- the oldest queued item of the most urgent lane is always in the next batch, so every
+  request makes progress and none waits behind a large one indefinitely; a request's lane
+  rises by one for every `lane_ageing_s` it has waited, so a batch lane never starves;
 - around it, items of similar cost are taken from a bounded window of the oldest queued
   items (sorted by cost), so little of the batch is padding;
 - a batch closes at `max_items`, at `max_padded_tokens` (items x costliest item), or when
@@ -35,17 +36,20 @@ class DeadlineExceededError(Exception):
 class BatchLimits:
     """A batch closes at `max_items`, at `max_padded_tokens` (items x costliest item), or
     when its oldest item has waited `max_wait_s`. `sort_window` bounds how many of the oldest
-    queued items are considered when grouping by cost (0 = four batches' worth)."""
+    queued items are considered when grouping by cost (0 = four batches' worth). A batch is
+    taken from the most urgent lane queued (0 first); a request waiting `lane_ageing_s`
+    moves up a lane (0: never)."""
 
     max_items: int
     max_padded_tokens: int
     max_wait_s: float
     sort_window: int = 0
+    lane_ageing_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.max_items < 1 or self.max_padded_tokens < 1 or self.max_wait_s < 0:
             raise ValueError(f"invalid batch limits: {self}")
-        if self.sort_window < 0:
+        if self.sort_window < 0 or self.lane_ageing_s < 0:
             raise ValueError(f"invalid batch limits: {self}")
 
     @property
@@ -83,6 +87,7 @@ class _Request(Generic[T, R]):
     submitted_at: float
     deadline: float | None
     future: asyncio.Future[Ticket[R]]
+    lane: int = 0
     outputs: list[R | None] = field(default_factory=list)
     scored: int = 0
     inference_s: float = 0.0
@@ -95,6 +100,12 @@ class _Request(Generic[T, R]):
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now > self.deadline
+
+    def lane_at(self, now: float, ageing_s: float) -> int:
+        """Its lane now: one more urgent for every `ageing_s` it has waited."""
+        if ageing_s <= 0:
+            return self.lane
+        return max(0, self.lane - int((now - self.submitted_at) / ageing_s))
 
 
 @dataclass(eq=False)
@@ -148,6 +159,17 @@ class MicroBatcher(Generic[T, R]):
     def queued_items(self) -> int:
         return len(self._queue)
 
+    def queued_by_lane(self) -> dict[int, int]:
+        """Items queued in each lane (as submitted, before ageing)."""
+        lanes: dict[int, int] = {}
+        for item in self._queue:
+            lanes[item.request.lane] = lanes.get(item.request.lane, 0) + 1
+        return lanes
+
+    def queued_ahead_of(self, lane: int) -> int:
+        """Items queued in `lane` or a more urgent one: what a new request there waits for."""
+        return sum(1 for item in self._queue if item.request.lane <= lane)
+
     async def submit(
         self, items: Sequence[T], costs: Sequence[int], deadline: float | None = None
     ) -> Ticket[R]:
@@ -155,14 +177,18 @@ class MicroBatcher(Generic[T, R]):
         return await self.enqueue(items, costs, deadline)
 
     def enqueue(
-        self, items: Sequence[T], costs: Sequence[int], deadline: float | None = None
+        self,
+        items: Sequence[T],
+        costs: Sequence[int],
+        deadline: float | None = None,
+        lane: int = 0,
     ) -> asyncio.Future[Ticket[R]]:
         """Queue one request's items now; the future resolves to all their outputs.
 
         `deadline` is on this batcher's clock (`time.monotonic` by default). The future
         raises DeadlineExceededError when it passes first, or whatever `process` raised for a
         batch holding one of these items. Cancel it to withdraw the request: its items still
-        queued never reach `process`.
+        queued never reach `process`. `lane`: 0 is the most urgent.
         """
         if len(items) != len(costs):
             raise ValueError(f"{len(items)} items but {len(costs)} costs")
@@ -173,7 +199,7 @@ class MicroBatcher(Generic[T, R]):
             future.set_result(Ticket([], 0.0, 0.0, 0, 0))
             return future
         request: _Request[T, R] = _Request(
-            items, self._clock(), deadline, future, outputs=[None] * len(items)
+            items, self._clock(), deadline, future, lane, outputs=[None] * len(items)
         )
         self._queue.extend(_Item(request, i, cost) for i, cost in enumerate(costs))
         self._arrived.set()
@@ -193,15 +219,22 @@ class MicroBatcher(Generic[T, R]):
         self._drop_unwanted()
         if not self._queue:
             return
-        close_at = self._queue[0].request.submitted_at + self._limits.max_wait_s
+        close_at = self._eligible()[0].request.submitted_at + self._limits.max_wait_s
         while not self._is_full() and (remaining := close_at - self._clock()) > 0:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
         self._arrived.set()
 
+    def _eligible(self) -> list[_Item[T, R]]:
+        """The queued items of the most urgent lane (ageing counted), oldest first."""
+        now, ageing_s = self._clock(), self._limits.lane_ageing_s
+        lanes = [item.request.lane_at(now, ageing_s) for item in self._queue]
+        top = min(lanes, default=0)
+        return [item for item, lane in zip(self._queue, lanes, strict=True) if lane == top]
+
     def _is_full(self) -> bool:
-        window = list(self._queue)[: self._limits.window]
+        window = self._eligible()[: self._limits.window]
         padded = len(window) * max((item.cost for item in window), default=0)
         return len(window) >= self._limits.max_items or padded >= self._limits.max_padded_tokens
 
@@ -218,8 +251,9 @@ class MicroBatcher(Generic[T, R]):
         self._drop_unwanted()
         if not self._queue:
             return []
-        window = sorted(list(self._queue)[: self._limits.window], key=lambda item: item.cost)
-        chosen = self._grow_around(window, window.index(self._queue[0]))
+        eligible = self._eligible()
+        window = sorted(eligible[: self._limits.window], key=lambda item: item.cost)
+        chosen = self._grow_around(window, window.index(eligible[0]))
         taken = {id(item) for item in chosen}
         self._queue = deque(item for item in self._queue if id(item) not in taken)
         return chosen

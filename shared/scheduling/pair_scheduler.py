@@ -24,6 +24,7 @@ def rerank_batch_limits(settings: Settings) -> BatchLimits:
         max_padded_tokens=settings.max_batch_tokens,
         max_wait_s=settings.max_batch_wait_ms / 1000,
         sort_window=settings.batch_sort_window,
+        lane_ageing_s=settings.priority_ageing_s,
     )
 
 
@@ -65,12 +66,15 @@ class PairScheduler:
         """The model's recent scoring speed (None until a batch has been scored)."""
         return self._pairs_per_s
 
-    def predicted_wait_s(self, pairs: int) -> float | None:
-        """How long `pairs` more would take to score behind what is queued now, at the recent
-        speed; None while the speed is unknown."""
+    def queued_by_lane(self) -> dict[int, int]:
+        return self._batcher.queued_by_lane()
+
+    def predicted_wait_s(self, pairs: int, lane: int = 0) -> float | None:
+        """How long `pairs` more in `lane` would take to score behind what is queued in that
+        lane or a more urgent one, at the recent speed; None while the speed is unknown."""
         if self._pairs_per_s is None:
             return None
-        return (self.queued_pairs + pairs) / self._pairs_per_s
+        return (self._batcher.queued_ahead_of(lane) + pairs) / self._pairs_per_s
 
     async def submit(self, pairs: list[Pair], deadline: float | None = None) -> Ticket[float]:
         """Scores for `pairs`, in order; `deadline` is on `time.monotonic`'s clock (see
@@ -79,12 +83,12 @@ class PairScheduler:
         return await self.enqueue(encodings, deadline)
 
     def enqueue(
-        self, encodings: list[PairEncoding], deadline: float | None = None
+        self, encodings: list[PairEncoding], deadline: float | None = None, lane: int = 0
     ) -> asyncio.Future[Ticket[float]]:
         """Queue pairs already encoded by this scheduler's model, now (so a check of the queue
         just before still holds); see MicroBatcher.enqueue."""
         costs = [len(encoding) for encoding in encodings]
-        return self._batcher.enqueue(encodings, costs, deadline=deadline)
+        return self._batcher.enqueue(encodings, costs, deadline=deadline, lane=lane)
 
     async def _score(self, batch: list[PairEncoding]) -> list[float]:
         return await asyncio.to_thread(self.model.score, batch)

@@ -33,6 +33,7 @@ class StageInput:
     tokenizer: str | None
     budget: DocumentBudget
     deadline: Deadline
+    lane: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,8 @@ class CrossEncoderStage:
         query, documents, tokenized = await asyncio.to_thread(self._tokens, stage)
         plan = plan_pairs(self.model.tokenizer, query, documents, stage.budget)
         async with self._budget.hold(len(plan.encodings)):
-            self._shed_if_late(len(plan.encodings), stage.deadline)
-            scored = self.scheduler.enqueue(plan.encodings, stage.deadline.monotonic())
+            self._shed_if_late(len(plan.encodings), stage.deadline, stage.lane)
+            scored = self.scheduler.enqueue(plan.encodings, stage.deadline.monotonic(), stage.lane)
             try:
                 # Queued pairs are dropped at the deadline by the batcher; a batch already
                 # in the model is not waited for past it.
@@ -109,10 +110,10 @@ class CrossEncoderStage:
         documents = [ids if ids is not None else next(fresh) for ids in stored]
         return query, documents, len(missing)
 
-    def _shed_if_late(self, pairs: int, deadline: Deadline) -> None:
+    def _shed_if_late(self, pairs: int, deadline: Deadline, lane: int) -> None:
         if not self._shed_load:
             return
-        wait_s = self.scheduler.predicted_wait_s(pairs)
+        wait_s = self.scheduler.predicted_wait_s(pairs, lane)
         if wait_s is not None and wait_s > deadline.remaining_s():
             raise OverloadedError(
                 f"{self.scheduler.queued_pairs} pairs queued ahead: about {wait_s:.1f} s to "

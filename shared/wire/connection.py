@@ -3,6 +3,10 @@
 `connect_kwargs` is for `nats.connect(...)`; `broker_kwargs` is for `NatsBroker(...)`, which
 takes credentials and TLS as one `security=` object instead. Both come from `nats_access`, so
 they cannot disagree. Secrets are unwrapped here only, and nothing here logs.
+
+`RANKSTREAM_NATS_URL` may name several servers, comma-separated (the members of one NATS
+cluster): both clients get them as a list, try them in turn and fail over between them on
+reconnect (and learn the cluster's other members from the servers themselves).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from faststream.nats.security import (
     NatsUserPassword,
 )
 
-from rankstream.config import Settings
+from rankstream.config import TLS_SCHEMES, Settings, split_nats_servers
 
 
 @dataclass(frozen=True, repr=False)
@@ -40,7 +44,8 @@ class NatsAccess:
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
     """A context verifying the server (against the CA file, else the system's CAs) and
     presenting the client certificate when one is configured; None when TLS is off."""
-    uses_tls = urlsplit(settings.effective_nats_url).scheme == "tls"
+    # Settings refuse a list that mixes TLS and plain servers, so any one tells.
+    uses_tls = any(urlsplit(server).scheme in TLS_SCHEMES for server in settings.nats_servers)
     if settings.nats_tls_ca_file is None and not uses_tls:
         return None
     context = ssl.create_default_context(
@@ -55,7 +60,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 def nats_access(settings: Settings) -> NatsAccess:
     password, token = settings.nats_password, settings.nats_token
     return NatsAccess(
-        servers=[settings.effective_nats_url],
+        servers=settings.nats_servers,
         tls=tls_context(settings),
         tls_hostname=settings.nats_tls_hostname,
         user=settings.nats_user,
@@ -103,10 +108,19 @@ def broker_security(access: NatsAccess) -> NatsSecurity | None:
 
 
 def loggable_url(url: str) -> str:
-    """The URL without any `user:password@` in it, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
+    """The URL without any `user:password@` in it, for logs and error messages; for several
+    comma-separated servers, each one without."""
+    return ",".join(_loggable_server(server) for server in split_nats_servers(url))
+
+
+def _loggable_server(server: str) -> str:
+    try:
+        parts = urlsplit(server)
+        hidden = parts.username is not None or parts.password is not None
+    except ValueError:  # not a URL: say nothing of what may be in it but the host
+        return f"***@{server.rpartition('@')[2]}" if "@" in server else server
+    if not hidden:
+        return server
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"***@{host}"))
 

@@ -53,6 +53,14 @@ LongDocumentsPolicy = Annotated[
 ]  # fmt: skip
 
 
+Priority = Annotated[
+    int,
+    Field(ge=0, le=999, description="Lower is sooner (0, the default, is the most urgent): "
+          "0-333 interactive, 334-667 standard, 668-999 batch. A rerank worker fills its "
+          "batches from the most urgent lane first; waiting raises a request's lane."),
+]  # fmt: skip
+
+
 class RerankStage(BaseModel):
     """One step of a cascade: `scorer` reranks the top `depth` of the order so far."""
 
@@ -112,6 +120,7 @@ class QueryRequest(WireModel):
     max_doc_tokens: DocumentTokenBudget = None  # of the `depth` stage
     long_docs: LongDocumentsPolicy = None  # of the `depth` stage
     cache: bool = Field(default=True, description="Answer from (and into) the result cache.")
+    priority: Priority = 0
     created_at_ms: float = Field(default_factory=now_ms)
     timeout_ms: int = Field(default=30_000, ge=1, description="Deadline = created_at + timeout.")
     reply_to: str = Field(
@@ -157,6 +166,76 @@ class QueryRequest(WireModel):
         return max(self.top_k, max_auto_depth if first == AUTO else first)
 
 
+class RerankDocument(BaseModel):
+    """A candidate the caller brings: its text, and an id of the caller's (default: its
+    position in the request, from 0)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text: str = Field(min_length=1)
+    id: str | None = Field(default=None, min_length=1, max_length=512)
+
+
+class RerankRequest(WireModel):
+    """A query and the candidates to rerank, published to the rerank subject: no
+    retrieval; the rerank workers batch its pairs with every other request's, and answer
+    with a RankedResult whose documents' `retrieval_rank` is their position here, from 1."""
+
+    request_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
+    query: str = Field(min_length=1)
+    documents: list[RerankDocument] = Field(min_length=1)
+    top_n: int | None = Field(default=None, ge=1, description="Results to return (None: all).")
+    stages: list[RerankStage] = Field(
+        default_factory=list,
+        max_length=4,
+        description="A cascade over the documents; empty: `ce` scores them all.",
+    )
+    max_doc_tokens: DocumentTokenBudget = None
+    long_docs: LongDocumentsPolicy = None
+    priority: Priority = 0
+    created_at_ms: float = Field(default_factory=now_ms)
+    timeout_ms: int = Field(default=30_000, ge=1, description="Deadline = created_at + timeout.")
+    reply_to: str = Field(min_length=1, max_length=255, pattern=SUBJECT_PATTERN)
+
+    @property
+    def deadline_ms(self) -> float:
+        return self.created_at_ms + self.timeout_ms
+
+    def as_candidate_set(self) -> CandidateSet:
+        """The same work as a candidate set the rerank worker already knows how to score."""
+        request = QueryRequest(
+            request_id=self.request_id,
+            query=self.query,
+            top_k=self.top_n or len(self.documents),
+            depth=len(self.documents),
+            stages=self.stages,
+            max_doc_tokens=self.max_doc_tokens,
+            long_docs=self.long_docs,
+            cache=False,
+            priority=self.priority,
+            created_at_ms=self.created_at_ms,
+            timeout_ms=self.timeout_ms,
+            reply_to=self.reply_to,
+        )
+        candidates = [
+            Candidate(
+                doc_id=document.id if document.id is not None else str(position),
+                text=document.text,
+                retrieval_score=0.0,
+                retrieval_rank=position + 1,
+            )
+            for position, document in enumerate(self.documents)
+        ]
+        return CandidateSet(
+            request=request,
+            candidates=candidates,
+            timings_ms=StageTimings(),
+            published_at_ms=self.created_at_ms,  # its queue wait is all rerank queue wait
+            embedder_model="none",
+            retrieval=RetrievalReport(mode="none"),
+        )
+
+
 class Candidate(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -194,7 +273,7 @@ class RetrievalReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    mode: RetrievalMode = "dense"
+    mode: RetrievalMode | Literal["none"] = "dense"
     dense_ms: float = 0.0
     bm25_ms: float = 0.0
     table_version: int | None = None

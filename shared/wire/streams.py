@@ -1,7 +1,8 @@
 """The JetStream topology: one place that says which streams exist and how they behave.
 
-- QUERIES and CANDIDATES are work queues: each message is handed to one replica of the
-  worker that shares the stream's durable consumer, and removed once acknowledged.
+- QUERIES, CANDIDATES and RERANK (requests that bring their own candidates) are work
+  queues: each message is handed to one replica of the worker that shares the stream's
+  durable consumer, and removed once acknowledged.
 - ADVISORIES keeps JetStream's "gave up on this message" advisories for our two work
   queues until a worker has dead-lettered the message they name.
 - DEAD_LETTERS keeps, for two weeks, every message that will never be answered normally.
@@ -71,6 +72,12 @@ def cache_stream_config(subjects: Subjects, ttl_s: float, max_bytes: int) -> Str
     )
 
 
+def work_queue_streams(subjects: Subjects) -> tuple[str, ...]:
+    """The work-queue streams: whatever JetStream gives up on in them is dead-lettered."""
+    streams = subjects.streams
+    return (streams.queries, streams.candidates, streams.rerank)
+
+
 def stream_configs(
     subjects: Subjects, replicas: int = 1, cache: StreamConfig | None = None
 ) -> list[StreamConfig]:
@@ -79,6 +86,7 @@ def stream_configs(
     configs = [
         _work_queue(subjects.streams.queries, subjects.queries),
         _work_queue(subjects.streams.candidates, subjects.candidates),
+        _work_queue(subjects.streams.rerank, subjects.rerank),
         StreamConfig(
             name=subjects.streams.results,
             subjects=[f"{subjects.results_root}.>"],
@@ -90,8 +98,7 @@ def stream_configs(
         StreamConfig(
             name=subjects.streams.advisories,
             subjects=[
-                subjects.max_deliveries_advisory(stream)
-                for stream in (subjects.streams.queries, subjects.streams.candidates)
+                subjects.max_deliveries_advisory(stream) for stream in work_queue_streams(subjects)
             ],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,

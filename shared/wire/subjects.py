@@ -1,9 +1,10 @@
 """Subject, stream and durable-consumer names, all derived from the configured prefix.
 
-For prefix `p`: subjects `p.queries`, `p.candidates`, `p.results.<client>`,
-`p.dead_letters`; streams `P_QUERIES`, `P_CANDIDATES`, `P_RESULTS`, `P_DEAD_LETTERS`,
-`P_ADVISORIES`; the result cache's key-value bucket `P_CACHE` (stream `KV_P_CACHE`); durable
-consumers `p-retrieval`, `p-rerank`.
+For prefix `p`: subjects `p.queries`, `p.candidates`, `p.rerank` (bring your own
+candidates), `p.results.<client>`, `p.dead_letters`; streams `P_QUERIES`, `P_CANDIDATES`,
+`P_RERANK`, `P_RESULTS`, `P_DEAD_LETTERS`, `P_ADVISORIES`; the result cache's key-value bucket
+`P_CACHE` (stream `KV_P_CACHE`); durable consumers `p-retrieval`, `p-rerank`,
+`p-rerank-direct`.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ class Streams:
 
     queries: str
     candidates: str
+    rerank: str
     results: str
     dead_letters: str
     advisories: str
 
     @classmethod
     def named(cls, base: str) -> Streams:
-        return cls(*(f"{base}_{part}" for part in ("QUERIES", "CANDIDATES", "RESULTS",
+        return cls(*(f"{base}_{part}" for part in ("QUERIES", "CANDIDATES", "RERANK", "RESULTS",
                                                   "DEAD_LETTERS", "ADVISORIES")))  # fmt: skip
 
 
@@ -34,6 +36,7 @@ class Subjects:
     prefix: str
     queries: str = field(init=False)
     candidates: str = field(init=False)
+    rerank: str = field(init=False)
     results_root: str = field(init=False)
     dead_letters: str = field(init=False)
     streams: Streams = field(init=False)
@@ -44,6 +47,7 @@ class Subjects:
         names = {
             "queries": f"{self.prefix}.queries",
             "candidates": f"{self.prefix}.candidates",
+            "rerank": f"{self.prefix}.rerank",
             "results_root": f"{self.prefix}.results",
             "dead_letters": f"{self.prefix}.dead_letters",
             "streams": Streams.named(base),
@@ -74,6 +78,11 @@ class Subjects:
         (candidates), or `unknown`."""
         if subject_or_stream in (self.queries, self.streams.queries):
             return "retrieval"
-        if subject_or_stream in (self.candidates, self.streams.candidates):
+        if subject_or_stream in (
+            self.candidates,
+            self.streams.candidates,
+            self.rerank,
+            self.streams.rerank,
+        ):
             return "rerank"
         return "unknown"

@@ -12,7 +12,7 @@ from rankstream.config import Settings
 from rankstream.errors import QueryFailedError, QueryTimeoutError
 from rankstream.models import load_cross_encoder, score_pairs
 from rankstream.models.registry import MINILM_RERANKER_FP32, MINILM_RERANKER_INT8, PACKAGED_PREFIX
-from rankstream.retrieval.corpus import sample_queries
+from rankstream.retrieval.corpus import read_documents, sample_corpus_path, sample_queries
 from rankstream.wire.messages import ErrorCode, ErrorResult, RankedResult, now_ms
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.app import running_workers
@@ -233,3 +233,18 @@ async def test_a_full_rerank_worker_leaves_work_in_the_stream_instead_of_its_mem
     assert info.num_ack_pending <= 3 * settings.max_inflight_requests
     assert info.num_pending > 0, "everything was pulled: the worker did not push back"
     assert len(results) == 24
+
+
+async def test_a_client_can_bring_its_own_candidates_and_they_share_batches(
+    settings: Settings,
+) -> None:
+    passages = [d.content for d in read_documents(sample_corpus_path())][:6]
+    settings = settings.model_copy(update={"max_batch_wait_ms": 50, "max_batch_tokens": 16384})
+    async with running_workers(settings), RankstreamClient(settings) as client:
+        results = await asyncio.gather(
+            *(client.rerank(q.text, passages, top_n=3) for q in sample_queries()[:4])
+        )
+    assert all(len(r.results) == 3 and r.reranked == 6 for r in results)
+    assert all(r.retrieval.mode == "none" for r in results)
+    assert max(r.batch_requests for r in results) > 1, "no model call mixed two requests"
+    assert {d.doc_id for r in results for d in r.results} <= {str(i) for i in range(6)}

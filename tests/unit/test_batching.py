@@ -13,6 +13,7 @@ from rankstream.scheduling.batcher import (
     DeadlineExceededError,
     MicroBatcher,
 )
+from rankstream.scheduling.lanes import lane_name, priority_lane
 
 
 class RecordingProcess:
@@ -29,6 +30,16 @@ class RecordingProcess:
         if self.fail_on is not None and self.fail_on in items:
             raise ValueError(f"cannot process {self.fail_on}")
         return [2 * item for item in items]
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def limits(items: int = 8, tokens: int = 10_000, wait_s: float = 0.05) -> BatchLimits:
@@ -203,3 +214,32 @@ async def test_waiting_and_model_time_account_for_a_request_split_across_batches
         elapsed = time.monotonic() - started
     assert ticket.inference_s == pytest.approx(0.15, abs=0.05)  # three batches of 50 ms
     assert ticket.batch_wait_s + ticket.inference_s == pytest.approx(elapsed, abs=0.02)
+
+
+async def test_the_most_urgent_lane_is_served_first_and_lanes_are_not_mixed() -> None:
+    process = RecordingProcess(delay_s=0.02)
+    lanes = BatchLimits(max_items=4, max_padded_tokens=10_000, max_wait_s=0.0, lane_ageing_s=0)
+    async with MicroBatcher(process, lanes) as batcher:
+        blocker = batcher.enqueue([0], [1])  # occupies the model while the rest queue up
+        await asyncio.sleep(0.005)
+        batch_work = batcher.enqueue([20, 21, 22], [1, 1, 1], lane=2)
+        urgent = batcher.enqueue([10, 11], [1, 1], lane=0)
+        await asyncio.gather(blocker, batch_work, urgent)
+    assert process.batches == [[0], [10, 11], [20, 21, 22]]
+
+
+async def test_waiting_raises_a_lane_so_batch_work_never_starves() -> None:
+    clock = FakeClock()
+    process = RecordingProcess()
+    lanes = BatchLimits(max_items=1, max_padded_tokens=10_000, max_wait_s=0.0, lane_ageing_s=1.0)
+    async with MicroBatcher(process, lanes, clock=clock) as batcher:
+        old_batch = batcher.enqueue([2], [1], lane=2)
+        clock.now += 2.5  # two lanes up: as urgent as lane 0 now, and older
+        fresh = batcher.enqueue([0], [1], lane=0)
+        await asyncio.gather(old_batch, fresh)
+    assert process.batches == [[2], [0]]
+
+
+def test_a_priority_maps_to_a_lane() -> None:
+    assert [priority_lane(p) for p in (0, 333, 334, 667, 668, 999)] == [0, 0, 1, 1, 2, 2]
+    assert [lane_name(lane) for lane in range(3)] == ["interactive", "standard", "batch"]

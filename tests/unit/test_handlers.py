@@ -23,6 +23,8 @@ from rankstream import (
     ErrorResult,
     QueryRequest,
     RankedResult,
+    RerankDocument,
+    RerankRequest,
     Settings,
     StageTimings,
 )
@@ -332,3 +334,29 @@ async def test_an_unknown_scorer_is_refused_before_any_search(pipeline: Pipeline
     assert isinstance(answer, ErrorResult)
     assert answer.code == ErrorCode.INVALID_REQUEST
     assert "no-such-model" in answer.message
+
+
+async def test_candidates_a_caller_brings_are_reranked_without_retrieval(
+    pipeline: Pipeline,
+) -> None:
+    request = RerankRequest(
+        query="why do planes leave contrails",
+        documents=[
+            RerankDocument(text="Tides follow the moon.", id="tides"),
+            RerankDocument(text="Planes leave contrails when exhaust vapour freezes."),
+            RerankDocument(text="Vaccines train the immune system."),
+        ],
+        top_n=2,
+        reply_to=pipeline.subjects.results_for("unit"),
+    )
+
+    await pipeline.broker.publish(
+        request, pipeline.subjects.rerank, stream=pipeline.subjects.streams.rerank
+    )
+
+    answer = pipeline.answer_to(request.request_id)
+    assert isinstance(answer, RankedResult)
+    assert [(d.doc_id, d.retrieval_rank) for d in answer.results] == [("1", 2), ("tides", 1)]
+    assert answer.reranked == 3
+    assert answer.retrieval.mode == "none"
+    assert pipeline.count("rerank", "ok") == 1
