@@ -242,6 +242,15 @@ class Settings(BaseSettings):
     # index`) writes are searched within this many seconds (LanceDB read consistency).
     read_consistency_s: float = Field(default=5.0, ge=0)
 
+    # --- HTTP gateway (`rankstream gateway`): Cohere, Jina/vLLM and TEI rerank APIs ---
+    gateway_host: str = "0.0.0.0"
+    gateway_port: int = Field(default=8080, ge=0, le=65535)
+    # Bearer tokens the gateway accepts (a JSON list in the environment); empty: no auth.
+    gateway_tokens: list[SecretStr] = Field(default_factory=list)
+    gateway_max_body_bytes: int = Field(default=4 << 20, ge=1024)
+    # TEI's `POST /rerank` refuses more texts than this with 413 (TEI's own default is 32).
+    gateway_max_texts: int = Field(default=32, ge=1)
+
     # --- observability ---
     metrics_port: int = Field(default=9464, ge=0, le=65535)
 
