@@ -316,7 +316,9 @@ async def test_the_example_accounts_let_each_role_do_its_work_and_no_more(
             RankstreamClient(role["client"]) as client,
         ):
             result = await client.query(QUERY, top_k=3, depth=5, timeout_s=120)
+            brought = await client.rerank(QUERY, ["one candidate", "another"], timeout_s=120)
         assert result.reranked == 5
+        assert brought.reranked == 2
         assert "Violation" not in server.log(), "a role lacks a permission it needs"
 
         # The client may publish queries, not manage streams.
