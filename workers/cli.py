@@ -172,7 +172,8 @@ def query(
 
 CONFIGS_HELP = (
     "Pipelines, comma-separated: MODE[+STAGE{>STAGE}] with MODE dense|bm25|hybrid and STAGE "
-    "SCORER@DEPTH[/docN|/maxpN], SCORER ce|ce-int8|ce-fp32, DEPTH a number or auto; e.g. "
+    "SCORER@DEPTH\\[/docN|/maxpN], SCORER ce|ce-int8|ce-fp32|student|maxsim, DEPTH a number "
+    "or auto; e.g. "
     "dense,bm25,hybrid,hybrid+ce@10,dense+ce@20/doc256,hybrid+ce@auto,hybrid+ce@100/doc64>ce@20"
 )
 
