@@ -2,10 +2,11 @@
 shares (no other store), with an optional semantic tier.
 
 - **Key.** The normalised query (Unicode NFKC, case folded, punctuation dropped, white
-  space collapsed) and everything that changes the answer: the table and its version, the
-  embedder, each stage's model, depth and budget, the retrieval mode and its fusion
-  weights, `top_k`, the depth policy. A new table version (any re-index) gives new keys, so
-  nothing cached before it is served after it; the old entries expire with the bucket's TTL.
+  space collapsed) and everything that changes the answer: the table (the configured one or
+  the one the request names) and its version, the request's metadata filter, the embedder,
+  each stage's model, depth and budget, the retrieval mode and its fusion weights, `top_k`,
+  the depth policy. A new table version (any re-index) gives new keys, so nothing cached
+  before it is served after it; the old entries expire with the bucket's TTL.
 - **Exact tier.** The retrieval worker looks the key up before any model runs; the worker
   that answers (rerank, or retrieval at depth 0) writes the answer. Degraded answers are
   never written.

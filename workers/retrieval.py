@@ -10,7 +10,7 @@ import numpy as np
 from faststream.nats import JStream
 
 from rankstream.cache import cache_key, context_digest, normalise_query
-from rankstream.errors import ExpiredError
+from rankstream.errors import ExpiredError, InvalidRequestError
 from rankstream.models import Embedder, load_embedder
 from rankstream.models.base import Vectors
 from rankstream.models.registry import scorer_model
@@ -25,6 +25,7 @@ from rankstream.scheduling.adaptive_depth import (
 from rankstream.scheduling.batcher import BatchLimits, MicroBatcher, Ticket
 from rankstream.scheduling.deadlines import Deadline
 from rankstream.scheduling.limits import check_request
+from rankstream.wire.filters import parse_filter
 from rankstream.wire.messages import (
     AUTO,
     CachedAnswer,
@@ -43,6 +44,8 @@ from rankstream.workers.delivery import work_queue_subscription
 from rankstream.workers.replies import ReplySender
 
 WORKER = "retrieval"
+# Tables other than the configured one a worker keeps open (the oldest is closed first).
+MAX_OPEN_TABLES = 16
 
 
 class RetrievalWorker:
@@ -53,7 +56,8 @@ class RetrievalWorker:
         context: settings (limits, batching, retrieval), broker (its subscriber and
             publisher are registered on it), metrics, and the cache looked up first.
         embedder: a loaded embedder; default: `load_embedder(settings)` in `start()`.
-        store: what it searches; default: `DocumentStore.from_settings(settings)`.
+        store: what it searches; default: `DocumentStore.from_settings(settings)`. A
+            request naming another `table` searches that table of `lancedb_uri`.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class RetrievalWorker:
         self._replies = ReplySender(broker, self._subjects, WORKER, metrics)
         self._embedder = embedder
         self._store: Retriever = store or DocumentStore.from_settings(settings)
+        self._other_stores: dict[str, Retriever] = {}
         self._policy: DepthPolicy = load_depth_policy(settings.auto_depth_policy)
         self._batcher: MicroBatcher[str, Vectors] | None = None
         broker.subscriber(
@@ -157,7 +162,12 @@ class RetrievalWorker:
     ) -> None:
         count = request.candidate_count(self._settings.max_auto_depth)
         search_start = time.perf_counter()
-        result = await self._store.search(request.query, vector, count, mode)
+        store = await self._store_for(request)
+        if request.filter is None:
+            result = await store.search(request.query, vector, count, mode)
+        else:
+            where = parse_filter(request.filter)
+            result = await store.search(request.query, vector, count, mode, where=where)
         timings = timings.model_copy(update={"search": _ms_since(search_start)})
         self._observe_search(result)
         report, first_depth = self._depth(request, result)
@@ -232,9 +242,11 @@ class RetrievalWorker:
         on, the table's current version included."""
         settings = self._settings
         stages = request.rerank_stages()
+        store = await self._store_for(request)
         context = {
-            "table": settings.table,
-            "version": await self._store.version(),
+            "table": request.table or settings.table,
+            "version": await store.version(),
+            "filter": parse_filter(request.filter).sql if request.filter is not None else None,
             "embedder": self.embedder.model_id,
             "mode": request.retrieval,
             "fusion": [settings.hybrid_dense_weight, settings.hybrid_bm25_weight,
@@ -292,6 +304,22 @@ class RetrievalWorker:
                 query_vector=ticket.query_vector,
             ),
         )
+
+    async def _store_for(self, request: QueryRequest) -> Retriever:
+        """The store of the table the request names (default: the configured one).
+
+        Raises InvalidRequestError for a table that does not exist."""
+        if request.table is None or request.table == self._settings.table:
+            return self._store
+        store = self._other_stores.get(request.table)
+        if store is None:
+            opened = DocumentStore.from_settings(self._settings, request.table)
+            if not await asyncio.to_thread(opened.exists):
+                raise InvalidRequestError(f"table {request.table!r} does not exist")
+            if len(self._other_stores) >= MAX_OPEN_TABLES:
+                self._other_stores.pop(next(iter(self._other_stores)))
+            store = self._other_stores[request.table] = opened
+        return store
 
     def _check(self, request: QueryRequest) -> None:
         check_request(request, self._settings)

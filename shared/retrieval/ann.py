@@ -105,8 +105,10 @@ async def vector_search(
     limit: int,
     params: AnnParams = ANN_PARAMS,
     columns: Sequence[str] = ("id",),
+    where: str | None = None,
 ) -> list[dict[str, Any]]:
     """Rows nearest `vector` by cosine distance (`columns` and `_distance`), best first;
+    only rows matching the SQL filter `where` (applied before the search) when given;
     ANN where an index exists, exact otherwise
     (LanceDB scans every row of a table without a vector index and ignores the ANN knobs).
 
@@ -123,6 +125,8 @@ async def vector_search(
         query = query.refine_factor(params.refine_factor)
     if params.ef is not None:
         query = query.ef(params.ef)
+    if where is not None:
+        query = query.where(where)
     selected = [*columns, "_distance"]  # naming _distance silences a warning
     rows: list[dict[str, Any]] = await query.select(selected).limit(limit).to_list()
     return rows

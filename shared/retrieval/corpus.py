@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from rankstream.errors import InvalidRequestError
+
+MetadataValue = str | int | float | bool
+# Extra fields that become filterable columns: plain identifiers, not the table's own.
+METADATA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+RESERVED_COLUMNS = frozenset({"id", "_id", "title", "text", "content", "vector", "doc_tokens"})
 
 
 @dataclass(frozen=True)
@@ -16,6 +22,8 @@ class Document:
     doc_id: str
     text: str
     title: str = ""
+    # The line's other scalar fields (and those of a `metadata` object): filterable columns.
+    metadata: Mapping[str, MetadataValue] = field(default_factory=dict)
 
     @property
     def content(self) -> str:
@@ -55,7 +63,21 @@ def _document(line: str, number: int) -> Document:
         raise InvalidRequestError(f"corpus line {number}: {error!r}") from error
     if doc_id is None or not isinstance(text, str):
         raise InvalidRequestError(f"corpus line {number}: needs an id and a text")
-    return Document(str(doc_id), text, str(row.get("title") or ""))
+    return Document(str(doc_id), text, str(row.get("title") or ""), _metadata(row))
+
+
+def _metadata(row: dict[str, object]) -> dict[str, MetadataValue]:
+    """The scalar extra fields of a corpus line, one level of a `metadata` object included
+    (BEIR's place for them); nested values and names that are not identifiers are left out."""
+    nested = row.get("metadata")
+    fields = {**(nested if isinstance(nested, dict) else {}), **row}
+    return {
+        name: value
+        for name, value in fields.items()
+        if name not in RESERVED_COLUMNS
+        and METADATA_NAME.match(name)
+        and isinstance(value, str | int | float | bool)
+    }
 
 
 def sample_corpus_path() -> Path:

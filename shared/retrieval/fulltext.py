@@ -40,13 +40,19 @@ def query_words(text: str) -> str:
 
 
 async def fulltext_search(
-    table: AsyncTable, query: str, limit: int, columns: Sequence[str] = ("id",)
+    table: AsyncTable,
+    query: str,
+    limit: int,
+    columns: Sequence[str] = ("id",),
+    where: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows by BM25 score (`columns` and `_score`), best first; none for a query without
-    words."""
+    """Rows by BM25 score (`columns` and `_score`), best first, only those matching the SQL
+    filter `where` when given; none for a query without words."""
     words = query_words(query)
     if not words:
         return []
     search = table.query().nearest_to_text(words).select([*columns, "_score"]).limit(limit)
+    if where is not None:
+        search = search.where(where)
     rows: list[dict[str, Any]] = await search.to_list()
     return rows

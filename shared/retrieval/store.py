@@ -23,12 +23,13 @@ import pyarrow as pa
 from lancedb.table import AsyncTable
 
 from rankstream.config import Settings
-from rankstream.errors import StoreError
+from rankstream.errors import InvalidRequestError, StoreError
 from rankstream.models.base import DocumentTokenizer, Embedder, TokenIds, Vectors
 from rankstream.retrieval.ann import ANN_PARAMS, build_ann_index, outgrown, vector_search
 from rankstream.retrieval.corpus import Document
 from rankstream.retrieval.fulltext import build_fulltext_index, fulltext_search
 from rankstream.retrieval.fusion import FusionWeights, SearchMode, reciprocal_rank_fusion
+from rankstream.wire.filters import ParsedFilter
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,12 @@ class Retriever(Protocol):
     """What the retrieval worker searches: `DocumentStore`, or a fake in handler tests."""
 
     async def search(
-        self, query: str, vector: Vectors | None, limit: int, mode: SearchMode
+        self,
+        query: str,
+        vector: Vectors | None,
+        limit: int,
+        mode: SearchMode,
+        where: ParsedFilter | None = None,
     ) -> SearchResult: ...
 
     async def version(self) -> int: ...
@@ -107,6 +113,7 @@ class DocumentStore:
         self._table: lancedb.table.Table | None = None
         self._search_table: AsyncTable | None = None  # searches run on the async API
         self._search_tokenizer: str | None = None
+        self._filter_columns: frozenset[str] = frozenset()
         self._version: tuple[float, int] | None = None  # (when read, version)
 
     @classmethod
@@ -169,21 +176,25 @@ class DocumentStore:
         vector: Vectors | None,
         limit: int,
         mode: SearchMode = SearchMode.DENSE,
+        where: ParsedFilter | None = None,
     ) -> SearchResult:
         """The `limit` best documents for `query` (BM25) and/or `vector` (cosine), best
-        first; `hybrid` fuses both lists by reciprocal rank (`fusion.py`)."""
+        first; `hybrid` fuses both lists by reciprocal rank (`fusion.py`). With `where`, only
+        documents matching that metadata filter; InvalidRequestError when it names a column
+        the table does not have."""
         table = await self._open_for_search()
         if mode != SearchMode.BM25 and vector is None:
             raise ValueError(f"{mode} search needs the query vector")
+        sql = self._checked_filter(where)
         depth = limit if mode != SearchMode.HYBRID else max(limit, self._fusion_depth)
         (dense, dense_ms), (bm25, bm25_ms) = await asyncio.gather(  # hybrid: both at once
             _timed(
-                vector_search(table, vector, depth, columns=_COLUMNS)
+                vector_search(table, vector, depth, columns=_COLUMNS, where=sql)
                 if vector is not None and mode != SearchMode.BM25
                 else None
             ),
             _timed(
-                fulltext_search(table, query, depth, columns=_COLUMNS)
+                fulltext_search(table, query, depth, columns=_COLUMNS, where=sql)
                 if mode != SearchMode.DENSE
                 else None
             ),
@@ -200,6 +211,17 @@ class DocumentStore:
             bm25_scores=[float(r["_score"]) for r in bm25[:limit]],
             overlap_at_10=_overlap(dense, bm25) if dense and bm25 else None,
         )
+
+    def _checked_filter(self, where: ParsedFilter | None) -> str | None:
+        if where is None:
+            return None
+        unknown = where.columns - self._filter_columns
+        if unknown:
+            raise InvalidRequestError(
+                f"table {self._name!r} has no filterable column {sorted(unknown)}; it has "
+                f"{sorted(self._filter_columns) or 'none'} (extra fields of the indexed documents)"
+            )
+        return where.sql
 
     async def version(self) -> int:
         """The table version searches see (re-read at most every read-consistency interval):
@@ -228,6 +250,9 @@ class DocumentStore:
                 )
             value = (schema.metadata or {}).get(TOKENIZER_KEY)
             self._search_tokenizer = value.decode() if value else None
+            self._filter_columns = frozenset(
+                f.name for f in schema if f.name not in _UNFILTERABLE and _is_scalar(f.type)
+            )
             self._search_table = table
         return self._search_table
 
@@ -248,6 +273,7 @@ class DocumentStore:
                     f"table {self._name!r} holds {what} of {existing}; re-index with that "
                     f"model or use another table (got {incoming or 'none'})"
                 )
+        data = _conform(data, self._open().schema)
         (
             self._open()
             .merge_insert("id")
@@ -295,6 +321,29 @@ class DocumentStore:
 
 
 _COLUMNS = ["id", "content", TOKENS]
+_UNFILTERABLE = frozenset({VECTOR, TOKENS, CONTENT, "text"})
+
+
+def _is_scalar(kind: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
+        or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+    )  # fmt: skip
+
+
+def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`data` in an existing table's schema: its missing columns null, columns the table
+    lacks left out (a metadata field first seen after the table was made is not filterable
+    until the corpus is indexed into a new table), values cast to the table's types."""
+    dropped = [name for name in data.column_names if name not in schema.names]
+    if dropped:
+        log.warning("fields %s are not columns of the table; left out", dropped)
+    columns = [
+        data.column(f.name).cast(f.type) if f.name in data.column_names
+        else pa.nulls(data.num_rows, f.type)
+        for f in schema
+    ]  # fmt: skip
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 async def _timed(
@@ -380,4 +429,16 @@ def to_arrow(
         pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dimension),
         pa.array(token_column, pa.list_(pa.int32())),
     ]
-    return pa.Table.from_arrays(columns, schema=schema)
+    table = pa.Table.from_arrays(columns, schema=schema)
+    for name in sorted({key for d in documents for key in d.metadata}):
+        values = [d.metadata.get(name) for d in documents]
+        table = table.append_column(name, _metadata_column(values))
+    return table
+
+
+def _metadata_column(values: list[Any]) -> pa.Array:
+    """One extra field of the documents as a column; text where its values mix types."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else str(v) for v in values], pa.string())

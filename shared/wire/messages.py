@@ -9,12 +9,16 @@ import uuid
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+from rankstream.wire.filters import MAX_FILTER_CHARS, parse_filter
 
 SCHEMA_VERSION: Literal[1] = 1
 # A subject a reply can be published to: dot-separated non-empty tokens, no whitespace or
 # wildcards.
 SUBJECT_PATTERN = r"^[^\s.*>]+(\.[^\s.*>]+)*$"
+# A LanceDB table name: letters, digits, underscores, hyphens and dots, not led by a dot.
+TABLE_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
 
 
 def now_ms() -> float:
@@ -121,6 +125,21 @@ class QueryRequest(WireModel):
     long_docs: LongDocumentsPolicy = None  # of the `depth` stage
     cache: bool = Field(default=True, description="Answer from (and into) the result cache.")
     priority: Priority = 0
+    table: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=TABLE_PATTERN,
+        description="The LanceDB table (collection) to search; None: the worker's configured "
+        "table. A table that does not exist is an invalid request.",
+    )
+    filter: str | None = Field(
+        default=None,
+        max_length=MAX_FILTER_CHARS,
+        description="A metadata filter over the table's columns (the documents' extra JSON "
+        "fields), e.g. `topic = 'energy' AND year >= 2020`: comparisons, IN, IS [NOT] NULL, "
+        "AND, OR, NOT, parentheses (rankstream/wire/filters.py). A column the table lacks is "
+        "an invalid request.",
+    )
     created_at_ms: float = Field(default_factory=now_ms)
     timeout_ms: int = Field(default=30_000, ge=1, description="Deadline = created_at + timeout.")
     reply_to: str = Field(
@@ -129,6 +148,13 @@ class QueryRequest(WireModel):
         pattern=SUBJECT_PATTERN,
         description="Subject the result or error is sent to.",
     )
+
+    @field_validator("filter")
+    @classmethod
+    def _filter_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_filter(value)  # FilterError is a ValueError: a validation error
+        return value
 
     @model_validator(mode="after")
     def _cascade_narrows(self) -> QueryRequest:

@@ -21,6 +21,7 @@ from rankstream.models import Pair, PairEncoding, TokenIds
 from rankstream.models.base import Vectors, normalise
 from rankstream.retrieval.fusion import SearchMode, reciprocal_rank_fusion
 from rankstream.retrieval.store import SearchHit, SearchResult
+from rankstream.wire.filters import ParsedFilter
 
 DIMENSION = 64
 SEPARATOR = 0
@@ -100,8 +101,15 @@ class ListStore:
         return self.table_version
 
     async def search(
-        self, query: str, vector: Vectors | None, limit: int, mode: SearchMode
+        self,
+        query: str,
+        vector: Vectors | None,
+        limit: int,
+        mode: SearchMode,
+        where: ParsedFilter | None = None,
     ) -> SearchResult:
+        if where is not None:
+            raise NotImplementedError("ListStore does not filter; the integration tests do")
         dense = self._dense(vector) if mode != SearchMode.BM25 else []
         bm25 = self._bm25(query) if mode != SearchMode.DENSE else []
         if mode == SearchMode.HYBRID:
