@@ -134,6 +134,7 @@ class EmbeddedNatsServer(ChildProcess):
         self._extra_args = extra_args
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self.suspended = False
 
     @property
     def url(self) -> str:
@@ -181,7 +182,7 @@ class EmbeddedNatsServer(ChildProcess):
 
     def stop(self) -> None:
         if self._process is not None:
-            self.resume()  # a suspended server cannot act on SIGTERM
+            self.resume()  # a suspended server acts on SIGTERM only once resumed
             terminate(self._process, timeout_s=10)
         self._process = None
         if self._tmp is not None:
@@ -196,16 +197,19 @@ class EmbeddedNatsServer(ChildProcess):
             self._process.kill()
             self._process.wait()
         self._process = None
+        self.suspended = False
 
     def suspend(self) -> None:
         """SIGSTOP: the server stops answering anyone (clients, routes, monitoring) while its
         sockets stay open, as a node cut off by a network partition looks to its peers."""
         os.kill(self.pid, signal.SIGSTOP)
+        self.suspended = True
 
     def resume(self) -> None:
         """SIGCONT after `suspend()`: the partition heals."""
-        if self.running:
+        if self.running and self.suspended:
             os.kill(self.pid, signal.SIGCONT)
+        self.suspended = False
 
 
 CLUSTER_NAME = "rankstream-local"
@@ -301,6 +305,11 @@ class NatsCluster:
         """Every node's client URL, comma-separated: what RANKSTREAM_NATS_URL takes."""
         return ",".join(node.url for node in self.nodes)
 
+    @property
+    def reachable(self) -> list[ClusterNode]:
+        """The nodes that run and are not suspended."""
+        return [node for node in self.nodes if node.running and not node.suspended]
+
     def node(self, name: str) -> ClusterNode:
         (found,) = (node for node in self.nodes if node.name == name)
         return found
@@ -331,9 +340,9 @@ class NatsCluster:
             node.stop()
 
     def wait_healthy(self, timeout_s: float = CLUSTER_HEALTHY_TIMEOUT_S) -> None:
-        """Until every running node says healthy (cluster formed, JetStream current)."""
+        """Until every reachable node says healthy (cluster formed, JetStream current)."""
         wait_until(
-            lambda: all(node.healthy() for node in self.nodes if node.running),
+            lambda: all(node.healthy() for node in self.reachable),
             timeout_s,
             "NATS cluster healthy",
             every_s=0.2,
@@ -367,7 +376,7 @@ class NatsCluster:
     async def api(self, subject: str, timeout_s: float = 2.0) -> dict[str, Any]:
         """One JetStream API request (`$JS.API....`) through any reachable node."""
         connection = await nats.connect(
-            servers=[node.url for node in self.nodes if node.running],
+            servers=[node.url for node in self.reachable],
             connect_timeout=2,
             max_reconnect_attempts=1,
             allow_reconnect=False,
@@ -379,21 +388,27 @@ class NatsCluster:
         finally:
             await connection.close()
 
-    async def stream_leader(self, stream: str, timeout_s: float = 30.0) -> str:
+    async def stream_leader(
+        self, stream: str, timeout_s: float = 30.0, other_than: str | None = None
+    ) -> str:
         """The name of the node that leads `stream` (`$JS.API.STREAM.INFO.<stream>` ->
-        `cluster.leader`), waiting through an election."""
-        return await self._leader(f"$JS.API.STREAM.INFO.{stream}", timeout_s)
+        `cluster.leader`), waiting through an election. `other_than`: wait until a node other
+        than this one leads (after a fault to it, its peers name it until they elect anew)."""
+        return await self._leader(f"$JS.API.STREAM.INFO.{stream}", timeout_s, other_than)
 
-    async def consumer_leader(self, stream: str, consumer: str, timeout_s: float = 30.0) -> str:
+    async def consumer_leader(
+        self, stream: str, consumer: str, timeout_s: float = 30.0, other_than: str | None = None
+    ) -> str:
         """The node that leads a consumer (`$JS.API.CONSUMER.INFO.<stream>.<consumer>`)."""
-        return await self._leader(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", timeout_s)
+        subject = f"$JS.API.CONSUMER.INFO.{stream}.{consumer}"
+        return await self._leader(subject, timeout_s, other_than)
 
-    async def _leader(self, subject: str, timeout_s: float) -> str:
+    async def _leader(self, subject: str, timeout_s: float, other_than: str | None) -> str:
         give_up = time.monotonic() + timeout_s
         while True:
             try:
                 leader = (await self.api(subject)).get("cluster", {}).get("leader")
-                if leader:
+                if leader and leader != other_than:
                     return str(leader)
             except (OSError, TimeoutError, nats.errors.Error):
                 pass  # no node answered in time: ask again
@@ -404,9 +419,7 @@ class NatsCluster:
     def consumer_lag(self, stream: str, consumer: str, account: str = "$G") -> ConsumerLag:
         """What KEDA's nats-jetstream scaler reads: each node's `/jsz` until the one whose
         server name is the consumer's `cluster.leader`, and its pending counts there."""
-        for node in self.nodes:
-            if not node.running:
-                continue
+        for node in self.reachable:
             try:
                 jsz = node.jsz(account)
             except (OSError, ValueError):
@@ -447,10 +460,19 @@ class WorkerProcess(ChildProcess):
     """`with WorkerProcess("rerank", settings) as worker:` runs `rankstream worker KIND` until
     the block ends: one process per replica, its own memory, its own /metrics."""
 
-    def __init__(self, kind: str, settings: Settings, startup_timeout_s: float = 180) -> None:
+    def __init__(
+        self,
+        kind: str,
+        settings: Settings,
+        startup_timeout_s: float = 180,
+        cpus: list[int] | None = None,
+    ) -> None:
+        """`cpus`: the CPU cores the process may run on (Linux affinity), as a replica of its
+        own machine would; default any."""
         self.kind = kind
         self._settings = settings
         self._startup_timeout_s = startup_timeout_s
+        self._cpus = cpus
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
             prefix=f"rankstream-{kind}-", suffix=".log", delete=False
         )
@@ -470,6 +492,8 @@ class WorkerProcess(ChildProcess):
         self._process = subprocess.Popen(
             [RANKSTREAM, "worker", self.kind], env=env, stdout=self._log, stderr=self._log
         )
+        if self._cpus is not None:  # before the models load and size their thread pools
+            psutil.Process(self._process.pid).cpu_affinity(self._cpus)
         try:
             wait_until(
                 lambda: READY_LINE in self.log_text(),
@@ -485,6 +509,11 @@ class WorkerProcess(ChildProcess):
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    @property
+    def running(self) -> bool:
+        """Started and not exited."""
+        return self._process is not None and self._process.poll() is None
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time the process has used so far."""

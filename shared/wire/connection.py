@@ -26,6 +26,13 @@ from faststream.nats.security import (
 
 from rankstream.config import TLS_SCHEMES, Settings, split_nats_servers
 
+# A server that stops answering without closing the connection (a partitioned or frozen
+# node) is given up after MAX_OUTSTANDING_PINGS + 1 unanswered pings, i.e. within 15 s, and
+# the connection moves to another server of the list. nats-py's and FastStream's default
+# (120 s, 2) leaves a worker attached to such a node for up to six minutes.
+PING_INTERVAL_S = 5
+MAX_OUTSTANDING_PINGS = 2
+
 
 @dataclass(frozen=True, repr=False)
 class NatsAccess:
@@ -83,13 +90,21 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
         "nkeys_seed": access.nkey_seed_file,
         "user_credentials": access.creds_file,
     }
-    return {"servers": access.servers, **{k: v for k, v in given.items() if v is not None}}
+    return {
+        "servers": access.servers,
+        **_liveness(),
+        **{k: v for k, v in given.items() if v is not None},
+    }
 
 
 def broker_kwargs(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for FastStream's `NatsBroker`: the same access, as `security=`."""
     access = nats_access(settings)
-    return {"servers": access.servers, "security": broker_security(access)}
+    return {"servers": access.servers, "security": broker_security(access), **_liveness()}
+
+
+def _liveness() -> dict[str, int]:
+    return {"ping_interval": PING_INTERVAL_S, "max_outstanding_pings": MAX_OUTSTANDING_PINGS}
 
 
 def broker_security(access: NatsAccess) -> NatsSecurity | None:

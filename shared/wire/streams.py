@@ -20,12 +20,15 @@ refused with a StreamConfigError.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 import nats
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from rankstream.config import Settings
 from rankstream.errors import RankstreamError
@@ -37,7 +40,9 @@ log = logging.getLogger(__name__)
 RESULTS_MAX_AGE_S = 600.0
 DEAD_LETTERS_MAX_AGE_S = 14 * 24 * 3600.0
 DUPLICATE_WINDOW_S = 120.0
+DEFAULT_DUPLICATE_WINDOW_S = 120.0  # nats-server's, for a stream created without one
 CACHE_MARKER_TTL_S = 60.0  # how long the marker of an expired cache entry stays
+API_PATIENCE_S = 30.0  # how long a start waits on a JetStream API that does not answer
 
 
 # What a stream an operator made may differ in without a warning being worth it.
@@ -146,6 +151,25 @@ async def ensure_streams_on(
 
 
 async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> list[str]:
+    """Create or check one stream. On a NATS cluster the JetStream API can be slow or silent
+    for a few seconds (replicas starting side by side, a meta-leader election): ask again
+    until API_PATIENCE_S has passed; a create that timed out may have happened, so each try
+    looks first."""
+    assert wanted.name is not None
+    give_up = time.monotonic() + API_PATIENCE_S
+    while True:
+        try:
+            return await _ensure_stream_once(js, wanted)
+        except (TimeoutError, NoRespondersError, ServiceUnavailableError) as error:
+            if time.monotonic() > give_up:
+                raise
+            log.info(
+                "JetStream API did not answer for stream %s (%r); asking again", wanted.name, error
+            )
+            await asyncio.sleep(0.5)
+
+
+async def _ensure_stream_once(js: JetStreamContext, wanted: StreamConfig) -> list[str]:
     assert wanted.name is not None
     try:
         existing = (await js.stream_info(wanted.name)).config
@@ -168,7 +192,7 @@ def stream_differences(wanted: StreamConfig, existing: StreamConfig) -> list[str
         )
     differences = []
     for field in CHECKED_FIELDS:
-        ours, theirs = getattr(wanted, field), getattr(existing, field)
+        ours, theirs = _or_default(wanted, field), _or_default(existing, field)
         if ours == theirs:
             continue
         if field in REQUIRED_FIELDS:
@@ -177,6 +201,24 @@ def stream_differences(wanted: StreamConfig, existing: StreamConfig) -> list[str
             f"stream {wanted.name}: {field} is {theirs}, rankstream would set {ours}"
         )
     return differences
+
+
+# What the server stores for a field a stream was created without: a stream rankstream
+# created itself must not read back as different (max_age None comes back as 0.0, an unset
+# duplicate window as two minutes).
+SERVER_DEFAULTS = {
+    "storage": StorageType.FILE,
+    "num_replicas": 1,
+    "max_age": 0.0,
+    "duplicate_window": DEFAULT_DUPLICATE_WINDOW_S,
+}
+
+
+def _or_default(config: StreamConfig, field: str) -> object:
+    """The field's value, the server's default where it was left unset (None, or 0, which
+    nats-py sends for an unset duplicate window or replica count)."""
+    value = getattr(config, field)
+    return SERVER_DEFAULTS.get(field, value) if value in (None, 0) else value
 
 
 async def ensure_streams(settings: Settings) -> list[str]:

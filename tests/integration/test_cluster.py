@@ -1,0 +1,418 @@
+"""rankstream on a three-node NATS cluster: real `nats-server` processes clustered by routes on
+loopback, streams with three replicas, real worker processes (several replicas of each), and
+faults done to the processes themselves: kill -9 of a stream's leader, SIGTERM of one worker
+replica, SIGSTOP of a node (a partition) and its return. Each test prints sent / answered /
+duplicated / lost; the lag test prints the figures beside the KEDA objects.
+
+Depths and request counts are small: the cross-encoder scores a few dozen pairs a second on
+this machine, and each test must still run its faults under load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import pytest
+import yaml
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+
+from rankstream.client import RankstreamClient
+from rankstream.config import Settings
+from rankstream.retrieval.corpus import sample_queries
+from rankstream.wire.connection import connect_kwargs
+from rankstream.wire.messages import REPLY_ADAPTER, ErrorResult, RankedResult
+from rankstream.wire.streams import cache_stream_config, ensure_streams, stream_configs
+from rankstream.wire.subjects import Subjects
+from rankstream.workers.local import (
+    ConsumerLag,
+    NatsCluster,
+    WorkerProcess,
+    free_port,
+    metric_samples,
+)
+
+pytestmark = pytest.mark.integration
+
+TEXTS = [q.text for q in sample_queries()]
+ANSWER_WAIT_S = 240.0
+SENT = 80  # requests of the kill -9 test
+KEDA_OBJECTS = Path(__file__).parents[2] / "infra" / "k8s" / "keda-scaledobjects.yaml"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three JetStream nodes of this test's own, routes and monitoring on loopback."""
+    with NatsCluster(tmp_path / "nats") as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_settings(settings: Settings, cluster: NatsCluster) -> Settings:
+    """Every server in RANKSTREAM_NATS_URL, three replicas per stream, and a short ack wait so
+    that work whose ack was lost with a node comes back within seconds (heartbeats keep
+    held work from redelivery meanwhile). A replica holds at most 8 messages: on this
+    machine that is already ~5 s of model work at depth 2, and it keeps the two replicas of
+    the replica test from taking a round each in one pull."""
+    return Settings.model_validate(
+        settings.model_dump()
+        | {
+            "nats_url": cluster.url,
+            "stream_replicas": 3,
+            "ack_wait_s": 15.0,
+            "max_inflight_requests": 8,
+            "metrics_port": 0,
+        }
+    )
+
+
+@dataclass
+class Ledger:
+    """Answers on one client's results subject: every publish (`raw`, before the results
+    stream drops a duplicate) and what the client is delivered (`seen`, through the stream)."""
+
+    sent: set[str] = field(default_factory=set)
+    raw: Counter[str] = field(default_factory=Counter)
+    seen: Counter[str] = field(default_factory=Counter)
+
+    def figures(self, name: str) -> dict[str, int]:
+        answered = {r for r in self.sent if self.seen[r] > 0}
+        figures = {
+            "sent": len(self.sent),
+            "answered": len(answered),
+            "duplicated": sum(1 for r in self.sent if self.seen[r] > 1),
+            "lost": len(self.sent - answered),
+            "published_twice_deduplicated": sum(1 for r in self.sent if self.raw[r] > 1),
+        }
+        print(f"\n{name}: {figures}")
+        return figures
+
+
+@asynccontextmanager
+async def watched_client(settings: Settings) -> AsyncIterator[tuple[RankstreamClient, Ledger]]:
+    """A client, and a second connection (to the same server list) counting its answers."""
+    ledger = Ledger()
+    async with RankstreamClient(settings) as client:
+        connection = await nats.connect(**connect_kwargs(settings), max_reconnect_attempts=-1)
+
+        async def on_raw(message: Msg) -> None:
+            ledger.raw[REPLY_ADAPTER.validate_json(message.data).request_id] += 1
+
+        async def on_seen(message: Msg) -> None:
+            ledger.seen[REPLY_ADAPTER.validate_json(message.data).request_id] += 1
+
+        await connection.subscribe(client.reply_subject, cb=on_raw)
+        await connection.jetstream().subscribe(
+            client.reply_subject, cb=on_seen, ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+        )  # fmt: skip
+        try:
+            yield client, ledger
+        finally:
+            await connection.close()
+
+
+async def ask_many(
+    client: RankstreamClient, ledger: Ledger, count: int, depth: int
+) -> list[RankedResult | ErrorResult]:
+    """Publish `count` requests at once (timeouts long enough that none is shed or cut
+    short), then wait for every answer."""
+    requests = [
+        client.request(TEXTS[i % len(TEXTS)], top_k=depth, depth=depth, timeout_s=ANSWER_WAIT_S)
+        for i in range(count)
+    ]
+    ledger.sent.update(r.request_id for r in requests)
+    return await asyncio.gather(*(client.send(r, wait_s=ANSWER_WAIT_S) for r in requests))
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 120, what: str = "") -> None:
+    give_up = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < give_up, f"not reached in {timeout_s:g} s: {what}"
+        await asyncio.sleep(0.1)
+
+
+@asynccontextmanager
+async def running(*workers: WorkerProcess) -> AsyncIterator[None]:
+    """Start the worker processes side by side (each loads its models) and stop them all."""
+    try:
+        await asyncio.gather(*(asyncio.to_thread(worker.start) for worker in workers))
+        yield
+    finally:
+        for worker in workers:
+            if worker.running:
+                worker.stop()
+
+
+def handled(worker_port: int, worker: str, outcome: str) -> int:
+    """`rankstream_requests_total{worker, outcome}` on one replica's /metrics."""
+    return int(
+        sum(
+            sample.value
+            for sample in metric_samples(worker_port)
+            if sample.name == "rankstream_requests_total"
+            and sample.labels == {"worker": worker, "outcome": outcome}
+        )
+    )
+
+
+def all_ranked(replies: list[RankedResult | ErrorResult]) -> bool:
+    return all(isinstance(r, RankedResult) and not r.degraded for r in replies)
+
+
+async def test_every_stream_and_the_cache_bucket_get_three_replicas_and_a_second_start_keeps_them(
+    cluster: NatsCluster, cluster_settings: Settings
+) -> None:
+    """`RANKSTREAM_STREAM_REPLICAS=3`: each stream (the cache's key-value bucket too) is
+    created with three copies, one on every node; a second start (another replica) finds
+    them as it would create them: no difference, nothing changed."""
+    settings = cluster_settings.model_copy(update={"cache_ttl_s": 60.0})
+    assert await ensure_streams(settings) == []
+    wanted = stream_configs(
+        Subjects.from_settings(settings),
+        cache=cache_stream_config(Subjects.from_settings(settings), 60.0, 1 << 20),
+    )
+    for config in wanted:
+        info = await cluster.api(f"$JS.API.STREAM.INFO.{config.name}")
+        assert info["config"]["num_replicas"] == 3, info
+        holders = {info["cluster"]["leader"]} | {r["name"] for r in info["cluster"]["replicas"]}
+        assert holders == {node.name for node in cluster.nodes}, info["cluster"]
+    assert await ensure_streams(settings) == []
+    print(f"\nreplicas: {len(wanted)} streams, 3 copies each, one per node")
+
+
+async def test_kill_9_of_the_queries_leader_then_of_the_results_leader_loses_nothing(
+    cluster: NatsCluster, cluster_settings: Settings
+) -> None:
+    """The node leading the queries stream dies under load, comes back, then the node leading
+    the results stream dies: JetStream elects new leaders among the survivors, the workers and
+    the client reconnect to them by themselves, every request is answered once."""
+    settings = cluster_settings
+    streams = Subjects.from_settings(settings).streams
+    retrieval, rerank = WorkerProcess("retrieval", settings), WorkerProcess("rerank", settings)
+    async with running(retrieval, rerank), watched_client(settings) as (client, ledger):
+        answers = asyncio.ensure_future(ask_many(client, ledger, SENT, depth=2))
+        await until(lambda: len(ledger.seen) >= 6, what="first answers")
+
+        queries_leader = await cluster.stream_leader(streams.queries)
+        cluster.kill(queries_leader)
+        answered_at_first_kill = len(ledger.seen)
+        new_queries_leader = await cluster.stream_leader(streams.queries, other_than=queries_leader)
+        # Answers flow again on the two survivors before the node comes back.
+        await until(lambda: len(ledger.seen) >= answered_at_first_kill + 3, what="flow on two")
+        await asyncio.to_thread(cluster.restart, queries_leader)
+
+        results_leader = await cluster.stream_leader(streams.results)
+        cluster.kill(results_leader)
+        answered_at_second_kill = len(ledger.seen)
+        new_results_leader = await cluster.stream_leader(streams.results, other_than=results_leader)
+
+        replies = await answers
+        # After both failovers, new work still flows through the same client and workers.
+        after = await ask_many(client, ledger, 5, depth=2)
+        await asyncio.sleep(1)  # let a late duplicate arrive, if any
+        workers_alive = retrieval.running and rerank.running
+    figures = ledger.figures(
+        f"kill -9 of {queries_leader} (queries leader, after {answered_at_first_kill} answers; "
+        f"new leader {new_queries_leader}), then of {results_leader} (results leader, after "
+        f"{answered_at_second_kill}; new leader {new_results_leader})"
+    )
+    assert new_queries_leader != queries_leader
+    assert new_results_leader != results_leader
+    assert answered_at_second_kill < SENT, "the second kill came after the load"
+    assert workers_alive
+    assert figures["lost"] == 0
+    assert figures["duplicated"] == 0
+    assert all_ranked(replies + after)
+
+
+async def test_two_replicas_of_each_worker_share_the_load_and_a_sigterm_loses_nothing(
+    cluster_settings: Settings,
+) -> None:
+    """Two retrieval and two rerank processes share one durable consumer per stage: each
+    handles part of the requests and together they handle every one, once. Then one replica
+    of each gets SIGTERM mid-load: it finishes what it holds and the other takes the rest."""
+    ports = {name: free_port() for name in ("retrieval-a", "retrieval-b", "rerank-a", "rerank-b")}
+    replicas = {
+        name: WorkerProcess(
+            name.split("-")[0], cluster_settings.model_copy(update={"metrics_port": port})
+        )
+        for name, port in ports.items()
+    }
+    async with running(*replicas.values()), watched_client(cluster_settings) as (client, ledger):
+        first = await ask_many(client, ledger, 30, depth=2)
+        forwarded = {n: handled(ports[n], "retrieval", "forwarded") for n in ports if "ret" in n}
+        ranked = {n: handled(ports[n], "rerank", "ok") for n in ports if "rerank" in n}
+
+        answers = asyncio.ensure_future(ask_many(client, ledger, 40, depth=2))
+        await until(lambda: len(ledger.seen) >= 30 + 6, what="answers of the second round")
+        answered_at_sigterm = len(ledger.seen) - 30
+        exit_codes = await asyncio.gather(
+            *(asyncio.to_thread(replicas[n].stop, 40) for n in ("retrieval-b", "rerank-b"))
+        )
+        answered_while_stopping = len(ledger.seen) - 30 - answered_at_sigterm
+        second = await answers
+        ranked_after = handled(ports["rerank-a"], "rerank", "ok")
+        await asyncio.sleep(1)
+    figures = ledger.figures(
+        f"two replicas each: first round forwarded {forwarded}, ranked {ranked}; SIGTERM of "
+        f"retrieval-b and rerank-b after {answered_at_sigterm} of 40 answers "
+        f"({answered_while_stopping} more while they shut down)"
+    )
+    assert all(count > 0 for count in (*forwarded.values(), *ranked.values())), (forwarded, ranked)
+    assert sum(forwarded.values()) == 30
+    assert sum(ranked.values()) == 30
+    assert exit_codes == [0, 0]
+    assert answered_at_sigterm < 40, "the SIGTERM came after the load"
+    assert ranked_after > ranked["rerank-a"], "the remaining replica took none of the rest"
+    assert figures["lost"] == 0
+    assert figures["duplicated"] == 0
+    assert all_ranked(first + second)
+
+
+async def test_a_partitioned_node_is_routed_around_and_catches_up_when_it_returns(
+    cluster: NatsCluster, cluster_settings: Settings
+) -> None:
+    """SIGSTOP of the node leading the candidates stream: its peers stop hearing from it (as
+    across a network partition), elect another leader, and connections to it move to the
+    other servers once their pings go unanswered; after SIGCONT it rejoins as a follower,
+    catches up, and every request is answered once."""
+    settings = cluster_settings
+    streams = Subjects.from_settings(settings).streams
+    retrieval, rerank = WorkerProcess("retrieval", settings), WorkerProcess("rerank", settings)
+    async with running(retrieval, rerank), watched_client(settings) as (client, ledger):
+        answers = asyncio.ensure_future(ask_many(client, ledger, 80, depth=2))
+        await until(lambda: len(ledger.seen) >= 6, what="first answers")
+
+        cut_off = await cluster.stream_leader(streams.candidates)
+        cluster.suspend(cut_off)
+        partition_started = time.monotonic()
+        answered_at_partition = len(ledger.seen)
+        leader_during = await cluster.stream_leader(streams.candidates, other_than=cut_off)
+        elected_s = time.monotonic() - partition_started
+        # Longer than a connection takes to give up on a silent server (15 s of pings).
+        await asyncio.sleep(max(0.0, 20 - (time.monotonic() - partition_started)))
+        answered_during = len(ledger.seen) - answered_at_partition
+        cluster.resume(cut_off)
+        await asyncio.to_thread(cluster.wait_healthy)
+        caught_up_s = time.monotonic() - partition_started
+
+        replies = await answers
+        # Once it is back, work flows with the returned node in the cluster (it may lead again).
+        after = await ask_many(client, ledger, 5, depth=2)
+        await asyncio.sleep(1)
+    figures = ledger.figures(
+        f"SIGSTOP of {cut_off} (candidates leader) for 20 s after {answered_at_partition} "
+        f"answers: {answered_during} answered meanwhile, new leader {leader_during} after "
+        f"{elected_s:.1f} s; "
+        f"healthy again {caught_up_s:.0f} s after the cut"
+    )
+    assert leader_during != cut_off
+    assert answered_during > 0, "nothing was answered while the node was cut off"
+    assert answered_at_partition < 80, "the partition came after the load"
+    assert figures["lost"] == 0
+    assert figures["duplicated"] == 0
+    assert all_ranked(replies + after)
+
+
+@dataclass
+class LagTrace:
+    """KEDA's lag of the rerank consumer, sampled over time: (seconds, lag)."""
+
+    samples: list[tuple[float, int]] = field(default_factory=list)
+
+    def drained_per_s(self, start_s: float, end_s: float) -> float:
+        """How fast the lag fell between two moments (least squares over the samples)."""
+        window = [(t, lag) for t, lag in self.samples if start_s <= t <= end_s]
+        assert len(window) >= 3, f"too few lag samples in [{start_s:.1f}, {end_s:.1f}] s"
+        mean_t = sum(t for t, _ in window) / len(window)
+        mean_lag = sum(lag for _, lag in window) / len(window)
+        slope = sum((t - mean_t) * (lag - mean_lag) for t, lag in window) / sum(
+            (t - mean_t) ** 2 for t, _ in window
+        )
+        return -slope
+
+
+def rerank_lag_threshold() -> int:
+    """The rerank ScaledObject's `lagThreshold`, as the manifests ship it."""
+    for document in yaml.safe_load_all(KEDA_OBJECTS.read_text()):
+        if document["metadata"]["name"] == "rankstream-rerank":
+            (trigger,) = document["spec"]["triggers"]
+            return int(trigger["metadata"]["lagThreshold"])
+    raise LookupError("no rankstream-rerank ScaledObject")
+
+
+async def test_the_lag_keda_reads_passes_the_manifests_threshold_and_a_second_replica_drains_it(
+    cluster: NatsCluster, cluster_settings: Settings
+) -> None:
+    """A burst of requests; the rerank consumer's lag read as KEDA reads it (`/jsz` on the
+    consumer's leader, num_pending + num_ack_pending). When it passes the rerank
+    ScaledObject's lagThreshold, a second rerank replica starts, and the lag drains to zero.
+    Each replica gets one core of its own, as on its own node. Prints the drain rates."""
+    settings = cluster_settings
+    subjects = Subjects.from_settings(settings)
+    threshold = rerank_lag_threshold()
+    # Enough work that the first replica alone cannot drain it while the second one starts
+    # (its model load takes 10-15 s here), as a scale-up under KEDA has to wait the same.
+    depth, burst = 4, threshold * 3
+    first = WorkerProcess("rerank", settings, cpus=[0])
+    second = WorkerProcess("rerank", settings, cpus=[1])
+    trace = LagTrace()
+    started = time.monotonic()
+
+    async def sample(every_s: float = 0.5) -> None:
+        """Read the lag as KEDA polls it, all along (its polling interval is 10 s)."""
+        while True:
+            try:
+                reading: ConsumerLag = await asyncio.to_thread(
+                    cluster.consumer_lag, subjects.streams.candidates, subjects.durable("rerank")
+                )
+                trace.samples.append((time.monotonic() - started, reading.lag))
+            except LookupError:
+                pass  # the consumer's leader is being elected: no reading this time
+            await asyncio.sleep(every_s)
+
+    async def until_lag(condition: Callable[[int], bool], what: str) -> float:
+        give_up = time.monotonic() + 180
+        while not (trace.samples and condition(trace.samples[-1][1])):
+            assert time.monotonic() < give_up, f"lag never {what}: {trace.samples[-5:]}"
+            await asyncio.sleep(0.1)
+        return trace.samples[-1][0]
+
+    async with (
+        running(WorkerProcess("retrieval", settings), first),
+        watched_client(settings) as (client, ledger),
+    ):
+        sampler = asyncio.ensure_future(sample())
+        answers = asyncio.ensure_future(ask_many(client, ledger, burst, depth=depth))
+        try:
+            passed_s = await until_lag(lambda value: value > threshold, "passed the threshold")
+            await asyncio.to_thread(second.start)
+            second_ready_s = time.monotonic() - started
+            drained_s = await until_lag(lambda value: value == 0, "drained")
+        finally:
+            sampler.cancel()
+            second.stop()
+        replies = await answers
+    peak = max(value for _, value in trace.samples)
+    one = trace.drained_per_s(passed_s + 2, second_ready_s)
+    two = trace.drained_per_s(second_ready_s + 1, drained_s)
+    figures = ledger.figures(
+        f"lag: peak {peak}, threshold {threshold} passed at {passed_s:.1f} s, second replica "
+        f"ready at {second_ready_s:.1f} s, drained at {drained_s:.1f} s; candidate sets of "
+        f"depth {depth} drained per second: {one:.1f} by one replica ({one * depth:.1f} pairs/s),"
+        f" {two:.1f} by two ({two / 2 * depth:.1f} pairs/s per replica)"
+    )
+    assert peak > threshold
+    assert one > 0
+    assert two > 0
+    assert figures["lost"] == 0
+    assert figures["duplicated"] == 0
+    assert all_ranked(replies)
