@@ -17,7 +17,7 @@ import nats
 from nats.aio.client import Client as NatsConnection
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 from pydantic import ValidationError
 
 from rankstream.config import Settings
@@ -308,10 +308,21 @@ class RankstreamClient:
                 )
                 return
             except NoStreamResponseError as error:
-                raise RankstreamError(
-                    f"no JetStream stream takes {subject}: start the workers "
-                    "(`rankstream up` or `rankstream worker ...`) first"
-                ) from error
+                # On a NATS cluster a stream has no leader to answer while its nodes elect
+                # one (a node died): retry then. A stream that does not exist is an error.
+                if not await self._stream_exists(subject):
+                    raise RankstreamError(
+                        f"no JetStream stream takes {subject}: start the workers "
+                        "(`rankstream up` or `rankstream worker ...`) first"
+                    ) from error
+                if now_ms() + delay * 1000 > request.deadline_ms:
+                    raise QueryTimeoutError(
+                        f"could not publish request {request.request_id} before its deadline: "
+                        "its stream has no leader"
+                    ) from error
+                log.info("stream of %s has no leader; retrying in %.1f s", subject, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
             except (TimeoutError, nats.errors.Error) as error:
                 if now_ms() + delay * 1000 > request.deadline_ms:
                     raise QueryTimeoutError(
@@ -321,6 +332,18 @@ class RankstreamClient:
                 log.info("publish failed (%r); retrying in %.1f s", error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def _stream_exists(self, subject: str) -> bool:
+        """Whether a stream takes `subject` (asked of the JetStream API); True when the API
+        does not answer either (no meta leader during an election)."""
+        assert self._connection is not None
+        try:
+            await self._connection.jetstream().find_stream_name_by_subject(subject)
+        except NotFoundError:
+            return False
+        except (TimeoutError, nats.errors.Error):
+            return True
+        return True
 
     async def _on_reply(self, message: Msg) -> None:
         try:
