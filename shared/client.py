@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import Sequence
 from types import TracebackType
@@ -16,7 +17,7 @@ from typing import Any, TypedDict, Unpack
 import nats
 from nats.aio.client import Client as NatsConnection
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
 from pydantic import ValidationError
 
@@ -32,6 +33,7 @@ from rankstream.wire.messages import (
     RerankDocument,
     RerankRequest,
     RerankStage,
+    RetrievalMode,
     dedup_id,
     now_ms,
 )
@@ -41,6 +43,8 @@ from rankstream.wire.subjects import Subjects
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 2.0
+# A NATS user name that can lead a subject token (and so a per-user results subject).
+SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class QueryOptions(TypedDict, total=False):
@@ -50,7 +54,11 @@ class QueryOptions(TypedDict, total=False):
     depth: Depth | None
     timeout_s: float | None
     pipeline: PipelineSpec | str | None
+    retrieval: RetrievalMode | None
     cache: bool
+    priority: int
+    table: str | None
+    filter: str | None
 
 
 class RerankOptions(TypedDict, total=False):
@@ -75,15 +83,22 @@ class RankstreamClient:
         settings: NATS address, credentials and TLS, the subject prefix, and the request
             defaults (`default_top_k`, `default_depth`, `default_timeout_ms`).
         client_id: names this client's reply subject (`{prefix}.results.<client_id>`);
-            default: a random one. Two clients must not share one.
+            default: `<nats_user>.<random>` when `settings.nats_user` is set (so a server
+            can let each user read only `{prefix}.results.<user>.>`: infra/nats/
+            accounts.conf), else random. Two clients must not share one.
     """
 
     def __init__(self, settings: Settings, client_id: str | None = None) -> None:
         self._settings = settings
         self._subjects = Subjects.from_settings(settings)
-        self.client_id = client_id or uuid.uuid4().hex[:16]
+        self.client_id = client_id or default_client_id(settings)
         self._connection: NatsConnection | None = None
         self._waiting: dict[str, asyncio.Future[RankedResult | ErrorResult]] = {}
+
+    @property
+    def connected(self) -> bool:
+        """Whether the NATS connection is up now (it reconnects by itself when it is not)."""
+        return self._connection is not None and self._connection.is_connected
 
     @property
     def reply_subject(self) -> str:
@@ -134,11 +149,14 @@ class RankstreamClient:
         answer to a request is ignored here."""
         assert self._connection is not None
         try:
+            # Named, so nats-py asks for it on `$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`:
+            # a subject a server's permissions can bind to this client's results subject.
             await self._connection.jetstream().subscribe(
                 self.reply_subject,
                 cb=self._on_reply,
                 ordered_consumer=True,
                 deliver_policy=DeliverPolicy.NEW,
+                config=ConsumerConfig(name=f"results_{uuid.uuid4().hex}"),
             )
         except (nats.js.errors.Error, nats.errors.Error) as error:
             log.info("answers over core NATS (results stream unavailable: %r)", error)
@@ -159,7 +177,7 @@ class RankstreamClient:
         timeout_s, depth = options.get("timeout_s"), options.get("depth")
         top_k, pipeline = options.get("top_k"), options.get("pipeline")
         fields: dict[str, Any] = {
-            "retrieval": settings.default_retrieval,
+            "retrieval": options.get("retrieval") or settings.default_retrieval,
             "depth": settings.default_depth if depth is None else depth,
         }
         if pipeline is not None:
@@ -171,6 +189,9 @@ class RankstreamClient:
             timeout_ms=settings.default_timeout_ms if timeout_s is None else int(timeout_s * 1000),
             reply_to=self.reply_subject,
             cache=options.get("cache", True),
+            priority=options.get("priority", 0),
+            table=options.get("table"),
+            filter=options.get("filter"),
             **fields,
         )
 
@@ -187,7 +208,13 @@ class RankstreamClient:
                 with the retrieval order marked `degraded` when reranking would miss it.
             pipeline: the retrieval mode and rerank cascade, as `PipelineSpec` or in its
                 notation (`hybrid+ce@100/doc64>ce@20`); it replaces `depth`.
+            retrieval: dense, bm25 or hybrid (default `settings.default_retrieval`);
+                `pipeline` names its own.
             cache: answer from the result cache when it can (and cache the answer).
+            priority: 0 (default, most urgent) to 999; 668 and up is the batch lane.
+            table: the LanceDB table to search (default: the workers' configured table).
+            filter: a metadata filter over the table's columns, e.g. `topic = 'energy'`
+                (grammar in rankstream/wire/filters.py); a bad one raises ValidationError.
 
         Returns:
             The ranked result: `results` best first, `timings_ms` per stage.
@@ -245,7 +272,7 @@ class RankstreamClient:
             top_n: results to return (default: all).
             stages: a cascade over the documents (default: `ce` over all of them).
             max_doc_tokens: a document token budget (the query is never cut).
-            priority: 0 (default, most urgent) to 999; 666 and up is the batch lane.
+            priority: 0 (default, most urgent) to 999; 668 and up is the batch lane.
             timeout_s: as for `query`.
 
         Returns:
@@ -355,6 +382,14 @@ class RankstreamClient:
         # A second answer to the same request (after a redelivery) finds its future done.
         if future is not None and not future.done():
             future.set_result(reply)
+
+
+def default_client_id(settings: Settings) -> str:
+    """`<nats_user>.<random>` when the settings name a user that fits in a subject token,
+    else a random id."""
+    random = uuid.uuid4().hex[:16]
+    user = settings.nats_user
+    return f"{user}.{random}" if user and SUBJECT_TOKEN.match(user) else random
 
 
 async def _log_connection_error(error: Exception) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from enum import StrEnum
 from functools import partial
 
@@ -30,6 +30,7 @@ from rankstream.wire.connection import broker_kwargs, loggable_url
 from rankstream.wire.streams import ensure_streams
 from rankstream.workers.context import WorkerContext
 from rankstream.workers.delivery import DeliveryGuard, watch_max_deliveries
+from rankstream.workers.gateway.app import running_gateway
 from rankstream.workers.health import Health, health_endpoints
 from rankstream.workers.local import READY_LINE, EmbeddedNatsServer
 from rankstream.workers.logs import quiet_faststream_logger
@@ -135,7 +136,8 @@ async def serve_workers(settings: Settings, kinds: Sequence[WorkerKind]) -> None
 
 async def serve_local_stack(settings: Settings) -> None:
     """`rankstream up`: NATS (embedded unless configured), the sample corpus when the table
-    does not exist yet, and both workers. The embedder is loaded once, for both jobs."""
+    does not exist yet, both workers, and the HTTP gateway on `gateway_port` (0: none). The
+    embedder is loaded once, for both jobs."""
     metrics = Metrics()
     async with (
         health_endpoints(settings, metrics) as health,
@@ -145,7 +147,7 @@ async def serve_local_stack(settings: Settings) -> None:
         if not DocumentStore.from_settings(settings).exists():
             indexed = await asyncio.to_thread(index_sample, settings, embedder)
             log.info("indexed %d sample passages into table %r", indexed, settings.table)
-        await _serve(settings, BOTH, health, metrics, embedder=embedder)
+        await _serve(settings, BOTH, health, metrics, embedder=embedder, gateway=True)
 
 
 async def _serve(
@@ -154,6 +156,7 @@ async def _serve(
     health: Health,
     metrics: Metrics,
     embedder: Embedder | None = None,
+    gateway: bool = False,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -161,7 +164,11 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
     broker = build_broker(settings, metrics)
     health.watch_broker(broker)
-    async with running_workers(settings, kinds, broker=broker, metrics=metrics, embedder=embedder):
+    async with (
+        running_workers(settings, kinds, broker=broker, metrics=metrics, embedder=embedder),
+        # After the workers: they create the streams the gateway's client publishes into.
+        running_gateway(settings) if gateway and settings.gateway_port else nullcontext(),
+    ):
         await health.workers_started()  # /readyz may say 200 from here on
         log.info(READY_LINE)
         await stop.wait()

@@ -1,4 +1,4 @@
-"""The `rankstream` command: up, demo, index, query, worker, asyncapi."""
+"""The `rankstream` command: up, gateway, demo, index, query, worker, asyncapi."""
 
 from __future__ import annotations
 
@@ -85,10 +85,26 @@ def _run(coroutine: Any) -> Any:
 
 @app.command()
 def up(ctx: typer.Context) -> None:
-    """Run NATS (embedded when no URL is set) and both workers until Ctrl-C."""
+    """Run NATS (embedded when no URL is set), both workers and the HTTP gateway (on
+    RANKSTREAM_GATEWAY_PORT, default 8080; 0 turns it off) until Ctrl-C."""
     from rankstream.workers.app import serve_local_stack
 
     _run(serve_local_stack(ctx.obj))
+
+
+@app.command()
+def gateway(
+    ctx: typer.Context,
+    port: Annotated[int | None, typer.Option(help="Port (default RANKSTREAM_GATEWAY_PORT)")] = None,
+) -> None:
+    """Serve the HTTP gateway (Cohere /v2/rerank, Jina/vLLM /v1/rerank, TEI /rerank,
+    /v1/search; docs at /docs) against the configured NATS until Ctrl-C."""
+    from rankstream.workers.gateway.app import serve_gateway
+
+    settings: Settings = ctx.obj
+    if port is not None:
+        settings = settings.model_copy(update={"gateway_port": port})
+    _run(serve_gateway(settings))
 
 
 @app.command()

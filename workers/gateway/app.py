@@ -1,0 +1,268 @@
+"""The gateway's ASGI app (FastAPI) and its server (uvicorn), in front of a RankstreamClient.
+
+    app = create_app(settings, client)      # a connected RankstreamClient
+    async with running_gateway(settings) as port: ...   # connect, serve, stop
+
+Every rerank route publishes a RerankRequest and awaits the answer, so HTTP requests in flight
+together share the rerank workers' model batches like any other requests. Bearer tokens
+(`gateway_tokens`) guard every route but `/health`, `/metrics` and the docs; bodies over
+`gateway_max_body_bytes` get 413.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from rankstream.client import RankstreamClient
+from rankstream.config import Settings
+from rankstream.errors import RankstreamError
+from rankstream.models.registry import load_reranker_tokenizer
+from rankstream.workers.gateway.cohere import build_cohere_router
+from rankstream.workers.gateway.errors import (
+    UNAUTHORIZED,
+    ApiError,
+    api_for_path,
+    error_response,
+    problem_for,
+)
+from rankstream.workers.gateway.jina import build_jina_router
+from rankstream.workers.gateway.metrics import GatewayMetrics
+from rankstream.workers.gateway.search import build_search_router
+from rankstream.workers.gateway.service import GatewayService
+from rankstream.workers.gateway.tei import build_tei_router
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+OPEN_PATHS = frozenset({"/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+ROUTES = frozenset({"/v2/rerank", "/v1/rerank", "/rerank", "/v1/search", "/health", "/metrics"})
+DESCRIPTION = """Rerank APIs your clients already speak, in front of rankstream's micro-batched
+cross-encoder over NATS. Scores: `/v2/rerank` (Cohere) and `/v1/rerank` (Jina, vLLM) return
+sigmoid(logit) in [0, 1]; `/rerank` (TEI) sigmoid unless `raw_scores`; `/v1/search` raw
+logits. Auth: `Authorization: Bearer <token>` when RANKSTREAM_GATEWAY_TOKENS is set. Errors
+carry rankstream's code (`invalid_request` 422/413, `unauthorized` 401, `overloaded` 429,
+`unavailable` 503, `expired` 504) in each API's own error shape."""
+
+
+def create_app(
+    settings: Settings, client: RankstreamClient, metrics: GatewayMetrics | None = None
+) -> FastAPI:
+    """The gateway app.
+
+    Args:
+        settings: tokens, body and text limits, request defaults.
+        client: a connected RankstreamClient (the caller connects and closes it).
+        metrics: where the gateway counts its requests (default: a new registry).
+    """
+    metrics = metrics or GatewayMetrics()
+    service = GatewayService(settings, client, load_reranker_tokenizer(settings))
+    app = FastAPI(title="rankstream gateway", version="1", description=DESCRIPTION)
+    for router in (build_cohere_router, build_jina_router, build_tei_router, build_search_router):
+        app.include_router(router(service))
+
+    @app.exception_handler(ApiError)
+    @app.exception_handler(RankstreamError)
+    @app.exception_handler(TimeoutError)
+    async def _problem(request: Request, error: Exception) -> JSONResponse:
+        return error_response(api_for_path(request.url.path), problem_for(error))
+
+    @app.exception_handler(RequestValidationError)
+    @app.exception_handler(ValidationError)
+    async def _invalid(request: Request, error: Exception) -> JSONResponse:
+        details = (
+            error.errors() if isinstance(error, RequestValidationError | ValidationError) else []
+        )
+        problem = ApiError(422, "invalid_request", _validation_message(details))
+        return error_response(api_for_path(request.url.path), problem)
+
+    @app.get("/health", tags=["operations"], summary="200 when connected to NATS, else 503")
+    async def health() -> JSONResponse:
+        ok = client.connected
+        return JSONResponse({"status": "ok" if ok else "unavailable"}, 200 if ok else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics of the gateway")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # Outermost first: metrics see every answer, auth runs before the body is read.
+    app.add_middleware(BodyLimit, max_bytes=settings.gateway_max_body_bytes)
+    app.add_middleware(BearerAuth, tokens=[t.get_secret_value() for t in settings.gateway_tokens])
+    app.add_middleware(Measured, metrics=metrics)
+    return app
+
+
+def _validation_message(details: Any) -> str:
+    parts = []
+    for detail in list(details)[:5]:
+        where = ".".join(str(p) for p in detail.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {detail.get('msg', 'invalid')}" if where else detail.get("msg"))
+    return "; ".join(str(p) for p in parts) or "invalid request"
+
+
+class BodyTooLargeError(Exception):
+    pass
+
+
+class BodyLimit:
+    """413 for a body over `max_bytes`: by its Content-Length, or counted as it streams."""
+
+    def __init__(self, app: Asgi, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise BodyTooLargeError
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except BodyTooLargeError:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        problem = ApiError(
+            413, "invalid_request", f"request body over {self.max_bytes} bytes "
+            "(RANKSTREAM_GATEWAY_MAX_BODY_BYTES)",
+        )  # fmt: skip
+        await error_response(api_for_path(scope["path"]), problem)(scope, receive, send)
+
+
+class BearerAuth:
+    """401 unless `Authorization: Bearer <one of tokens>`; no tokens: everyone is let in."""
+
+    def __init__(self, app: Asgi, tokens: list[str]) -> None:
+        self.app, self.tokens = app, [t.encode() for t in tokens]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.tokens or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers", [])).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        # Compared with every token, each in constant time: no timing tells which was close.
+        matches = [hmac.compare_digest(token.strip(), known) for known in self.tokens]
+        if scheme.lower() == b"bearer" and any(matches):
+            await self.app(scope, receive, send)
+            return
+        problem = ApiError(401, UNAUTHORIZED, "a valid `Authorization: Bearer <token>` is required")
+        await error_response(api_for_path(scope["path"]), problem)(scope, receive, send)
+
+
+class Measured:
+    """Counts every answer by route and status, and times it."""
+
+    def __init__(self, app: Asgi, metrics: GatewayMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = scope["path"] if scope["path"] in ROUTES else "other"
+        status = 500
+        started = time.perf_counter()
+
+        async def watched(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        finally:
+            self.metrics.requests.labels(route=route, status=str(status)).inc()
+            self.metrics.seconds.labels(route=route).observe(time.perf_counter() - started)
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the process that runs it decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@asynccontextmanager
+async def running_gateway(
+    settings: Settings,
+    client: RankstreamClient | None = None,
+    metrics: GatewayMetrics | None = None,
+) -> AsyncIterator[int]:
+    """Serve the gateway on `gateway_host:gateway_port` (0: a free port) until the block
+    ends; yields the port it listens on.
+
+    Args:
+        client: a connected client to publish through; default: one connected here (its
+            client id `<nats_user>.<random>`, see RankstreamClient).
+        metrics: the gateway's metrics (default: a new registry).
+
+    Raises:
+        RankstreamError: NATS is not reachable (from the client's connect).
+        OSError: the port is taken.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(RankstreamClient(settings))
+        app = create_app(settings, client, metrics)
+        config = uvicorn.Config(
+            app, host=settings.gateway_host, port=settings.gateway_port,
+            log_config=None, access_log=False, lifespan="off",
+        )  # fmt: skip
+        server = _EmbeddedServer(config)
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                task.result()  # raises why it could not start
+                raise OSError(f"the gateway could not listen on port {settings.gateway_port}")
+            await asyncio.sleep(0.02)
+        port = int(server.servers[0].sockets[0].getsockname()[1])
+        log.info("gateway on http://%s:%d (docs at /docs)", settings.gateway_host, port)
+        try:
+            yield port
+        finally:
+            server.should_exit = True
+            await task
+
+
+async def serve_gateway(settings: Settings) -> None:
+    """`rankstream gateway`: serve until SIGINT/SIGTERM, against `settings.nats_url`."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_gateway(settings):
+        await stop.wait()

@@ -1,0 +1,114 @@
+"""rankstream's errors as each API's error body and HTTP status.
+
+| rankstream code | HTTP | meaning |
+|---|---|---|
+| `invalid_request` | 422 (413 for too many documents or too large a body) | fix the request |
+| `unauthorized` | 401 | a bearer token is required and was missing or wrong |
+| `overloaded` | 429 | shed: the work queued ahead would miss the deadline; retry later |
+| `unavailable` | 503 | NATS or the workers are not reachable |
+| `expired` | 504 | no answer before the deadline |
+| `model_error`, `store_error`, `internal` | 500 | a worker failed |
+
+Every body carries the code as `code` beside the shape the API's own clients parse.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from rankstream.errors import QueryFailedError, QueryTimeoutError, RankstreamError
+from rankstream.wire.messages import ErrorCode
+
+UNAUTHORIZED, UNAVAILABLE = "unauthorized", "unavailable"
+
+_STATUS = {
+    ErrorCode.INVALID_REQUEST: 422,
+    ErrorCode.OVERLOADED: 429,
+    ErrorCode.EXPIRED: 504,
+    ErrorCode.MODEL_ERROR: 500,
+    ErrorCode.STORE_ERROR: 500,
+    ErrorCode.INTERNAL: 500,
+}
+# OpenAI-style `type` (vLLM's error body) and TEI's `error_type`, by HTTP status.
+_OPENAI_TYPE = {
+    401: "authentication_error", 413: "invalid_request_error", 422: "invalid_request_error",
+    429: "rate_limit_error", 503: "service_unavailable", 504: "timeout",
+}  # fmt: skip
+_TEI_TYPE = {
+    401: "unauthorized", 413: "validation", 422: "validation", 429: "overloaded",
+    503: "unhealthy", 504: "backend",
+}  # fmt: skip
+
+
+class Api(StrEnum):
+    """Whose error shape a route answers with."""
+
+    COHERE = "cohere"  # {"id", "message", "code"}
+    JINA = "jina"  # {"error": {"message", "type", "param", "code"}} (vLLM, OpenAI style)
+    TEI = "tei"  # {"error", "error_type", "code"}
+    RANKSTREAM = "rankstream"  # {"error": {"code", "message"}}
+
+
+class ApiError(Exception):
+    """An answer that is not a result: its HTTP status, rankstream code and message.
+
+    Args:
+        status: the HTTP status to answer with.
+        code: rankstream's machine-readable code (an ErrorCode value, `unauthorized` or
+            `unavailable`).
+        message: for people: what went wrong and what to change.
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def api_for_path(path: str) -> Api:
+    """The API a request path belongs to."""
+    if path.startswith("/v2/rerank"):
+        return Api.COHERE
+    if path.startswith("/v1/rerank"):
+        return Api.JINA
+    if path.startswith("/rerank"):
+        return Api.TEI
+    return Api.RANKSTREAM
+
+
+def problem_for(error: Exception) -> ApiError:
+    """The HTTP answer to an error the client raised while the request was in flight."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, QueryFailedError):
+        return ApiError(_STATUS.get(error.code, 500), error.code.value, str(error))
+    if isinstance(error, QueryTimeoutError):
+        return ApiError(504, ErrorCode.EXPIRED.value, str(error))
+    if isinstance(error, RankstreamError) and error.code == ErrorCode.INTERNAL:
+        return ApiError(503, UNAVAILABLE, str(error))  # not connected, no stream
+    if isinstance(error, RankstreamError):
+        return ApiError(_STATUS.get(error.code, 500), error.code.value, str(error))
+    return ApiError(500, ErrorCode.INTERNAL.value, f"internal error: {type(error).__name__}")
+
+
+def error_body(api: Api, problem: ApiError) -> Any:
+    """The JSON body `api`'s clients expect for `problem`."""
+    if api == Api.COHERE:
+        return {"id": uuid.uuid4().hex, "message": problem.message, "code": problem.code}
+    if api == Api.JINA:
+        kind = _OPENAI_TYPE.get(problem.status, "server_error")
+        return {
+            "error": {"message": problem.message, "type": kind, "param": None, "code": problem.code}
+        }
+    if api == Api.TEI:
+        kind = _TEI_TYPE.get(problem.status, "backend")
+        return {"error": problem.message, "error_type": kind, "code": problem.code}
+    return {"error": {"code": problem.code, "message": problem.message}}
+
+
+def error_response(api: Api, problem: ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if problem.status == 401 else None
+    return JSONResponse(error_body(api, problem), status_code=problem.status, headers=headers)
