@@ -129,6 +129,7 @@ class RankstreamClient:
             self._connection = await asyncio.wait_for(
                 nats.connect(
                     **connect_kwargs(self._settings),
+                    inbox_prefix=inbox_prefix(self._settings),
                     max_reconnect_attempts=-1,
                     error_cb=_log_connection_error,
                 ),
@@ -390,6 +391,14 @@ def default_client_id(settings: Settings) -> str:
     random = uuid.uuid4().hex[:16]
     user = settings.nats_user
     return f"{user}.{random}" if user and SUBJECT_TOKEN.match(user) else random
+
+
+def inbox_prefix(settings: Settings) -> str:
+    """`_INBOX.<nats_user>` for a user that fits in a subject token, else `_INBOX`: a server
+    can then let each user subscribe to its own inboxes only (JetStream deliveries and API
+    replies come there)."""
+    user = settings.nats_user
+    return f"_INBOX.{user}" if user and SUBJECT_TOKEN.match(user) else "_INBOX"
 
 
 async def _log_connection_error(error: Exception) -> None:

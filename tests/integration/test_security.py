@@ -278,7 +278,8 @@ async def test_the_example_accounts_let_each_role_do_its_work_and_no_more(
     shutil.copy(ACCOUNTS_CONF, tmp_path / "accounts.conf")
     # Led by a letter: nats-server reads a `$VAR` that starts with "-" or a digit as a number.
     passwords = {
-        role: "p" + secrets.token_urlsafe(16) for role in ("retrieval", "rerank", "client")
+        role: "p" + secrets.token_urlsafe(16)
+        for role in ("retrieval", "rerank", "client", "gateway")
     }
     env = {f"NATS_{role.upper()}_PASSWORD": value for role, value in passwords.items()}
     config = f'include "accounts.conf"\n{tls_block(pki, verify_clients=True)}'
