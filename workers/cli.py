@@ -292,16 +292,26 @@ def bench(
     concurrency: Annotated[int, typer.Option(min=1, help="Closed-loop clients")] = 32,
     rate: Annotated[float | None, typer.Option(help="Also run open loop at this queries/s")] = None,
     duration: Annotated[float, typer.Option(help="Seconds of each load phase")] = 30.0,
+    priority_duration: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds of batch-lane load in the priority phase (default: half of "
+            "--duration, at least 5); 0 skips it"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout")] = False,
 ) -> None:
     """Throughput and latency through the real pipeline, beside the model's limit and the
-    no-cross-request-batching figure, on the same model and inputs."""
+    no-cross-request-batching figure, on the same model and inputs; and each priority lane's
+    p50, unloaded and under batch-lane load (`priority_p50_ms`)."""
     from rankstream.workers.tools.bench import BenchOptions, run_bench
 
+    if priority_duration is None:
+        priority_duration = max(5.0, duration / 2)
     options = BenchOptions(
         data_dir=data, depth=depth, concurrency=concurrency, rate=rate, duration_s=duration,
         # At 25% load few queries arrive: run longer for a stable p50 (~40 queries on CPU).
-        low_load_duration_s=max(10.0, duration * 1.5),
+        low_load_duration_s=max(10.0, duration * 1.5), priority_duration_s=priority_duration,
     )  # fmt: skip
     say = Console(stderr=True)
     report = _run(run_bench(ctx.obj, options, lambda line: say.print(f"[dim]{line}[/dim]")))
@@ -335,6 +345,8 @@ def _print_bench(report: dict[str, Any]) -> None:
         ),
     ]
     rows.append(("one bare JetStream hop p50 (ms)", f"{report['jetstream_hop_ms']['p50']:.1f}"))
+    for lane, p50 in report.get("priority_p50_ms", {}).items():
+        rows.append((f"{lane} lane p50 unloaded / loaded (ms)", _pair(p50)))
     for size, pairs_per_s in report["model_pairs_per_s_by_batch_size"].items():
         rows.append((f"model alone, batches of {size} (pairs/s)", f"{pairs_per_s:.1f}"))
     for name, value in rows:
@@ -368,6 +380,10 @@ def bench_store(
         typer.echo(json.dumps([dataclasses.asdict(row) for row in rows], indent=2, default=str))
         return
     console.print(render_table(rows))
+
+
+def _pair(p50: dict[str, float]) -> str:
+    return f"{p50['unloaded']:.0f} / {p50['loaded']:.0f}"
 
 
 def _percentiles(values: dict[str, float]) -> str:

@@ -33,6 +33,9 @@ T = TypeVar("T")
 MODEL_SAMPLE_PAIRS = 64  # pairs replayed in process for the model-alone figures
 SHAPE_MIN_S = 1.0  # each batch shape is timed over whole passes for at least this long
 LOW_LOAD_SHARE = 0.25
+INTERACTIVE, BATCH = 0, 999  # priorities: the most urgent lane and the batch lane
+PRIORITY_BATCH_CLIENTS = 8  # enough queued pairs to saturate, few enough to drain quickly
+PRIORITY_PROBES = 5  # unloaded requests per lane
 RERANKER_MODEL_SECONDS = "rankstream_model_batch_seconds_sum"  # labelled model="ce"
 TOKEN_BUDGET_SHAPE = "token budget"
 
@@ -45,6 +48,7 @@ class BenchOptions:
     rate: float | None = None
     duration_s: float = 30.0
     low_load_duration_s: float = 45.0
+    priority_duration_s: float = 20.0  # the loaded priority phase; 0 skips it
 
 
 @dataclass
@@ -118,6 +122,15 @@ async def run_bench(
                 )
                 progress("one bare JetStream hop, for the floor under those latencies")
                 hop_ms = await jetstream_hop_ms(base)
+                priority = None
+                if options.priority_duration_s > 0:
+                    progress(
+                        f"priority lanes: batch traffic ({PRIORITY_BATCH_CLIENTS} clients) for "
+                        f"{options.priority_duration_s:g} s, interactive requests among it"
+                    )
+                    priority = await priority_phase(
+                        client, texts, options.depth, options.priority_duration_s
+                    )
                 extra = None
                 if options.rate is not None:
                     progress(f"open loop at {options.rate:g} queries/s")
@@ -140,6 +153,48 @@ async def run_bench(
         "scheduler_pairs_per_s": scheduler,
         "scheduler_vs_limit": scheduler / limit if limit else None,
         "jetstream_hop_ms": hop_ms,
+        **(priority or {}),
+    }
+
+
+async def priority_phase(
+    client: RankstreamClient, texts: Sequence[str], depth: int, duration_s: float
+) -> dict[str, Any]:
+    """p50 latency per lane, unloaded (one request at a time) and loaded (interactive
+    requests one at a time while batch-lane clients keep the rerank worker saturated).
+
+    Returns `priority_p50_ms` {lane: {unloaded, loaded}}, the interactive loaded/unloaded
+    ratio (the issue's bar: within 2x), and how many batch requests completed meanwhile."""
+    unloaded = {}
+    for name, priority in (("interactive", INTERACTIVE), ("batch", BATCH)):
+        probe = LoadRun(f"unloaded-{name}", 0.0)
+        for i in range(PRIORITY_PROBES):
+            await _ask(client, texts[i % len(texts)], depth, probe, priority)
+        unloaded[name] = percentiles(probe.latencies_ms or [0.0])["p50"]
+    interactive = LoadRun("loaded-interactive", duration_s)
+    batch_load = asyncio.create_task(
+        closed_loop(client, texts, depth, PRIORITY_BATCH_CLIENTS, duration_s, BATCH)
+    )
+    await asyncio.sleep(min(2.0, duration_s / 4))  # let the batch queue build up first
+    position = 0
+    while not batch_load.done() and position < 10_000:
+        await _ask(client, texts[position % len(texts)], depth, interactive, INTERACTIVE)
+        position += 1
+    batch = await batch_load
+    loaded = {
+        "interactive": percentiles(interactive.latencies_ms or [0.0])["p50"],
+        "batch": percentiles(batch.latencies_ms or [0.0])["p50"],
+    }
+    return {
+        "priority_p50_ms": {
+            lane: {"unloaded": unloaded[lane], "loaded": loaded[lane]} for lane in unloaded
+        },
+        "priority_interactive_loaded_vs_unloaded": (
+            loaded["interactive"] / unloaded["interactive"] if unloaded["interactive"] else None
+        ),
+        "priority_batch_completed": len(batch.replies),
+        "priority_batch_errors": batch.errors,
+        "priority_interactive_requests": len(interactive.replies),
     }
 
 
@@ -157,9 +212,15 @@ async def _prepare_data(
 
 
 async def closed_loop(
-    client: RankstreamClient, texts: Sequence[str], depth: int, clients: int, duration_s: float
+    client: RankstreamClient,
+    texts: Sequence[str],
+    depth: int,
+    clients: int,
+    duration_s: float,
+    priority: int = INTERACTIVE,
 ) -> LoadRun:
-    """`clients` loops, each sending its next query as soon as the last was answered."""
+    """`clients` loops, each sending its next query (at `priority`) as soon as the last was
+    answered."""
     run = LoadRun("closed", duration_s)
     stop_at = time.perf_counter() + duration_s
     started = time.perf_counter()
@@ -167,7 +228,7 @@ async def closed_loop(
     async def one_client(offset: int) -> None:
         position = offset
         while time.perf_counter() < stop_at:
-            await _ask(client, texts[position % len(texts)], depth, run)
+            await _ask(client, texts[position % len(texts)], depth, run, priority)
             position += clients
 
     await asyncio.gather(*(one_client(i) for i in range(clients)))
@@ -193,10 +254,14 @@ async def open_loop(
     return run
 
 
-async def _ask(client: RankstreamClient, text: str, depth: int, run: LoadRun) -> None:
+async def _ask(
+    client: RankstreamClient, text: str, depth: int, run: LoadRun, priority: int = INTERACTIVE
+) -> None:
     started = time.perf_counter()
     try:
-        reply = await client.query(text, top_k=depth, depth=depth, timeout_s=120, cache=False)
+        reply = await client.query(
+            text, top_k=depth, depth=depth, timeout_s=120, cache=False, priority=priority
+        )
     except RankstreamError:
         run.errors += 1
         return
