@@ -1,0 +1,83 @@
+"""The gateway's mapping without a server: score transforms, rankstream errors to HTTP
+status and each API's body, and the filter grammar requests are checked against."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rankstream.errors import (
+    InvalidRequestError,
+    QueryFailedError,
+    QueryTimeoutError,
+    RankstreamError,
+)
+from rankstream.wire.filters import FilterError, parse_filter
+from rankstream.wire.messages import ErrorCode
+from rankstream.workers.gateway.errors import Api, ApiError, api_for_path, error_body, problem_for
+from rankstream.workers.gateway.service import sigmoid
+
+
+@pytest.mark.parametrize("logit", [-800.0, -9.8, 0.0, 6.0, 800.0])
+def test_sigmoid_is_stable_and_in_the_unit_interval(logit: float) -> None:
+    value = sigmoid(logit)
+    assert 0.0 <= value <= 1.0
+    if abs(logit) < 50:
+        assert value == pytest.approx(1 / (1 + math.exp(-logit)))
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (QueryFailedError(ErrorCode.INVALID_REQUEST, "bad"), 422, "invalid_request"),
+        (QueryFailedError(ErrorCode.OVERLOADED, "busy"), 429, "overloaded"),
+        (QueryFailedError(ErrorCode.EXPIRED, "late"), 504, "expired"),
+        (QueryFailedError(ErrorCode.MODEL_ERROR, "nan"), 500, "model_error"),
+        (QueryTimeoutError("no answer"), 504, "expired"),
+        (RankstreamError("cannot reach NATS"), 503, "unavailable"),
+        (InvalidRequestError("query too long"), 422, "invalid_request"),
+        (ValueError("bug"), 500, "internal"),
+    ],
+)
+def test_errors_map_to_status_and_code(error: Exception, status: int, code: str) -> None:
+    problem = problem_for(error)
+    assert (problem.status, problem.code) == (status, code)
+
+
+def test_each_api_gets_its_own_error_shape() -> None:
+    problem = ApiError(413, "invalid_request", "too many")
+    assert set(error_body(Api.COHERE, problem)) == {"id", "message", "code"}
+    assert error_body(Api.JINA, problem)["error"]["type"] == "invalid_request_error"
+    assert error_body(Api.TEI, problem) == {
+        "error": "too many", "error_type": "validation", "code": "invalid_request"
+    }  # fmt: skip
+    assert error_body(Api.RANKSTREAM, problem)["error"]["code"] == "invalid_request"
+    assert [api_for_path(p) for p in ("/v2/rerank", "/v1/rerank", "/rerank", "/v1/search")] == [
+        Api.COHERE, Api.JINA, Api.TEI, Api.RANKSTREAM
+    ]  # fmt: skip
+
+
+def test_filters_are_re_rendered_with_quoted_columns() -> None:
+    parsed = parse_filter("topic = 'it''s' and (year >= 2020 or not flag is null) AND x IN (1, 2)")
+    assert parsed.sql == (
+        "`topic` = 'it''s' AND (`year` >= 2020 OR NOT `flag` IS NULL) AND `x` IN (1, 2)"
+    )
+    assert parsed.columns == {"topic", "year", "flag", "x"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "1=1; DROP TABLE x",
+        "a = b",
+        "f(x) = 1",
+        "a = 'x' --",
+        "a ==",
+        "(" * 20 + "a = 1" + ")" * 20,
+    ],
+)
+def test_anything_outside_the_grammar_is_refused(text: str) -> None:
+    with pytest.raises(FilterError):
+        parse_filter(text)
