@@ -150,6 +150,12 @@ class Settings(BaseSettings):
     # "packaged:<name>", a Hugging Face id, or a local path (see rankstream/models/registry.py).
     embedder_model: str = "packaged:all-MiniLM-L6-v2"
     reranker_model: str = "packaged:ms-marco-MiniLM-L-12-v2-int8"
+    # The `student@K` stage's cross-encoder, e.g. a folder `rankstream distill` wrote (its
+    # `onnx-int8/` subfolder for CPU serving); None: no student stage.
+    student_model: str | None = None
+    # The `maxsim@K` stage's token-embedding model (a sentence-transformers
+    # MultiVectorEncoder folder or Hugging Face id); None: no maxsim stage.
+    late_interaction_model: str | None = None
     device: str = "cpu"
     dtype: str = Field(default="float32", pattern=r"^(float32|float16|bfloat16)$")
     max_length: int = Field(default=512, ge=16, le=8192)

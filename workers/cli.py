@@ -283,6 +283,49 @@ def calibrate_depth(
 
 
 @app.command()
+def distill(
+    ctx: typer.Context,
+    data_dir: Annotated[Path, typer.Argument(help="BEIR folder with the split to learn from")],
+    out: Annotated[Path, typer.Option(help="The student's folder (onnx-int8/ inside)")],
+    split: Annotated[str, typer.Option(help="qrels/<split>.tsv (never the reported one)")] = (
+        "train"
+    ),
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N queries")] = None,
+    depth: Annotated[int, typer.Option(min=1, help="Candidates per query")] = 20,
+    mode: Annotated[str, typer.Option(help="Retrieval mode: dense, bm25, hybrid")] = "hybrid",
+    init: Annotated[
+        str, typer.Option(help="Start from: teacher (its own checkpoint), an HF id or a path")
+    ] = "teacher",
+    layers: Annotated[
+        int, typer.Option(min=0, help="Layers kept: 0 = every other one, N = the first N")
+    ] = 0,
+    epochs: Annotated[int, typer.Option(min=1)] = 1,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    learning_rate: Annotated[float, typer.Option()] = 5e-5,
+    max_length: Annotated[int, typer.Option(min=16, help="Tokens per training pair")] = 256,
+) -> None:
+    """Distil the configured cross-encoder into a smaller student on your own pairs; serve it
+    with RANKSTREAM_STUDENT_MODEL (stage `student@K`)."""
+    from rankstream.workers.tools.distill import DistillOptions, run_distill
+
+    options = DistillOptions(
+        data_dir, out, split, limit, depth, mode, init, layers, epochs, batch_size,
+        learning_rate, max_length,
+    )  # fmt: skip
+    report = run_distill(ctx.obj, options, console)
+    console.print(
+        f"{report.pairs} pairs of {report.queries} queries ({report.pairs_scored_now} newly "
+        f"scored by the teacher, {report.teacher_s:.0f} s); student keeps layers "
+        f"{report.layers_kept}, trained in {report.train_s:.0f} s, exported in "
+        f"{report.export_s:.0f} s; peak RSS {report.peak_rss_mb:.0f} MB"
+    )
+    console.print(
+        f"[bold]RANKSTREAM_STUDENT_MODEL={report.onnx_dir}[/bold] (CPU, int8) or "
+        f"{report.student_dir} (torch)"
+    )
+
+
+@app.command()
 def bench(
     ctx: typer.Context,
     data: Annotated[

@@ -21,6 +21,7 @@ MINILM_RERANKER_INT8 = "ms-marco-MiniLM-L-12-v2-int8"
 MINILM_RERANKER_FP32 = "ms-marco-MiniLM-L-12-v2-fp32"
 PACKAGED_EMBEDDERS = (MINILM_EMBEDDER,)
 PACKAGED_RERANKERS = (MINILM_RERANKER_INT8, MINILM_RERANKER_FP32)
+STUDENT_SCORER = "student"
 
 
 def package_dir(package: str) -> Path:
@@ -113,17 +114,26 @@ def _onnx_embedder(st_dir: Path, model_id: str, settings: Settings) -> Embedder:
 
 def scorer_model(settings: Settings, scorer: str) -> str:
     """The model a rerank stage's scorer name stands for: `ce` the configured reranker,
-    `ce-int8` / `ce-fp32` the packaged cross-encoder in either precision.
+    `ce-int8` / `ce-fp32` the packaged cross-encoder in either precision, `student` the
+    configured student (`settings.student_model`, e.g. what `rankstream distill` wrote).
 
-    Raises InvalidRequestError for a name the worker does not know."""
+    Raises InvalidRequestError for a name the worker does not know, or `student` when no
+    student model is configured."""
     models = {
         "ce": settings.reranker_model,
         "ce-int8": PACKAGED_PREFIX + MINILM_RERANKER_INT8,
         "ce-fp32": PACKAGED_PREFIX + MINILM_RERANKER_FP32,
+        STUDENT_SCORER: settings.student_model,
     }
     if scorer not in models:
         raise InvalidRequestError(f"unknown scorer {scorer!r}; known: {sorted(models)}")
-    return models[scorer]
+    model = models[scorer]
+    if model is None:
+        raise InvalidRequestError(
+            "the student scorer has no model: run `rankstream distill` and set "
+            "RANKSTREAM_STUDENT_MODEL to the folder it wrote"
+        )
+    return model
 
 
 def load_cross_encoder(settings: Settings, name: str | None = None) -> CrossEncoderBackend:

@@ -1,0 +1,89 @@
+"""`rankstream distill` on a tiny split: real teacher (the packaged cross-encoder), real
+retrieval over a real LanceDB table, one training step of a real student."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from rankstream.config import Settings
+from rankstream.models.registry import load_cross_encoder
+from rankstream.retrieval.corpus import sample_corpus_path, sample_queries
+from rankstream.workers.tools.distill import (
+    DistillOptions,
+    run_distill,
+    student_start,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def beir_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample corpus as a BEIR folder, every sample query in a `train` split."""
+    folder = tmp_path_factory.mktemp("beir")
+    (folder / "corpus.jsonl").write_bytes(sample_corpus_path().read_bytes())
+    queries = sample_queries()
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q.query_id, "text": q.text}) + "\n" for q in queries)
+    )
+    (folder / "qrels").mkdir()
+    (folder / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n"
+        + "".join(f"{q.query_id}\t{doc}\t1\n" for q in queries for doc in q.relevant)
+    )
+    return folder
+
+
+def squared_error(model_scores: list[float], teacher: list[float]) -> float:
+    return float(np.mean((np.asarray(model_scores) - np.asarray(teacher)) ** 2))
+
+
+def test_one_step_of_distillation_moves_the_student_toward_the_teacher(
+    beir_sample: Path, tmp_path: Path, model_cache_dir: Path
+) -> None:
+    settings = Settings(lancedb_uri=str(tmp_path / "db"), model_cache_dir=model_cache_dir)
+    options = DistillOptions(
+        beir_sample, tmp_path / "student", limit=4, depth=8, mode="dense",
+        batch_size=32, learning_rate=2e-4, max_length=128,
+        teacher_cache=tmp_path / "teacher.sqlite",
+    )  # fmt: skip
+    report = run_distill(settings, options, Console(quiet=True))
+
+    assert report.pairs == 32
+    assert report.pairs_scored_now == 32
+    assert report.layers_kept == [0, 2, 4, 6, 8, 10]
+    teacher = load_cross_encoder(settings)
+
+    trained = load_cross_encoder(settings, str(report.student_dir))  # the torch folder
+    served = load_cross_encoder(settings, str(report.onnx_dir))  # its int8 ONNX copy
+    untrained, _ = student_start(settings, options)
+    queries = [q.text for q in sample_queries()[:4]]
+    documents = [line for line in sample_corpus_path().read_text().splitlines()[:8]]
+    probe = [(query, json.loads(doc)["text"]) for query in queries for doc in documents]
+    target = teacher.score(teacher.tokenizer.encode(probe))
+    after = trained.score(trained.tokenizer.encode(probe))
+    before = [float(s) for s in untrained.predict(probe, activation_fn=None)]
+    assert squared_error(after, target) < squared_error(before, target)
+    int8 = served.score(served.tokenizer.encode(probe))
+    assert np.corrcoef(int8, after)[0, 1] > 0.95, "the int8 export scores as the student does"
+    assert served.model_id == str(report.onnx_dir)
+
+
+def test_a_rerun_scores_no_pair_twice(
+    beir_sample: Path, tmp_path: Path, model_cache_dir: Path
+) -> None:
+    """Teacher scores come back from the cache; only the student is trained again."""
+    settings = Settings(lancedb_uri=str(tmp_path / "db"), model_cache_dir=model_cache_dir)
+    options = DistillOptions(
+        beir_sample, tmp_path / "student", limit=2, depth=4, mode="dense", layers=2,
+        batch_size=8, max_length=64, teacher_cache=tmp_path / "teacher.sqlite",
+    )  # fmt: skip
+    first = run_distill(settings, options, Console(quiet=True))
+    again = run_distill(settings, options, Console(quiet=True))
+    assert (first.pairs_scored_now, again.pairs_scored_now) == (8, 0)
+    assert again.layers_kept == [0, 1]

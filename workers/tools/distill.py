@@ -1,0 +1,332 @@
+"""`rankstream distill`: train a smaller cross-encoder (the student) on the teacher's scores
+of your own (query, candidate) pairs.
+
+1. Candidates: every query of a split, through the pipeline's retrieval (the same store
+   search, mode and embedder as the retrieval worker), to `depth`.
+2. Teacher scores: the configured cross-encoder's raw logits, kept on disk in a SQLite file
+   keyed by teacher model and pair, so a rerun (or a second student) scores only new pairs.
+3. Student: initialised from the teacher's own checkpoint with every other transformer layer
+   kept (or the first N), so nothing is downloaded; any HF id or local path also works.
+4. Training: sentence-transformers' `CrossEncoderTrainer` with `MSELoss` on the teacher's
+   logits. Pointwise MSE needs no positive/negative pairing (margin-MSE does), works on any
+   candidate list, and keeps the teacher's logit scale, so the student's raw scores mean the
+   same as the teacher's (cascades, TEI's `raw_scores`).
+5. Output: a folder `CrossEncoder` loads, and `onnx-int8/` inside it (int8 ONNX, for CPU
+   serving): set RANKSTREAM_STUDENT_MODEL to either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import resource
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import Progress
+
+from rankstream.config import Settings
+from rankstream.errors import InvalidRequestError, ModelError
+from rankstream.models.base import CrossEncoderBackend
+from rankstream.models.onnx_cross_encoder import INT8_SUBFOLDER, export_int8_cross_encoder
+from rankstream.models.registry import (
+    MINILM_RERANKER_FP32,
+    MINILM_RERANKER_INT8,
+    PACKAGED_PREFIX,
+    fp32_reranker_dir,
+    load_cross_encoder,
+    load_embedder,
+)
+from rankstream.retrieval.fusion import SearchMode
+from rankstream.retrieval.store import DocumentStore
+from rankstream.workers.tools.evaluation import read_qrels, read_queries
+from rankstream.workers.tools.indexing import ensure_indexed
+
+if TYPE_CHECKING:
+    from sentence_transformers import CrossEncoder
+
+TEACHER_BATCH = 16
+Pair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """What `rankstream distill` does.
+
+    Args:
+        data_dir: a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).
+        out: the student's folder (written; its int8 ONNX copy goes in `out/onnx-int8`).
+        split: the queries to learn from (never the split you report).
+        limit: only the first N queries of the split.
+        depth: candidates per query.
+        mode: retrieval mode of the candidates (dense, bm25, hybrid).
+        init: the student's starting point: `teacher` (the teacher's own checkpoint), or an
+            HF id / local path of a cross-encoder checkpoint.
+        layers: transformer layers the student keeps: 0 = every other layer, N = the first N.
+        epochs, batch_size, learning_rate: training.
+        max_length: tokens per pair while training (longer pairs are truncated).
+        teacher_cache: the teacher-score SQLite file (default: in `model_cache_dir`).
+    """
+
+    data_dir: Path
+    out: Path
+    split: str = "train"
+    limit: int | None = None
+    depth: int = 20
+    mode: str = "hybrid"
+    init: str = "teacher"
+    layers: int = 0
+    epochs: int = 1
+    batch_size: int = 16
+    learning_rate: float = 5e-5
+    max_length: int = 256
+    teacher_cache: Path | None = None
+
+
+@dataclass(frozen=True)
+class DistillReport:
+    student_dir: Path
+    onnx_dir: Path
+    queries: int
+    pairs: int
+    pairs_scored_now: int  # teacher scores not found in the cache
+    teacher_s: float
+    train_s: float
+    export_s: float
+    peak_rss_mb: float
+    layers_kept: list[int]
+
+
+class TeacherScores:
+    """The teacher's raw score of each (query, document) pair, on disk: a SQLite table keyed
+    by the teacher's model id and a digest of the pair. Written after every batch, so an
+    interrupted run resumes where it stopped."""
+
+    def __init__(self, path: Path, model_id: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path)
+        self._db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL)")
+        self._model_id = model_id
+
+    def close(self) -> None:
+        self._db.close()
+
+    def key(self, pair: Pair) -> str:
+        digest = hashlib.sha256()
+        for part in (self._model_id, *pair):
+            digest.update(part.encode())
+            digest.update(b"\x1f")
+        return digest.hexdigest()
+
+    def get(self, pairs: Sequence[Pair]) -> dict[Pair, float]:
+        """The stored scores of those of `pairs` that have one."""
+        found: dict[Pair, float] = {}
+        for pair in pairs:
+            row = self._db.execute(
+                "SELECT score FROM scores WHERE key = ?", (self.key(pair),)
+            ).fetchone()
+            if row is not None:
+                found[pair] = float(row[0])
+        return found
+
+    def put(self, scored: Iterable[tuple[Pair, float]]) -> None:
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO scores VALUES (?, ?)",
+                ((self.key(pair), score) for pair, score in scored),
+            )
+
+
+def run_distill(settings: Settings, options: DistillOptions, console: Console) -> DistillReport:
+    """Candidates, teacher scores, training and export; see the module docstring.
+
+    Raises InvalidRequestError for a data folder without the split, ModelError for a teacher
+    or starting point that cannot be loaded or trimmed."""
+    settings = ensure_indexed(settings, options.data_dir, console)
+    queries = split_queries(options.data_dir, options.split, options.limit)
+    pairs = asyncio.run(retrieve_pairs(settings, queries, options.depth, options.mode))
+    console.print(f"{len(queries)} queries, {len(pairs)} (query, candidate) pairs")
+
+    started = time.perf_counter()
+    teacher = load_cross_encoder(settings)
+    cache_path = options.teacher_cache or settings.model_cache_dir / "teacher-scores.sqlite"
+    with closing(TeacherScores(cache_path, teacher.model_id)) as cache:
+        labels, scored_now = teacher_scores(teacher, pairs, cache, console)
+    teacher_s = time.perf_counter() - started
+    del teacher
+
+    started = time.perf_counter()
+    student, kept = student_start(settings, options)
+    train_student(student, pairs, labels, options)
+    student.save_pretrained(str(options.out))
+    train_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    onnx_dir = export_int8_cross_encoder(options.out, options.out / INT8_SUBFOLDER)
+    return DistillReport(
+        student_dir=options.out,
+        onnx_dir=onnx_dir,
+        queries=len(queries),
+        pairs=len(pairs),
+        pairs_scored_now=scored_now,
+        teacher_s=teacher_s,
+        train_s=train_s,
+        export_s=time.perf_counter() - started,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        layers_kept=kept,
+    )
+
+
+def split_queries(data_dir: Path, split: str, limit: int | None) -> dict[str, str]:
+    """The queries that have judgements in `qrels/<split>.tsv`, in file order."""
+    texts = read_queries(data_dir)
+    judged = [query_id for query_id in read_qrels(data_dir, split) if query_id in texts]
+    if not judged:
+        raise InvalidRequestError(f"no query of {data_dir}/queries.jsonl is in split {split}")
+    return {query_id: texts[query_id] for query_id in judged[:limit]}
+
+
+async def retrieve_pairs(
+    settings: Settings, queries: dict[str, str], depth: int, mode: str
+) -> list[Pair]:
+    """Each query with its top `depth` candidates, as the retrieval worker finds them."""
+    search_mode = SearchMode(mode)
+    embedder = load_embedder(settings) if search_mode != SearchMode.BM25 else None
+    store = DocumentStore.from_settings(settings)
+    pairs: list[Pair] = []
+    for text in queries.values():
+        vector = embedder.embed_queries([text])[0] if embedder is not None else None
+        result = await store.search(text, vector, depth, search_mode)
+        pairs.extend((text, hit.text) for hit in result.hits)
+    return pairs
+
+
+def teacher_scores(
+    teacher: CrossEncoderBackend, pairs: Sequence[Pair], cache: TeacherScores, console: Console
+) -> tuple[list[float], int]:
+    """The teacher's raw score of every pair (in order) and how many were not cached."""
+    known = cache.get(pairs)
+    missing = list(dict.fromkeys(pair for pair in pairs if pair not in known))
+    with Progress(console=console) as progress:
+        task = progress.add_task("teacher scores", total=len(pairs), completed=len(known))
+        for batch in _batches(missing, TEACHER_BATCH):
+            scores = teacher.score(teacher.tokenizer.encode(batch))
+            cache.put(zip(batch, scores, strict=True))
+            known.update(zip(batch, scores, strict=True))
+            progress.advance(task, len(batch))
+    return [known[pair] for pair in pairs], len(missing)
+
+
+def _batches(items: Sequence[Pair], size: int) -> Iterator[list[Pair]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def student_start(settings: Settings, options: DistillOptions) -> tuple[CrossEncoder, list[int]]:
+    """The student before training, and the teacher layers it keeps (all, for `init` other
+    than `teacher`, unless `layers` says otherwise)."""
+    from sentence_transformers import CrossEncoder
+
+    path = teacher_checkpoint(settings) if options.init == "teacher" else options.init
+    local = Path(path).expanduser().exists()
+    student = CrossEncoder(str(path), device="cpu", max_length=options.max_length,
+                           local_files_only=local)  # fmt: skip
+    count = len(_encoder(student).layer)
+    if options.layers == 0 and options.init != "teacher":
+        keep = list(range(count))
+    elif options.layers == 0:
+        keep = list(range(0, count, 2))
+    elif options.layers <= count:
+        keep = list(range(options.layers))
+    else:
+        raise ModelError(f"the starting point has {count} layers; cannot keep {options.layers}")
+    _keep_layers(student, keep)
+    return student, keep
+
+
+def teacher_checkpoint(settings: Settings) -> str:
+    """A torch checkpoint of the configured teacher: the fp32 copy of the packaged reranker,
+    or the configured folder / HF id itself. An ONNX-only folder cannot start a student."""
+    name = settings.reranker_model
+    if name in (PACKAGED_PREFIX + MINILM_RERANKER_INT8, PACKAGED_PREFIX + MINILM_RERANKER_FP32):
+        return str(fp32_reranker_dir(settings))
+    if (Path(name).expanduser() / "model.onnx").is_file():
+        raise ModelError(
+            f"{name} is an ONNX folder: give --init a torch checkpoint to start the student from"
+        )
+    return name
+
+
+def _encoder(model: CrossEncoder) -> Any:
+    """The transformer's layer stack holder (`base_model.encoder`, BERT-like models)."""
+    classifier: Any = model[0].auto_model
+    encoder = getattr(getattr(classifier, classifier.base_model_prefix, None), "encoder", None)
+    if encoder is None or not hasattr(encoder, "layer"):
+        raise ModelError("the student must be a BERT-like model (base_model.encoder.layer)")
+    return encoder
+
+
+def _keep_layers(model: CrossEncoder, keep: list[int]) -> None:
+    import torch
+
+    encoder = _encoder(model)
+    encoder.layer = torch.nn.ModuleList([encoder.layer[i] for i in keep])
+    classifier: Any = model[0].auto_model
+    classifier.config.num_hidden_layers = len(keep)
+
+
+def train_student(
+    student: CrossEncoder, pairs: Sequence[Pair], labels: Sequence[float], options: DistillOptions
+) -> None:
+    """Fit the student's logits to the teacher's (MSE), in place; the trainer prints its own
+    progress bar."""
+    import tempfile
+
+    try:
+        from datasets import Dataset
+    except ImportError as error:
+        raise ModelError(
+            "distillation needs its extra: pip install 'rankstream[distill]'"
+        ) from error
+    from sentence_transformers.cross_encoder import (
+        CrossEncoderTrainer,
+        CrossEncoderTrainingArguments,
+    )
+    from sentence_transformers.cross_encoder.losses import MSELoss
+
+    dataset = Dataset.from_dict(
+        {
+            "query": [query for query, _ in pairs],
+            "document": [document for _, document in pairs],
+            "label": [float(label) for label in labels],
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="rankstream-distill-") as scratch:
+        arguments = CrossEncoderTrainingArguments(
+            output_dir=scratch,
+            num_train_epochs=options.epochs,
+            per_device_train_batch_size=options.batch_size,
+            learning_rate=options.learning_rate,
+            warmup_steps=_warmup_steps(len(pairs), options),
+            save_strategy="no",
+            report_to="none",
+            logging_steps=25,
+            use_cpu=str(student.device) == "cpu",
+            seed=12,
+        )
+        trainer = CrossEncoderTrainer(
+            model=student, args=arguments, train_dataset=dataset, loss=MSELoss(student)
+        )
+        trainer.train()
+
+
+def _warmup_steps(pairs: int, options: DistillOptions) -> int:
+    """A tenth of the steps (none for a run of under ten: the first step would have no rate)."""
+    steps = -(-pairs // options.batch_size) * options.epochs
+    return steps // 10
