@@ -144,10 +144,10 @@ class RankstreamClient:
         await self._listen_for_replies()
 
     async def _listen_for_replies(self) -> None:
-        """Through JetStream where the results stream exists: it drops a duplicate answer
-        (same Nats-Msg-Id after a redelivery) before it reaches this client. Otherwise (no
-        workers have created it yet, or no JetStream rights) over core NATS, where a second
-        answer to a request is ignored here."""
+        """Through JetStream where the results stream exists (it drops a duplicate answer,
+        same Nats-Msg-Id after a redelivery, and replays what was published while this
+        client was reconnecting), and over core NATS in every case; a second answer to a
+        request is ignored here."""
         assert self._connection is not None
         try:
             # Named, so nats-py asks for it on `$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`:
@@ -160,8 +160,12 @@ class RankstreamClient:
                 config=ConsumerConfig(name=f"results_{uuid.uuid4().hex}"),
             )
         except (nats.js.errors.Error, nats.errors.Error) as error:
-            log.info("answers over core NATS (results stream unavailable: %r)", error)
-            await self._connection.subscribe(self.reply_subject, cb=self._on_reply)
+            log.info("answers over core NATS only (results stream unavailable: %r)", error)
+        # Over core NATS as well, always: on a NATS cluster the stream consumer above lives
+        # on one node, and when that node dies nats-py may fail to recreate it (a named
+        # ordered consumer); answers published while this client is connected still arrive.
+        # Whichever copy comes first answers; the other finds its future done.
+        await self._connection.subscribe(self.reply_subject, cb=self._on_reply)
 
     async def close(self) -> None:
         """Drain and close the connection (answers still in flight are delivered first)."""

@@ -3,15 +3,23 @@ keeping a dead letter; each counted under the worker that sent it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
+import nats
 from faststream.nats import NatsBroker
+from nats.js.errors import BadRequestError
 
 from rankstream.metrics import Metrics
 from rankstream.wire.messages import DeadLetter, ErrorCode, ErrorResult, RankedResult, dedup_id
 from rankstream.wire.subjects import Subjects
 
 log = logging.getLogger(__name__)
+
+# How long a worker keeps publishing an answer JetStream does not confirm: a stream leader
+# election on a NATS cluster takes ~5-9 s.
+RESULT_PATIENCE_S = 10.0
 
 
 class ReplySender:
@@ -33,15 +41,34 @@ class ReplySender:
 
     async def send(self, reply_to: str, reply: RankedResult | ErrorResult) -> None:
         if reply_to.startswith(self._subjects.results_root + "."):
-            await self._broker.publish(
-                reply,
-                subject=reply_to,
-                stream=self._subjects.streams.results,
-                headers={"Nats-Msg-Id": dedup_id(reply.request_id, "reply")},
-            )
+            await self._publish_result(reply_to, reply)
         else:
             await self._broker.publish(reply, subject=reply_to)
         self._metrics.requests.labels(worker=self.worker, outcome=_outcome(reply)).inc()
+
+    async def _publish_result(self, reply_to: str, reply: RankedResult | ErrorResult) -> None:
+        """Publish through the results stream, asking again for up to RESULT_PATIENCE_S while
+        JetStream does not confirm (on a NATS cluster: the stream's leader died and a new one
+        is being elected). The `Nats-Msg-Id` makes a repeated publish land once; giving up
+        on the first error would send the whole request back to be scored again."""
+        give_up, delay = time.monotonic() + RESULT_PATIENCE_S, 0.25
+        while True:
+            try:
+                await self._broker.publish(
+                    reply,
+                    subject=reply_to,
+                    stream=self._subjects.streams.results,
+                    headers={"Nats-Msg-Id": dedup_id(reply.request_id, "reply")},
+                )
+                return
+            except BadRequestError:
+                raise
+            except (TimeoutError, nats.errors.Error) as error:
+                if time.monotonic() + delay > give_up:
+                    raise
+                log.info("%s: result not confirmed (%r); publishing again", self.worker, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def send_error(
         self, reply_to: str, request_id: str, code: ErrorCode, message: str
