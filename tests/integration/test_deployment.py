@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,13 +38,10 @@ INFRA = Path(__file__).parents[2] / "infra"
 SCHEMAS = INFRA / "schemas"
 K8S_VERSION = "1.30.0"
 KEDA_API = "keda.sh/v1alpha1"
-# accounts.conf reads its passwords from the environment; the ConfigMap's nats.conf its name.
-NATS_ENV = {
-    "NATS_RETRIEVAL_PASSWORD": "retrieval-secret",
-    "NATS_RERANK_PASSWORD": "rerank-secret",
-    "NATS_CLIENT_PASSWORD": "client-secret",
-    "POD_NAME": "nats-0",
-}
+# accounts.conf reads its passwords from the environment (`$NATS_<ROLE>_PASSWORD`, every one
+# it names is set), the ConfigMap's nats.conf its server name.
+PASSWORD_VARIABLE = re.compile(r"\$(NATS_[A-Z0-9_]+_PASSWORD)\b")
+NATS_ENV = {"POD_NAME": "nats-0"}
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -200,10 +198,13 @@ def nats_configs_in_configmaps() -> list[tuple[str, str]]:
 
 
 def nats_check(path: Path) -> subprocess.CompletedProcess[str]:
+    # Passwords start with a letter: nats-server reads `$VAR` values as numbers or dates
+    # where they look like one.
+    passwords = {name: f"x{name.lower()}" for name in PASSWORD_VARIABLE.findall(path.read_text())}
     return subprocess.run(
         [nats_server_binary(), "-t", "-c", str(path)],
         capture_output=True, text=True, timeout=30, check=False,
-        env=os.environ | NATS_ENV, cwd=path.parent,
+        env=os.environ | NATS_ENV | passwords, cwd=path.parent,
     )  # fmt: skip
 
 
