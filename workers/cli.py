@@ -303,6 +303,9 @@ def distill(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     learning_rate: Annotated[float, typer.Option()] = 5e-5,
     max_length: Annotated[int, typer.Option(min=16, help="Tokens per training pair")] = 256,
+    student: Annotated[
+        str, typer.Option(help="cross-encoder (student@K) or late-interaction (maxsim@K)")
+    ] = "cross-encoder",
 ) -> None:
     """Distil the configured cross-encoder into a smaller student on your own pairs; serve it
     with RANKSTREAM_STUDENT_MODEL (stage `student@K`)."""
@@ -310,7 +313,7 @@ def distill(
 
     options = DistillOptions(
         data_dir, out, split, limit, depth, mode, init, layers, epochs, batch_size,
-        learning_rate, max_length,
+        learning_rate, max_length, student=student,
     )  # fmt: skip
     report = run_distill(ctx.obj, options, console)
     console.print(
@@ -319,10 +322,13 @@ def distill(
         f"{report.layers_kept}, trained in {report.train_s:.0f} s, exported in "
         f"{report.export_s:.0f} s; peak RSS {report.peak_rss_mb:.0f} MB"
     )
-    console.print(
-        f"[bold]RANKSTREAM_STUDENT_MODEL={report.onnx_dir}[/bold] (CPU, int8) or "
-        f"{report.student_dir} (torch)"
-    )
+    if report.onnx_dir is None:
+        console.print(f"[bold]RANKSTREAM_LATE_INTERACTION_MODEL={report.student_dir}[/bold]")
+    else:
+        console.print(
+            f"[bold]RANKSTREAM_STUDENT_MODEL={report.onnx_dir}[/bold] (CPU, int8) or "
+            f"{report.student_dir} (torch)"
+        )
 
 
 @app.command()

@@ -13,8 +13,9 @@ from faststream.nats.annotations import NatsMessage
 
 from rankstream.errors import ExpiredError
 from rankstream.models import CrossEncoderBackend, load_cross_encoder
-from rankstream.models.registry import scorer_model
+from rankstream.models.registry import MAXSIM_SCORER, load_token_embedder, scorer_model
 from rankstream.ranking import Scored, ranked_result, rerank_top, retrieval_order
+from rankstream.retrieval.late_interaction import MaxSimStage
 from rankstream.scheduling.admission import PairBudget
 from rankstream.scheduling.batcher import BatchStats, DeadlineExceededError
 from rankstream.scheduling.budgets import DocumentBudget
@@ -65,6 +66,7 @@ class RerankWorker:
             settings.max_inflight_pairs, on_change=metrics.rerank_inflight_pairs.set
         )
         self._stages: dict[str, CrossEncoderStage] = {}
+        self._maxsim: MaxSimStage | None = None
         self._loading = asyncio.Lock()
         self._exit = AsyncExitStack()
         context.broker.subscriber(
@@ -98,7 +100,10 @@ class RerankWorker:
     async def start(self) -> None:
         """Load and warm up `ce` and the preloaded scorers, each in a thread."""
         for scorer in dict.fromkeys(["ce", *self._settings.preload_scorers]):
-            await self._stage(scorer)
+            if scorer == MAXSIM_SCORER:
+                await self._maxsim_stage()
+            else:
+                await self._stage(scorer)
 
     async def stop(self) -> None:
         await self._exit.aclose()
@@ -123,6 +128,14 @@ class RerankWorker:
                 )
                 self._stages[scorer] = await self._exit.enter_async_context(stage)
         return self._stages[scorer]
+
+    async def _maxsim_stage(self) -> MaxSimStage:
+        """The late-interaction stage, its token model loaded on first use."""
+        async with self._loading:
+            if self._maxsim is None:
+                embedder = await asyncio.to_thread(load_token_embedder, self._settings)
+                self._maxsim = MaxSimStage(embedder, self._settings.lancedb_uri)
+        return self._maxsim
 
     def _warm_up(self, model: CrossEncoderBackend) -> None:
         """First calls allocate buffers and pick kernels; pay that before reporting ready."""
@@ -197,26 +210,28 @@ class RerankWorker:
         top: list[Scored],
         deadline: Deadline,
     ) -> StageOutcome:
-        runtime = await self._stage(stage.scorer)
         budget = DocumentBudget(
             stage.max_doc_tokens or self._settings.default_max_doc_tokens,
             stage.long_docs or self._settings.default_long_docs,
             self._settings.maxp_max_windows,
         )
-        outcome = await runtime.score(
-            StageInput(
-                query=candidate_set.request.query,
-                documents=[s.candidate.text for s in top],
-                token_ids=[
-                    tuple(s.candidate.token_ids) if s.candidate.token_ids is not None else None
-                    for s in top
-                ],
-                tokenizer=candidate_set.tokenizer,
-                budget=budget,
-                deadline=deadline,
-                lane=priority_lane(candidate_set.request.priority),
-            )
+        pairs = StageInput(
+            query=candidate_set.request.query,
+            documents=[s.candidate.text for s in top],
+            token_ids=[
+                tuple(s.candidate.token_ids) if s.candidate.token_ids is not None else None
+                for s in top
+            ],
+            tokenizer=candidate_set.tokenizer,
+            budget=budget,
+            deadline=deadline,
+            lane=priority_lane(candidate_set.request.priority),
+            doc_ids=[s.candidate.doc_id for s in top],
         )
+        if stage.scorer == MAXSIM_SCORER:
+            table = candidate_set.request.table or self._settings.table
+            return await (await self._maxsim_stage()).score(pairs, table)
+        outcome = await (await self._stage(stage.scorer)).score(pairs)
         lane = lane_name(priority_lane(candidate_set.request.priority))
         self._metrics.rerank_lane_wait.labels(lane=lane).observe(outcome.ticket.batch_wait_s)
         self._metrics.rerank_over_budget.inc(outcome.plan.over_budget)
@@ -227,14 +242,19 @@ class RerankWorker:
     def _report(self, stage: RerankStage, depth: int, outcome: StageOutcome) -> StageReport:
         return StageReport(
             name=stage.name,
-            model_id=self._stages[stage.scorer].model.model_id,
+            model_id=self._runtime_model_id(stage.scorer),
             candidates=depth,
-            pairs=len(outcome.plan.encodings),
+            pairs=len(outcome.plan.owners),
             over_budget=outcome.plan.over_budget,
             truncated_tokens=outcome.plan.truncated_tokens,
             batch_wait_ms=outcome.ticket.batch_wait_s * 1000,
             inference_ms=outcome.ticket.inference_s * 1000,
         )
+
+    def _runtime_model_id(self, scorer: str) -> str:
+        if scorer == MAXSIM_SCORER and self._maxsim is not None:
+            return self._maxsim.model_id
+        return self._stages[scorer].model.model_id
 
     def _answer(
         self,

@@ -7,11 +7,15 @@ import importlib.util
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rankstream.config import Settings
 from rankstream.errors import InvalidRequestError, ModelError
 from rankstream.models.base import CrossEncoderBackend, Embedder, Vectors
 from rankstream.models.tokenization import PairTokenizer
+
+if TYPE_CHECKING:
+    from rankstream.models.late_interaction import TokenEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +26,7 @@ MINILM_RERANKER_FP32 = "ms-marco-MiniLM-L-12-v2-fp32"
 PACKAGED_EMBEDDERS = (MINILM_EMBEDDER,)
 PACKAGED_RERANKERS = (MINILM_RERANKER_INT8, MINILM_RERANKER_FP32)
 STUDENT_SCORER = "student"
+MAXSIM_SCORER = "maxsim"
 
 
 def package_dir(package: str) -> Path:
@@ -115,23 +120,26 @@ def _onnx_embedder(st_dir: Path, model_id: str, settings: Settings) -> Embedder:
 def scorer_model(settings: Settings, scorer: str) -> str:
     """The model a rerank stage's scorer name stands for: `ce` the configured reranker,
     `ce-int8` / `ce-fp32` the packaged cross-encoder in either precision, `student` the
-    configured student (`settings.student_model`, e.g. what `rankstream distill` wrote).
+    configured student (`settings.student_model`, e.g. what `rankstream distill` wrote),
+    `maxsim` the late-interaction model (`settings.late_interaction_model`).
 
-    Raises InvalidRequestError for a name the worker does not know, or `student` when no
-    student model is configured."""
+    Raises InvalidRequestError for a name the worker does not know, or for `student` /
+    `maxsim` when their model is not configured."""
     models = {
         "ce": settings.reranker_model,
         "ce-int8": PACKAGED_PREFIX + MINILM_RERANKER_INT8,
         "ce-fp32": PACKAGED_PREFIX + MINILM_RERANKER_FP32,
         STUDENT_SCORER: settings.student_model,
+        MAXSIM_SCORER: settings.late_interaction_model,
     }
     if scorer not in models:
         raise InvalidRequestError(f"unknown scorer {scorer!r}; known: {sorted(models)}")
     model = models[scorer]
     if model is None:
+        setting = "STUDENT_MODEL" if scorer == STUDENT_SCORER else "LATE_INTERACTION_MODEL"
         raise InvalidRequestError(
-            "the student scorer has no model: run `rankstream distill` and set "
-            "RANKSTREAM_STUDENT_MODEL to the folder it wrote"
+            f"the {scorer} scorer has no model: run `rankstream distill` and set "
+            f"RANKSTREAM_{setting} to the folder it wrote"
         )
     return model
 
@@ -154,6 +162,21 @@ def load_cross_encoder(settings: Settings, name: str | None = None) -> CrossEnco
     if (local / "model.onnx").is_file():
         return _onnx(local, name, settings)
     return _torch(str(local) if local.exists() else name, name, settings, local.exists())
+
+
+def load_token_embedder(settings: Settings) -> TokenEmbedder:
+    """The late-interaction model (`settings.late_interaction_model`): a MultiVectorEncoder
+    folder or Hugging Face id, on `settings.device`.
+
+    Raises InvalidRequestError when none is configured."""
+    from rankstream.models.late_interaction import TokenEmbedder
+
+    name = scorer_model(settings, MAXSIM_SCORER)
+    log.info("loading token embedder %s", name)
+    local = Path(name).expanduser()
+    return TokenEmbedder(
+        str(local) if local.exists() else name, name, settings.device, local.exists()
+    )
 
 
 def load_reranker_tokenizer(settings: Settings, name: str | None = None) -> PairTokenizer:

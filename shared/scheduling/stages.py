@@ -25,7 +25,8 @@ from rankstream.scheduling.pair_scheduler import PairScheduler
 @dataclass(frozen=True)
 class StageInput:
     """One request's candidates for one stage. `token_ids[i]` is document i's ids from the
-    tokenizer named `tokenizer` (a fingerprint), or None."""
+    tokenizer named `tokenizer` (a fingerprint), or None; `doc_ids[i]` its id (stages that
+    read what the store keeps per document use it)."""
 
     query: str
     documents: Sequence[str]
@@ -34,6 +35,7 @@ class StageInput:
     budget: DocumentBudget
     deadline: Deadline
     lane: int = 0
+    doc_ids: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class CrossEncoderStage:
         shed_load: bool = True,
     ) -> None:
         self.model = model
+        self.model_id = model.model_id
         self._budget = budget
         self._shed_load = shed_load
         self.scheduler = PairScheduler(model, limits, on_batch)

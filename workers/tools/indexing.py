@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -10,9 +13,12 @@ from rich.progress import Progress
 
 from rankstream.config import Settings
 from rankstream.models import Embedder, load_embedder
-from rankstream.models.registry import load_reranker_tokenizer
+from rankstream.models.registry import load_reranker_tokenizer, load_token_embedder
 from rankstream.retrieval.corpus import corpus_file, read_documents
 from rankstream.retrieval.store import TABLE_LAYOUT, DocumentStore
+from rankstream.retrieval.token_store import VECTOR_BYTES, TokenStore
+
+TOKEN_CHUNK = 64
 
 
 def count_lines(path: Path) -> int:
@@ -32,12 +38,51 @@ def index_corpus(
     tokenizer = load_reranker_tokenizer(settings)
     with Progress(console=console, transient=False) as progress:
         task = progress.add_task(f"indexing {path}", total=count_lines(path))
-        return store.index(
+        indexed = store.index(
             read_documents(path),
             embedder,
             tokenizer,
             on_chunk=lambda n: progress.advance(task, n),
         )
+    if settings.late_interaction_model is not None:
+        index_token_vectors(settings, path, console)
+    return indexed
+
+
+def index_token_vectors(settings: Settings, path: Path, console: Console) -> TokenReport:
+    """Encode every document of `path` with the late-interaction model and store its token
+    vectors beside the configured table (`rankstream.retrieval.token_store`)."""
+    embedder = load_token_embedder(settings)
+    tokens = TokenStore(
+        settings.lancedb_uri, settings.table, embedder.fingerprint, embedder.dimension
+    )
+    started, stored_bytes, documents = time.perf_counter(), 0, 0
+    with Progress(console=console, transient=False) as progress:
+        task = progress.add_task("token vectors", total=count_lines(path))
+        documents_left = read_documents(path)
+        while chunk := list(itertools.islice(documents_left, TOKEN_CHUNK)):
+            vectors = embedder.embed_documents([document.content for document in chunk])
+            tokens.write([document.doc_id for document in chunk], vectors)
+            stored_bytes += sum(v.shape[0] * v.shape[1] * VECTOR_BYTES for v in vectors)
+            documents += len(chunk)
+            progress.advance(task, len(chunk))
+    report = TokenReport(documents, stored_bytes, time.perf_counter() - started)
+    console.print(
+        f"[dim]token vectors: {documents} documents in {report.seconds:.0f} s, "
+        f"{report.bytes_per_document / 1024:.1f} KiB per document ({tokens.name})[/dim]"
+    )
+    return report
+
+
+@dataclass(frozen=True)
+class TokenReport:
+    documents: int
+    vector_bytes: int  # the vectors alone, without LanceDB's list offsets
+    seconds: float
+
+    @property
+    def bytes_per_document(self) -> float:
+        return self.vector_bytes / max(1, self.documents)
 
 
 def content_table_name(path: Path, settings: Settings) -> str:
@@ -58,9 +103,19 @@ def ensure_indexed(settings: Settings, path: Path, console: Console) -> Settings
     settings = settings.model_copy(update={"table": content_table_name(path, settings)})
     store = DocumentStore.from_settings(settings)
     documents = count_lines(path)
-    if store.count() == documents:
-        console.print(f"[dim]reusing table {settings.table} ({documents} documents)[/dim]")
-        store.ensure_indexes()  # a table indexed before an index was added
-    else:
+    if store.count() != documents:
         index_corpus(settings, path, console)
+        return settings
+    console.print(f"[dim]reusing table {settings.table} ({documents} documents)[/dim]")
+    store.ensure_indexes()  # a table indexed before an index was added
+    if settings.late_interaction_model is not None and _token_count(settings) != documents:
+        index_token_vectors(settings, path, console)
     return settings
+
+
+def _token_count(settings: Settings) -> int:
+    embedder = load_token_embedder(settings)
+    store = TokenStore(
+        settings.lancedb_uri, settings.table, embedder.fingerprint, embedder.dimension
+    )
+    return store.count()
