@@ -32,6 +32,7 @@ from rankstream.wire.messages import REPLY_ADAPTER, ErrorResult, RankedResult
 from rankstream.wire.streams import cache_stream_config, ensure_streams, stream_configs
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.local import (
+    READY_LINE,
     ConsumerLag,
     NatsCluster,
     WorkerProcess,
@@ -81,6 +82,11 @@ class Ledger:
     sent: set[str] = field(default_factory=set)
     raw: Counter[str] = field(default_factory=Counter)
     seen: Counter[str] = field(default_factory=Counter)
+    seen_at: list[float] = field(default_factory=list)  # time.monotonic() of each delivery
+
+    def answered_per_s(self, start: float, end: float) -> float:
+        """Answers delivered per second between two monotonic times."""
+        return sum(1 for t in self.seen_at if start <= t <= end) / max(end - start, 1e-9)
 
     def figures(self, name: str) -> dict[str, int]:
         answered = {r for r in self.sent if self.seen[r] > 0}
@@ -107,6 +113,7 @@ async def watched_client(settings: Settings) -> AsyncIterator[tuple[RankstreamCl
 
         async def on_seen(message: Msg) -> None:
             ledger.seen[REPLY_ADAPTER.validate_json(message.data).request_id] += 1
+            ledger.seen_at.append(time.monotonic())
 
         await connection.subscribe(client.reply_subject, cb=on_raw)
         await connection.jetstream().subscribe(
@@ -369,9 +376,10 @@ async def test_the_lag_keda_reads_passes_the_manifests_threshold_and_a_second_re
     settings = cluster_settings
     subjects = Subjects.from_settings(settings)
     threshold = rerank_lag_threshold()
-    # Enough work that the first replica alone cannot drain it while the second one starts
-    # (its model load takes 10-15 s here), as a scale-up under KEDA has to wait the same.
-    depth, burst = 4, max(threshold * 3, 96)
+    # A burst, then more work whenever the lag falls below `floor` until the second replica
+    # is ready (its start and model load take 15-30 s here, longer on a busy machine), as
+    # load keeps arriving while KEDA's new replica starts; then the two drain what is left.
+    depth, burst, floor = 4, max(threshold * 3, 48), max(threshold * 5, 40)
     first = WorkerProcess("rerank", settings, cpus=[0])
     second = WorkerProcess("rerank", settings, cpus=[1])
     trace = LagTrace()
@@ -401,18 +409,31 @@ async def test_the_lag_keda_reads_passes_the_manifests_threshold_and_a_second_re
         watched_client(settings) as (client, ledger),
     ):
         sampler = asyncio.ensure_future(sample())
-        answers = asyncio.ensure_future(ask_many(client, ledger, burst, depth=depth))
+        waves = [asyncio.ensure_future(ask_many(client, ledger, burst, depth=depth))]
+
+        async def feed_until_ready() -> None:
+            while not second.running or READY_LINE not in second.log_text():
+                if trace.samples and trace.samples[-1][1] < floor:
+                    waves.append(asyncio.ensure_future(ask_many(client, ledger, 8, depth)))
+                await asyncio.sleep(1.0)
+
         try:
             passed_s = await until_lag(lambda value: value > threshold, "passed the threshold")
-            await asyncio.to_thread(second.start)
+            alone_from = time.monotonic()
+            feeder = asyncio.ensure_future(feed_until_ready())
+            try:
+                await asyncio.to_thread(second.start)
+            finally:
+                feeder.cancel()
             second_ready_s = time.monotonic() - started
+            alone_until = time.monotonic()
             drained_s = await until_lag(lambda value: value == 0, "drained")
         finally:
             sampler.cancel()
             second.stop()
-        replies = await answers
+        replies = [reply for wave in waves for reply in await wave]
     peak = max(value for _, value in trace.samples)
-    one = trace.drained_per_s(passed_s + 2, second_ready_s)
+    one = ledger.answered_per_s(alone_from, alone_until)  # fed meanwhile: answers, not lag
     two = trace.drained_per_s(second_ready_s + 1, drained_s)
     figures = ledger.figures(
         f"lag: peak {peak}, threshold {threshold} passed at {passed_s:.1f} s, second replica "
