@@ -10,7 +10,6 @@ not steal the cores the cross-encoder is using on the same machine (figures: REA
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,17 +21,16 @@ from tokenizers import Tokenizer
 
 from rankstream.errors import ModelError
 from rankstream.models.base import Vectors, normalise
+from rankstream.models.onnx_export import export_bert
 from rankstream.models.staging import staged_dir
 
 if TYPE_CHECKING:
-    import torch
     from sentence_transformers import SentenceTransformer
 
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 EXPORT_INFO_FILE = "rankstream_export.json"  # written last: its presence means complete
 DOCUMENT_BATCH = 64
-OPSET = 17
 
 
 class OnnxEmbedder:
@@ -101,21 +99,8 @@ def export_onnx_embedder(st_dir: Path, out_dir: Path) -> Path:
     assert isinstance(transformer, torch.nn.Module)
     transformer.eval()
     sample = model.tokenizer(["an example sentence"], return_tensors="pt")
-    inputs = ("input_ids", "attention_mask", "token_type_ids")
-    with staged_dir(out_dir) as tmp, torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on BERT's Python control flow
-        torch.onnx.export(
-            _last_hidden_state(transformer),
-            tuple(sample[name] for name in inputs),
-            str(tmp / ONNX_FILE),
-            input_names=list(inputs),
-            output_names=["last_hidden_state"],
-            dynamic_axes={
-                name: {0: "batch", 1: "tokens"} for name in (*inputs, "last_hidden_state")
-            },
-            opset_version=OPSET,
-            dynamo=False,
-        )
+    with staged_dir(out_dir) as tmp:
+        export_bert(transformer, sample, tmp / ONNX_FILE, "last_hidden_state", True)
         (tmp / TOKENIZER_FILE).write_text(model.tokenizer.backend_tokenizer.to_str(), "utf-8")
         info = {"dimension": model.get_embedding_dimension(), "max_length": model.max_seq_length}
         (tmp / EXPORT_INFO_FILE).write_text(json.dumps(info), encoding="utf-8")
@@ -130,24 +115,3 @@ def _check_mean_pooled(model: SentenceTransformer) -> None:
     normalised = any(isinstance(m, Normalize) for m in modules)
     if len(pooling) != 1 or pooling[0].pooling_mode != "mean" or not normalised:
         raise ModelError("the ONNX export supports mean-pooled, normalised models only")
-
-
-def _last_hidden_state(transformer: torch.nn.Module) -> torch.nn.Module:
-    """The transformer with positional inputs and one output: what the exporter traces."""
-    import torch
-
-    class LastHiddenState(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.transformer = transformer
-
-        def forward(
-            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, types: torch.Tensor
-        ) -> torch.Tensor:
-            output = self.transformer(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=types
-            )
-            hidden: torch.Tensor = output.last_hidden_state
-            return hidden
-
-    return LastHiddenState()

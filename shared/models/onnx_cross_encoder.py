@@ -7,7 +7,6 @@ runtime's scores move slightly with batch composition. Use the fp32 export
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,12 +17,12 @@ from tokenizers import Tokenizer
 
 from rankstream.errors import ModelError
 from rankstream.models.base import PairEncoding, finite_scores
-from rankstream.models.onnx_bi_encoder import OPSET
+from rankstream.models.onnx_export import export_bert
 from rankstream.models.staging import staged_dir
 from rankstream.models.tokenization import PairTokenizer
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 
 class OnnxCrossEncoder:
@@ -85,42 +84,9 @@ def export_int8_cross_encoder(checkpoint_dir: Path, out_dir: Path) -> Path:
     assert isinstance(classifier, torch.nn.Module)
     classifier.eval()
     sample = model.tokenizer([("a query", "a document")], return_tensors="pt")
-    inputs = ("input_ids", "attention_mask", "token_type_ids")
-    with staged_dir(out_dir) as tmp, torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on BERT's Python control flow
-        torch.onnx.export(
-            _logits(classifier),
-            tuple(sample[name] for name in inputs),
-            str(tmp / "fp32.onnx"),
-            input_names=list(inputs),
-            output_names=["logits"],
-            dynamic_axes={name: {0: "batch", 1: "tokens"} for name in inputs}
-            | {"logits": {0: "batch"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
+    with staged_dir(out_dir) as tmp:
+        export_bert(classifier, sample, tmp / "fp32.onnx", "logits", False)
         quantize_dynamic(tmp / "fp32.onnx", tmp / "model.onnx", weight_type=QuantType.QInt8)
         (tmp / "fp32.onnx").unlink()
         (tmp / "tokenizer.json").write_text(model.tokenizer.backend_tokenizer.to_str(), "utf-8")
     return out_dir
-
-
-def _logits(classifier: torch.nn.Module) -> torch.nn.Module:
-    """The classifier with positional inputs and one output: what the exporter traces."""
-    import torch
-
-    class Logits(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.classifier = classifier
-
-        def forward(
-            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, types: torch.Tensor
-        ) -> torch.Tensor:
-            output = self.classifier(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=types
-            )
-            logits: torch.Tensor = output.logits
-            return logits
-
-    return Logits()
