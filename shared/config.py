@@ -40,7 +40,11 @@ class Settings(BaseSettings):
     `embedded_nats_port`, and clients connect to it on loopback.
     """
 
-    model_config = SettingsConfigDict(env_prefix="RANKSTREAM_", extra="ignore")
+    # hide_input_in_errors: a bad setting's error must not echo it (a NATS URL, a token
+    # list may carry secrets).
+    model_config = SettingsConfigDict(
+        env_prefix="RANKSTREAM_", extra="ignore", hide_input_in_errors=True
+    )
 
     # --- NATS ---
     # One server or several, comma-separated (`nats://a:4222,nats://b:4222`): the members of
