@@ -34,7 +34,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "RANKSTREAM_LANCEDB_URI": str(tmp_path / "lancedb"),
         "RANKSTREAM_MAX_BATCH_PAIRS": "16",
     }
-    command = [RANKSTREAM, "bench", "--json", "--duration", "3", "--concurrency", "8"]
+    command = [RANKSTREAM, "bench", "--json", "--duration", "3", "--concurrency", "8",
+               "--priority-duration", "3"]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     parsed: dict[str, Any] = json.loads(done.stdout)
@@ -90,3 +91,16 @@ def test_low_load_is_a_quarter_of_saturation_and_splits_latency_by_stage(
     stages = low["stage_ms"]
     assert {"embed", "search", "batch_wait", "inference", "total"} <= set(stages)
     assert low["latency_minus_model_ms_p50"] > 0
+
+
+def test_times_each_priority_lane_unloaded_and_under_batch_traffic(
+    report: dict[str, Any],
+) -> None:
+    lanes = report["priority_p50_ms"]
+    assert set(lanes) == {"interactive", "batch"}
+    assert all(lane["unloaded"] > 0 for lane in lanes.values())
+    assert lanes["interactive"]["loaded"] > 0
+    assert report["priority_interactive_loaded_vs_unloaded"] == pytest.approx(
+        lanes["interactive"]["loaded"] / lanes["interactive"]["unloaded"]
+    )
+    assert report["priority_batch_completed"] > 0, "the batch lane starved"

@@ -36,14 +36,17 @@ class Stack:
     log_path: Path
 
 
-@pytest.fixture
-def stack(tmp_path: Path, model_cache_dir: Path) -> Iterator[Stack]:
-    """`rankstream up` on free ports with an empty LanceDB: it indexes the sample itself."""
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> Iterator[Stack]:
+    """`rankstream up` on free ports with an empty LanceDB: it indexes the sample itself.
+    One for the module: the tests below only read from it."""
+    tmp_path = tmp_path_factory.mktemp("up")
     nats_port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
         "RANKSTREAM_EMBEDDED_NATS_PORT": str(nats_port),
         "RANKSTREAM_METRICS_PORT": str(metrics_port),
+        "RANKSTREAM_GATEWAY_PORT": str(free_port()),
         "RANKSTREAM_LANCEDB_URI": str(tmp_path / "lancedb"),
         "RANKSTREAM_MODEL_CACHE_DIR": str(model_cache_dir),
         "RANKSTREAM_MAX_BATCH_TOKENS": "16384",
