@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from enum import StrEnum
 from functools import partial
+from pathlib import Path
 
 from faststream.nats import NatsBroker
 from faststream.nats.prometheus import NatsPrometheusMiddleware
@@ -32,7 +34,7 @@ from rankstream.workers.context import WorkerContext
 from rankstream.workers.delivery import DeliveryGuard, watch_max_deliveries
 from rankstream.workers.gateway.app import running_gateway
 from rankstream.workers.health import Health, health_endpoints
-from rankstream.workers.local import READY_LINE, EmbeddedNatsServer
+from rankstream.workers.local import READY_LINE, EmbeddedNatsServer, NatsCluster
 from rankstream.workers.logs import quiet_faststream_logger
 from rankstream.workers.rerank import RerankWorker
 from rankstream.workers.retrieval import RetrievalWorker
@@ -109,10 +111,23 @@ async def running_workers(
 
 
 @asynccontextmanager
-async def local_nats(settings: Settings, port: int | None) -> AsyncIterator[Settings]:
-    """Settings pointing at NATS: the configured URL, or an embedded server started here."""
+async def local_nats(
+    settings: Settings, port: int | None, cluster: int = 0
+) -> AsyncIterator[Settings]:
+    """Settings pointing at NATS: the configured URL, or an embedded server started here,
+    or with `cluster` > 1 that many clustered nodes on loopback and as many stream replicas
+    (at most 5, JetStream's limit)."""
     if settings.nats_url:
         yield settings
+        return
+    if cluster > 1:
+        with (
+            tempfile.TemporaryDirectory(prefix="rankstream-cluster-") as store,
+            NatsCluster(Path(store), size=cluster) as nodes,
+        ):
+            log.info("local nats cluster of %d nodes: %s", cluster, nodes.url)
+            replicas = min(cluster, 5)
+            yield settings.model_copy(update={"nats_url": nodes.url, "stream_replicas": replicas})
         return
     with EmbeddedNatsServer(port) as server:
         log.info("embedded nats-server with JetStream on %s", server.url)
@@ -134,14 +149,14 @@ async def serve_workers(settings: Settings, kinds: Sequence[WorkerKind]) -> None
         await _serve(settings, kinds, health, metrics)
 
 
-async def serve_local_stack(settings: Settings) -> None:
-    """`rankstream up`: NATS (embedded unless configured), the sample corpus when the table
-    does not exist yet, both workers, and the HTTP gateway on `gateway_port` (0: none). The
-    embedder is loaded once, for both jobs."""
+async def serve_local_stack(settings: Settings, cluster: int = 0) -> None:
+    """`rankstream up`: NATS (embedded unless configured; `cluster` > 1: that many clustered
+    nodes), the sample corpus when the table does not exist yet, both workers, and the HTTP
+    gateway on `gateway_port` (0: none). The embedder is loaded once, for both jobs."""
     metrics = Metrics()
     async with (
         health_endpoints(settings, metrics) as health,
-        local_nats(settings, port=settings.embedded_nats_port) as settings,
+        local_nats(settings, port=settings.embedded_nats_port, cluster=cluster) as settings,
     ):
         embedder = await asyncio.to_thread(load_embedder, settings)
         if not DocumentStore.from_settings(settings).exists():

@@ -84,12 +84,17 @@ def _run(coroutine: Any) -> Any:
 
 
 @app.command()
-def up(ctx: typer.Context) -> None:
+def up(
+    ctx: typer.Context,
+    cluster: Annotated[
+        int, typer.Option(min=0, help="Start N clustered nats-server nodes (N > 1) instead of one")
+    ] = 0,
+) -> None:
     """Run NATS (embedded when no URL is set), both workers and the HTTP gateway (on
     RANKSTREAM_GATEWAY_PORT, default 8080; 0 turns it off) until Ctrl-C."""
     from rankstream.workers.app import serve_local_stack
 
-    _run(serve_local_stack(ctx.obj))
+    _run(serve_local_stack(ctx.obj, cluster=cluster))
 
 
 @app.command()

@@ -447,3 +447,22 @@ async def test_the_lag_keda_reads_passes_the_manifests_threshold_and_a_second_re
     assert figures["lost"] == 0
     assert figures["duplicated"] == 0
     assert all_ranked(replies)
+
+
+async def test_up_with_a_cluster_points_every_process_at_all_nodes_and_three_replicas(
+    settings: Settings,
+) -> None:
+    """`rankstream up --cluster 3`'s NATS: three healthy nodes, their URLs, three replicas."""
+    from rankstream.workers.app import local_nats
+
+    unset = settings.model_copy(update={"nats_url": None})
+    async with local_nats(unset, port=None, cluster=3) as clustered:
+        assert clustered.nats_url is not None
+        assert len(clustered.nats_servers) == 3
+        assert clustered.stream_replicas == 3
+        connection = await nats.connect(servers=clustered.nats_servers)
+        try:
+            routes = len(connection.servers)  # the servers the client knows, gossip included
+        finally:
+            await connection.close()
+    assert routes == 3
