@@ -451,9 +451,22 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process see these settings."""
     env = dict(os.environ)
     for name, value in settings.model_dump(exclude_none=True).items():
-        secret = getattr(value, "get_secret_value", None)
-        env[f"RANKSTREAM_{name.upper()}"] = str(secret() if secret else value)
+        env[f"RANKSTREAM_{name.upper()}"] = _env_value(value)
     return env
+
+
+def _env_value(value: object) -> str:
+    """As pydantic-settings reads it back: lists and dicts as JSON, secrets revealed."""
+    if isinstance(value, list | tuple):
+        return json.dumps([_plain(item) for item in value])
+    if isinstance(value, dict):
+        return json.dumps({key: _plain(item) for key, item in value.items()})
+    return str(_plain(value))
+
+
+def _plain(value: object) -> object:
+    secret = getattr(value, "get_secret_value", None)
+    return secret() if secret else value
 
 
 class WorkerProcess(ChildProcess):
