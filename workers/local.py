@@ -282,7 +282,7 @@ class ClusterNode(EmbeddedNatsServer):
         return http_json(f"{self.monitor_url}/jsz?acc={account}&consumers=true&config=true")
 
 
-class NatsCluster:
+class NatsCluster(ChildProcess):
     """Three (or `size`) `nats-server` nodes with JetStream, clustered by routes on loopback
     ports, each with its own store and monitoring port.
 
@@ -313,17 +313,6 @@ class NatsCluster:
     def node(self, name: str) -> ClusterNode:
         (found,) = (node for node in self.nodes if node.name == name)
         return found
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> Self:
         try:
