@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,14 +20,9 @@ from pathlib import Path
 import nats
 import pytest
 import yaml
-from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
 
-from rankstream.client import RankstreamClient
 from rankstream.config import Settings
-from rankstream.retrieval.corpus import sample_queries
-from rankstream.wire.connection import connect_kwargs
-from rankstream.wire.messages import REPLY_ADAPTER, ErrorResult, RankedResult
+from rankstream.wire.messages import ErrorResult, RankedResult
 from rankstream.wire.streams import cache_stream_config, ensure_streams, stream_configs
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.local import (
@@ -39,11 +33,10 @@ from rankstream.workers.local import (
     free_port,
     metric_samples,
 )
+from tests.integration.ledger import ask_many, until, watched_client
 
 pytestmark = pytest.mark.integration
 
-TEXTS = [q.text for q in sample_queries()]
-ANSWER_WAIT_S = 240.0
 SENT, SECOND_WAVE = 60, 30  # requests of the kill -9 test, before each kill
 KEDA_OBJECTS = Path(__file__).parents[2] / "infra" / "k8s" / "keda-scaledobjects.yaml"
 
@@ -72,78 +65,6 @@ def cluster_settings(settings: Settings, cluster: NatsCluster) -> Settings:
             "metrics_port": 0,
         }
     )
-
-
-@dataclass
-class Ledger:
-    """Answers on one client's results subject: every publish (`raw`, before the results
-    stream drops a duplicate) and what the client is delivered (`seen`, through the stream)."""
-
-    sent: set[str] = field(default_factory=set)
-    raw: Counter[str] = field(default_factory=Counter)
-    seen: Counter[str] = field(default_factory=Counter)
-    seen_at: list[float] = field(default_factory=list)  # time.monotonic() of each delivery
-
-    def answered_per_s(self, start: float, end: float) -> float:
-        """Answers delivered per second between two monotonic times."""
-        return sum(1 for t in self.seen_at if start <= t <= end) / max(end - start, 1e-9)
-
-    def figures(self, name: str) -> dict[str, int]:
-        answered = {r for r in self.sent if self.seen[r] > 0}
-        figures = {
-            "sent": len(self.sent),
-            "answered": len(answered),
-            "duplicated": sum(1 for r in self.sent if self.seen[r] > 1),
-            "lost": len(self.sent - answered),
-            "published_twice_deduplicated": sum(1 for r in self.sent if self.raw[r] > 1),
-        }
-        print(f"\n{name}: {figures}")
-        return figures
-
-
-@asynccontextmanager
-async def watched_client(settings: Settings) -> AsyncIterator[tuple[RankstreamClient, Ledger]]:
-    """A client, and a second connection (to the same server list) counting its answers."""
-    ledger = Ledger()
-    async with RankstreamClient(settings) as client:
-        connection = await nats.connect(**connect_kwargs(settings), max_reconnect_attempts=-1)
-
-        async def on_raw(message: Msg) -> None:
-            ledger.raw[REPLY_ADAPTER.validate_json(message.data).request_id] += 1
-
-        async def on_seen(message: Msg) -> None:
-            ledger.seen[REPLY_ADAPTER.validate_json(message.data).request_id] += 1
-            ledger.seen_at.append(time.monotonic())
-
-        await connection.subscribe(client.reply_subject, cb=on_raw)
-        await connection.jetstream().subscribe(
-            client.reply_subject, cb=on_seen, ordered_consumer=True,
-            deliver_policy=DeliverPolicy.NEW,
-        )  # fmt: skip
-        try:
-            yield client, ledger
-        finally:
-            await connection.close()
-
-
-async def ask_many(
-    client: RankstreamClient, ledger: Ledger, count: int, depth: int
-) -> list[RankedResult | ErrorResult]:
-    """Publish `count` requests at once (timeouts long enough that none is shed or cut
-    short), then wait for every answer."""
-    requests = [
-        client.request(TEXTS[i % len(TEXTS)], top_k=depth, depth=depth, timeout_s=ANSWER_WAIT_S)
-        for i in range(count)
-    ]
-    ledger.sent.update(r.request_id for r in requests)
-    return await asyncio.gather(*(client.send(r, wait_s=ANSWER_WAIT_S) for r in requests))
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 120, what: str = "") -> None:
-    give_up = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < give_up, f"not reached in {timeout_s:g} s: {what}"
-        await asyncio.sleep(0.1)
 
 
 @asynccontextmanager
@@ -233,7 +154,7 @@ async def test_kill_9_of_the_queries_leader_then_of_the_results_leader_loses_not
         replies = await answers + await second_wave
         # After both failovers, new work still flows through the same client and workers.
         after = await ask_many(client, ledger, 5, depth=2)
-        await asyncio.sleep(1)  # let a late duplicate arrive, if any
+        await ledger.settle()
         workers_alive = retrieval.running and rerank.running
     figures = ledger.figures(
         f"kill -9 of {queries_leader} (queries leader, after {answered_at_first_kill} answers; "
@@ -277,7 +198,7 @@ async def test_two_replicas_of_each_worker_share_the_load_and_a_sigterm_loses_no
         answered_while_stopping = len(ledger.seen) - 30 - answered_at_sigterm
         second = await answers
         ranked_after = handled(ports["rerank-a"], "rerank", "ok")
-        await asyncio.sleep(1)
+        await ledger.settle()
     figures = ledger.figures(
         f"two replicas each: first round forwarded {forwarded}, ranked {ranked}; SIGTERM of "
         f"retrieval-b and rerank-b after {answered_at_sigterm} of 40 answers "
@@ -324,7 +245,7 @@ async def test_a_partitioned_node_is_routed_around_and_catches_up_when_it_return
         replies = await answers
         # Once it is back, work flows with the returned node in the cluster (it may lead again).
         after = await ask_many(client, ledger, 5, depth=2)
-        await asyncio.sleep(1)
+        await ledger.settle()
     figures = ledger.figures(
         f"SIGSTOP of {cut_off} (candidates leader) for 20 s after {answered_at_partition} "
         f"answers: {answered_during} answered meanwhile, new leader {leader_during} after "

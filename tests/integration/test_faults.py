@@ -8,27 +8,19 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats
 import pytest
-from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
 
-from rankstream.client import RankstreamClient
 from rankstream.config import Settings
-from rankstream.retrieval.corpus import sample_queries
-from rankstream.wire.messages import REPLY_ADAPTER, ErrorResult, RankedResult
+from rankstream.wire.messages import ErrorResult, RankedResult
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.local import EmbeddedNatsServer, WorkerProcess, free_port
+from tests.integration.ledger import TEXTS, ask_many, until, watched_client
 
 pytestmark = pytest.mark.integration
-
-TEXTS = [q.text for q in sample_queries()]
-ANSWER_WAIT_S = 240.0
 
 
 @pytest.fixture
@@ -44,72 +36,6 @@ def fault_settings(settings: Settings, nats_server: EmbeddedNatsServer) -> Setti
     return settings.model_copy(
         update={"nats_url": nats_server.url, "ack_wait_s": 4.0, "metrics_port": 0}
     )
-
-
-@dataclass
-class Ledger:
-    """Answers on one client's results subject: every publish (`raw`, before the results
-    stream drops duplicates) and what a client is delivered (`seen`, through the stream)."""
-
-    sent: set[str] = field(default_factory=set)
-    raw: Counter[str] = field(default_factory=Counter)
-    seen: Counter[str] = field(default_factory=Counter)
-    replies: dict[str, RankedResult | ErrorResult] = field(default_factory=dict)
-
-    def figures(self, name: str) -> dict[str, int]:
-        answered = {r for r in self.sent if self.seen[r] > 0}
-        figures = {
-            "sent": len(self.sent),
-            "answered": len(answered),
-            "duplicated": sum(1 for r in self.sent if self.seen[r] > 1),
-            "lost": len(self.sent - answered),
-            "published_twice_deduplicated": sum(1 for r in self.sent if self.raw[r] > 1),
-        }
-        print(f"\n{name}: {figures}")
-        return figures
-
-
-@asynccontextmanager
-async def watched_client(settings: Settings) -> AsyncIterator[tuple[RankstreamClient, Ledger]]:
-    ledger = Ledger()
-    async with RankstreamClient(settings) as client:
-        connection = await nats.connect(settings.effective_nats_url, max_reconnect_attempts=-1)
-
-        async def on_raw(message: Msg) -> None:
-            ledger.raw[REPLY_ADAPTER.validate_json(message.data).request_id] += 1
-
-        async def on_seen(message: Msg) -> None:
-            reply = REPLY_ADAPTER.validate_json(message.data)
-            ledger.seen[reply.request_id] += 1
-            ledger.replies[reply.request_id] = reply
-
-        await connection.subscribe(client.reply_subject, cb=on_raw)
-        await connection.jetstream().subscribe(
-            client.reply_subject, cb=on_seen, ordered_consumer=True,
-            deliver_policy=DeliverPolicy.NEW,
-        )  # fmt: skip
-        try:
-            yield client, ledger
-        finally:
-            await connection.close()
-
-
-async def ask_many(
-    client: RankstreamClient, ledger: Ledger, count: int, depth: int = 3, timeout_s: float = 300
-) -> list[RankedResult | ErrorResult]:
-    requests = [
-        client.request(TEXTS[i % len(TEXTS)], top_k=depth, depth=depth, timeout_s=timeout_s)
-        for i in range(count)
-    ]
-    ledger.sent.update(r.request_id for r in requests)
-    return await asyncio.gather(*(client.send(r, wait_s=ANSWER_WAIT_S) for r in requests))
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 120) -> None:
-    give_up = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < give_up, "condition not reached in time"
-        await asyncio.sleep(0.1)
 
 
 async def until_all_delivered_to_rerank(settings: Settings, count: int) -> None:
@@ -140,14 +66,14 @@ async def test_kill_9_of_a_rerank_worker_mid_batch_loses_and_duplicates_nothing(
     with WorkerProcess("retrieval", fault_settings):
         first = WorkerProcess("rerank", fault_settings).start()
         async with watched_client(fault_settings) as (client, ledger):
-            answers = asyncio.ensure_future(ask_many(client, ledger, 200))
+            answers = asyncio.ensure_future(ask_many(client, ledger, 200, depth=3))
             await until(lambda: len(ledger.seen) >= 20)
             os.kill(first.pid, signal.SIGKILL)
             first.stop()
             answered_before_kill = len(ledger.seen)
             with WorkerProcess("rerank", fault_settings):
                 replies = await answers
-            await asyncio.sleep(1)  # let any late duplicate arrive
+            await ledger.settle()
     figures = ledger.figures(f"kill -9 after {answered_before_kill} answers")
     assert figures["lost"] == 0
     assert figures["duplicated"] == 0
@@ -159,13 +85,13 @@ async def test_a_nats_restart_under_load_loses_and_duplicates_nothing(
 ) -> None:
     with WorkerProcess("retrieval", fault_settings), WorkerProcess("rerank", fault_settings):
         async with watched_client(fault_settings) as (client, ledger):
-            answers = asyncio.ensure_future(ask_many(client, ledger, 100))
+            answers = asyncio.ensure_future(ask_many(client, ledger, 100, depth=3))
             await until(lambda: len(ledger.seen) >= 10)
             nats_server.stop()
             await asyncio.sleep(2)
             nats_server.start()
             replies = await answers
-            await asyncio.sleep(1)
+            await ledger.settle()
     figures = ledger.figures("nats-server restart")
     assert figures["lost"] == 0
     assert figures["duplicated"] == 0
