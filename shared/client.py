@@ -56,6 +56,7 @@ class QueryOptions(TypedDict, total=False):
     pipeline: PipelineSpec | str | None
     retrieval: RetrievalMode | None
     cache: bool
+    return_documents: bool
     priority: int
     table: str | None
     filter: str | None
@@ -194,6 +195,7 @@ class RankstreamClient:
             timeout_ms=settings.default_timeout_ms if timeout_s is None else int(timeout_s * 1000),
             reply_to=self.reply_subject,
             cache=options.get("cache", True),
+            return_documents=options.get("return_documents", True),
             priority=options.get("priority", 0),
             table=options.get("table"),
             filter=options.get("filter"),
@@ -216,6 +218,8 @@ class RankstreamClient:
             retrieval: dense, bm25 or hybrid (default `settings.default_retrieval`);
                 `pipeline` names its own.
             cache: answer from the result cache when it can (and cache the answer).
+            return_documents: include each result's text (default); False sends ids and
+                scores only, a much smaller answer for callers that have the texts.
             priority: 0 (default, most urgent) to 999; 668 and up is the batch lane.
             table: the LanceDB table to search (default: the workers' configured table).
             filter: a metadata filter over the table's columns, e.g. `topic = 'energy'`

@@ -9,7 +9,9 @@ item (its token count). How a batch is chosen:
 - around it, items of similar cost are taken from a bounded window of the oldest queued
   items (sorted by cost), so little of the batch is padding;
 - a batch closes at `max_items`, at `max_padded_tokens` (items x costliest item), or when
-  the oldest item has waited `max_wait_s` for company;
+  the oldest item has waited `max_wait_s` for company; a batch of a less urgent lane closes
+  at `yield_padded_tokens` while urgent requests are about, because a batch cannot be
+  interrupted: an urgent request that arrives mid-batch waits for at most that much;
 - a request is answered as soon as its last item is scored; one whose caller has gone, or
   whose deadline has passed, is dropped before its remaining items reach `process`.
 """
@@ -38,18 +40,23 @@ class BatchLimits:
     when its oldest item has waited `max_wait_s`. `sort_window` bounds how many of the oldest
     queued items are considered when grouping by cost (0 = four batches' worth). A batch is
     taken from the most urgent lane queued (0 first); a request waiting `lane_ageing_s`
-    moves up a lane (0: never)."""
+    moves up a lane (0: never). A batch of lane 1 or below closes at `yield_padded_tokens`
+    (0: no such cap) while a lane-0 request was submitted within the last `urgent_window_s`."""
 
     max_items: int
     max_padded_tokens: int
     max_wait_s: float
     sort_window: int = 0
     lane_ageing_s: float = 5.0
+    yield_padded_tokens: int = 0
+    urgent_window_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.max_items < 1 or self.max_padded_tokens < 1 or self.max_wait_s < 0:
             raise ValueError(f"invalid batch limits: {self}")
         if self.sort_window < 0 or self.lane_ageing_s < 0:
+            raise ValueError(f"invalid batch limits: {self}")
+        if self.yield_padded_tokens < 0 or self.urgent_window_s < 0:
             raise ValueError(f"invalid batch limits: {self}")
 
     @property
@@ -140,6 +147,7 @@ class MicroBatcher(Generic[T, R]):
         self._queue: deque[_Item[T, R]] = deque()
         self._arrived = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._last_urgent_at = -float("inf")  # when a lane-0 request was last submitted
 
     async def __aenter__(self) -> MicroBatcher[T, R]:
         self._loop_task = asyncio.create_task(self._run(), name="micro-batcher")
@@ -202,6 +210,8 @@ class MicroBatcher(Generic[T, R]):
             items, self._clock(), deadline, future, lane, outputs=[None] * len(items)
         )
         self._queue.extend(_Item(request, i, cost) for i, cost in enumerate(costs))
+        if lane == 0:
+            self._last_urgent_at = request.submitted_at
         self._arrived.set()
         return future
 
@@ -233,10 +243,22 @@ class MicroBatcher(Generic[T, R]):
         top = min(lanes, default=0)
         return [item for item, lane in zip(self._queue, lanes, strict=True) if lane == top]
 
+    def _padded_token_limit(self, eligible: list[_Item[T, R]]) -> int:
+        """`max_padded_tokens`, or `yield_padded_tokens` for a batch of a less urgent lane
+        while urgent requests are about."""
+        limits, now = self._limits, self._clock()
+        lane = eligible[0].request.lane_at(now, limits.lane_ageing_s) if eligible else 0
+        urgent_about = now - self._last_urgent_at <= limits.urgent_window_s
+        if lane > 0 and urgent_about and limits.yield_padded_tokens:
+            return min(limits.max_padded_tokens, limits.yield_padded_tokens)
+        return limits.max_padded_tokens
+
     def _is_full(self) -> bool:
-        window = self._eligible()[: self._limits.window]
+        eligible = self._eligible()
+        window = eligible[: self._limits.window]
         padded = len(window) * max((item.cost for item in window), default=0)
-        return len(window) >= self._limits.max_items or padded >= self._limits.max_padded_tokens
+        full_at = self._padded_token_limit(eligible)
+        return len(window) >= self._limits.max_items or padded >= full_at
 
     def _drop_unwanted(self) -> None:
         """Forget items of callers that have gone; fail requests whose deadline has passed."""
@@ -253,14 +275,18 @@ class MicroBatcher(Generic[T, R]):
             return []
         eligible = self._eligible()
         window = sorted(eligible[: self._limits.window], key=lambda item: item.cost)
-        chosen = self._grow_around(window, window.index(eligible[0]))
+        chosen = self._grow_around(
+            window, window.index(eligible[0]), self._padded_token_limit(eligible)
+        )
         taken = {id(item) for item in chosen}
         self._queue = deque(item for item in self._queue if id(item) not in taken)
         return chosen
 
-    def _grow_around(self, window: list[_Item[T, R]], anchor: int) -> list[_Item[T, R]]:
+    def _grow_around(
+        self, window: list[_Item[T, R]], anchor: int, max_padded_tokens: int
+    ) -> list[_Item[T, R]]:
         """From the anchor, add whichever cost-sorted neighbour wastes fewer padded tokens,
-        while the batch stays within its limits."""
+        while the batch stays within `max_items` and `max_padded_tokens`."""
         low, high = anchor, anchor
         longest = window[anchor].cost
         while high - low + 1 < self._limits.max_items:
@@ -271,7 +297,7 @@ class MicroBatcher(Generic[T, R]):
             if high + 1 < len(window):  # a costlier item: pads everything to its cost
                 cost = window[high + 1].cost
                 options.append((size * (cost - longest), 1, cost))
-            fitting = [o for o in options if (size + 1) * o[2] <= self._limits.max_padded_tokens]
+            fitting = [o for o in options if (size + 1) * o[2] <= max_padded_tokens]
             if not fitting:
                 break
             _, direction, longest = min(fitting)

@@ -25,6 +25,7 @@ def rerank_batch_limits(settings: Settings) -> BatchLimits:
         max_wait_s=settings.max_batch_wait_ms / 1000,
         sort_window=settings.batch_sort_window,
         lane_ageing_s=settings.priority_ageing_s,
+        yield_padded_tokens=settings.priority_yield_tokens,
     )
 
 

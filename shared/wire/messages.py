@@ -124,6 +124,10 @@ class QueryRequest(WireModel):
     max_doc_tokens: DocumentTokenBudget = None  # of the `depth` stage
     long_docs: LongDocumentsPolicy = None  # of the `depth` stage
     cache: bool = Field(default=True, description="Answer from (and into) the result cache.")
+    return_documents: bool = Field(
+        default=True,
+        description="Include each result's text; false: ids and scores only (a smaller answer).",
+    )
     priority: Priority = 0
     table: str | None = Field(
         default=None,
@@ -343,7 +347,9 @@ class RankedDoc(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     doc_id: str
-    text: str
+    text: str | None = Field(
+        description="The document; null when the request set `return_documents` false."
+    )
     score: float = Field(description="Rerank score (higher = more relevant) or retrieval score.")
     retrieval_rank: int = Field(ge=1)
     retrieval_score: float
@@ -386,6 +392,14 @@ class RankedResult(WireModel):
     stages: list[StageReport] = Field(default_factory=list)
     retrieval: RetrievalReport = Field(default_factory=RetrievalReport)
     cached: bool = Field(default=False, description="Answered from the result cache.")
+
+    def as_asked(self, request: QueryRequest) -> RankedResult:
+        """What `request` asked to be sent: without the texts if it set `return_documents`
+        false."""
+        if request.return_documents:
+            return self
+        results = [doc.model_copy(update={"text": None}) for doc in self.results]
+        return self.model_copy(update={"results": results})
 
 
 class CachedAnswer(WireModel):

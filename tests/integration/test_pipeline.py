@@ -36,10 +36,17 @@ async def twenty_concurrent_queries(settings: Settings) -> list[RankedResult]:
         )
 
 
+def pairs_of(result: RankedResult) -> list[tuple[str, str]]:
+    """The (query, document) pairs of an answer that carries its texts."""
+    texts = [doc.text for doc in result.results]
+    assert all(text is not None for text in texts), "asked with return_documents"
+    return [(result.query, text) for text in texts if text is not None]
+
+
 def scores_alone(settings: Settings, result: RankedResult) -> list[float]:
     """The same model, in process, scoring only this request's pairs."""
     model = load_cross_encoder(settings)
-    return score_pairs(model, [(result.query, doc.text) for doc in result.results])
+    return score_pairs(model, pairs_of(result))
 
 
 async def test_concurrent_queries_are_all_answered_batched_together_and_scored_exactly(
@@ -55,7 +62,7 @@ async def test_concurrent_queries_are_all_answered_batched_together_and_scored_e
     model = load_cross_encoder(settings)
     worst = 0.0
     for result in results:
-        alone = score_pairs(model, [(result.query, doc.text) for doc in result.results])
+        alone = score_pairs(model, pairs_of(result))
         through_pipeline = [doc.score for doc in result.results]
         assert through_pipeline == pytest.approx(alone, abs=1e-4)
         assert through_pipeline == sorted(through_pipeline, reverse=True)
@@ -73,7 +80,7 @@ async def test_int8_scores_move_with_batch_mates_and_the_drift_is_bounded(
     model = load_cross_encoder(settings)
     drifts, reordered = [], 0
     for result in results:
-        alone = score_pairs(model, [(result.query, doc.text) for doc in result.results])
+        alone = score_pairs(model, pairs_of(result))
         drifts += [abs(doc.score - a) for doc, a in zip(result.results, alone, strict=True)]
         reordered += alone != sorted(alone, reverse=True)
     mixed = [r for r in results if r.batch_requests > 1]

@@ -240,6 +240,30 @@ async def test_waiting_raises_a_lane_so_batch_work_never_starves() -> None:
     assert process.batches == [[2], [0]]
 
 
+def yielding_limits() -> BatchLimits:
+    return BatchLimits(
+        max_items=8, max_padded_tokens=8, max_wait_s=0.0, lane_ageing_s=0,
+        yield_padded_tokens=2, urgent_window_s=60.0,
+    )  # fmt: skip
+
+
+async def test_batch_lane_batches_stay_short_while_interactive_requests_are_about() -> None:
+    """A model call cannot be interrupted: while lane-0 requests come, a lower lane's batch
+    is cut to `yield_padded_tokens`, so the next interactive request waits for less."""
+    process = RecordingProcess(delay_s=0.01)
+    async with MicroBatcher(process, yielding_limits()) as batcher:
+        await batcher.enqueue([0], [1], lane=0)
+        await batcher.enqueue(list(range(10, 16)), [1] * 6, lane=2)
+    assert process.batches == [[0], [10, 11], [12, 13], [14, 15]]
+
+
+async def test_batch_lane_batches_are_full_when_no_interactive_request_is_about() -> None:
+    process = RecordingProcess()
+    async with MicroBatcher(process, yielding_limits()) as batcher:
+        await batcher.enqueue(list(range(10, 16)), [1] * 6, lane=2)
+    assert process.batches == [[10, 11, 12, 13, 14, 15]]
+
+
 def test_a_priority_maps_to_a_lane() -> None:
     assert [priority_lane(p) for p in (0, 333, 334, 667, 668, 999)] == [0, 0, 1, 1, 2, 2]
     assert [lane_name(lane) for lane in range(3)] == ["interactive", "standard", "batch"]

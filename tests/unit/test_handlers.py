@@ -152,6 +152,23 @@ async def test_depth_zero_answers_in_retrieval_order_without_the_cross_encoder(
     assert len(pipeline.cross_encoder.batches) == warm_up_batches
 
 
+@pytest.mark.parametrize("depth", [0, 3])
+async def test_an_answer_without_documents_has_the_same_ids_and_scores_and_no_texts(
+    pipeline: Pipeline, depth: int
+) -> None:
+    with_texts = await pipeline.ask(pipeline.request("planes and contrails", depth=depth))
+    without = await pipeline.ask(
+        pipeline.request("planes and contrails", depth=depth, return_documents=False)
+    )
+
+    assert isinstance(with_texts, RankedResult) and isinstance(without, RankedResult)
+    assert all(doc.text for doc in with_texts.results)
+    assert [doc.text for doc in without.results] == [None] * len(with_texts.results)
+    assert [(d.doc_id, d.score) for d in without.results] == [
+        (d.doc_id, d.score) for d in with_texts.results
+    ]
+
+
 async def test_a_blank_query_is_refused_by_retrieval_and_dead_lettered(pipeline: Pipeline) -> None:
     answer = await pipeline.ask(pipeline.request("   "))
 

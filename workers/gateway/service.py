@@ -92,7 +92,7 @@ class GatewayService:
         reply = await self.client.send(request)
         if isinstance(reply, ErrorResult):
             raise QueryFailedError(reply.code, reply.message, reply.worker)
-        return _ranked(reply)
+        return _ranked(reply, texts)
 
     async def count_tokens(
         self, query: str, texts: Sequence[str], max_doc_tokens: int | None = None
@@ -115,8 +115,9 @@ class GatewayService:
         )
 
 
-def _ranked(result: RankedResult) -> list[Ranked]:
-    return [Ranked(int(doc.doc_id), doc.text, doc.score) for doc in result.results]
+def _ranked(result: RankedResult, texts: Sequence[str]) -> list[Ranked]:
+    """The answer's documents by their position in the request (their ids)."""
+    return [Ranked(int(d.doc_id), texts[int(d.doc_id)], d.score) for d in result.results]
 
 
 def _first_error(error: ValidationError) -> str:

@@ -139,7 +139,9 @@ async def run_bench(
                     )
     progress("model alone: every batch shape, and one call per request")
     model = await asyncio.to_thread(load_cross_encoder, settings)
-    requests = [[(r.query, d.text) for d in r.results[: r.reranked]] for r in saturated.replies]
+    requests = [  # the bench asks for the texts: every result has one
+        [(r.query, d.text or "") for d in r.results[: r.reranked]] for r in saturated.replies
+    ]
     references = await asyncio.to_thread(model_references, model, requests, settings)
     progress("the rerank worker's scheduler and model alone, in this process")
     scheduler = await scheduler_pairs_per_s(

@@ -185,7 +185,7 @@ class _Trial:
     def _request(self, spec: PipelineSpec, text: str, cache: bool) -> QueryRequest:
         return self._client.request(
             text, top_k=RESULTS_PER_QUERY, timeout_s=self._options.timeout_s, pipeline=spec,
-            cache=cache,
+            cache=cache, return_documents=False,  # ids are all it scores
         )  # fmt: skip
 
 
