@@ -184,7 +184,7 @@ class Settings(BaseSettings):
     # Padded tokens in a batch of a less urgent lane while interactive requests are about (one
     # submitted in the last 2 s). A model call cannot be interrupted, so this is the most model
     # work an interactive request arriving mid-batch waits for (0: max_batch_tokens).
-    priority_yield_tokens: int = Field(default=256, ge=0)
+    priority_yield_tokens: int = Field(default=512, ge=0)
     # How many of the oldest queued pairs are grouped by length (0 = 4 x max_batch_pairs).
     batch_sort_window: int = Field(default=0, ge=0)
     # What a request whose deadline passes before scoring gets: its retrieval order marked
