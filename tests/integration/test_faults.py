@@ -66,7 +66,7 @@ async def test_kill_9_of_a_rerank_worker_mid_batch_loses_and_duplicates_nothing(
     with WorkerProcess("retrieval", fault_settings):
         first = WorkerProcess("rerank", fault_settings).start()
         async with watched_client(fault_settings) as (client, ledger):
-            answers = asyncio.ensure_future(ask_many(client, ledger, 200, depth=3))
+            answers = asyncio.ensure_future(ask_many(client, ledger, 120, depth=3))
             await until(lambda: len(ledger.seen) >= 20)
             os.kill(first.pid, signal.SIGKILL)
             first.stop()
@@ -85,7 +85,7 @@ async def test_a_nats_restart_under_load_loses_and_duplicates_nothing(
 ) -> None:
     with WorkerProcess("retrieval", fault_settings), WorkerProcess("rerank", fault_settings):
         async with watched_client(fault_settings) as (client, ledger):
-            answers = asyncio.ensure_future(ask_many(client, ledger, 100, depth=3))
+            answers = asyncio.ensure_future(ask_many(client, ledger, 60, depth=3))
             await until(lambda: len(ledger.seen) >= 10)
             nats_server.stop()
             await asyncio.sleep(2)
