@@ -161,7 +161,8 @@ async def test_an_answer_without_documents_has_the_same_ids_and_scores_and_no_te
         pipeline.request("planes and contrails", depth=depth, return_documents=False)
     )
 
-    assert isinstance(with_texts, RankedResult) and isinstance(without, RankedResult)
+    assert isinstance(with_texts, RankedResult)
+    assert isinstance(without, RankedResult)
     assert all(doc.text for doc in with_texts.results)
     assert [doc.text for doc in without.results] == [None] * len(with_texts.results)
     assert [(d.doc_id, d.score) for d in without.results] == [
