@@ -12,7 +12,14 @@ from faststream.nats import NatsBroker
 from nats.js.errors import BadRequestError
 
 from rankstream.metrics import Metrics
-from rankstream.wire.messages import DeadLetter, ErrorCode, ErrorResult, RankedResult, dedup_id
+from rankstream.wire.messages import (
+    DeadLetter,
+    ErrorCode,
+    ErrorResult,
+    QueryRequest,
+    RankedResult,
+    dedup_id,
+)
 from rankstream.wire.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,10 @@ class ReplySender:
         else:
             await self._broker.publish(reply, subject=reply_to)
         self._metrics.requests.labels(worker=self.worker, outcome=_outcome(reply)).inc()
+
+    async def answer(self, request: QueryRequest, result: RankedResult) -> None:
+        """Send `request` its result as it asked for it (`RankedResult.as_asked`)."""
+        await self.send(request.reply_to, result.as_asked(request))
 
     async def _publish_result(self, reply_to: str, reply: RankedResult | ErrorResult) -> None:
         """Publish through the results stream, asking again for up to RESULT_PATIENCE_S while

@@ -165,7 +165,7 @@ class RerankWorker:
             async with in_progress_heartbeats(message, self._settings.ack_wait_s / 3):
                 reply = await self._rerank(candidate_set, started)
             self._metrics.observe_timings(reply.timings_ms)
-            await self._replies.send(request.reply_to, reply.as_asked(request))
+            await self._replies.answer(request, reply)
         if not reply.degraded:
             await self._remember(candidate_set, reply)
 

@@ -196,7 +196,7 @@ class RetrievalWorker:
             order = retrieval_order(candidate_set.candidates)
             answer = ranked_result(candidate_set, order, timings, model_id="none")
             self._metrics.observe_timings(answer.timings_ms)
-            await self._replies.send(request.reply_to, answer.as_asked(request))
+            await self._replies.answer(request, answer)
             await self._remember(ticket, answer)
             return
         await self._candidates.publish(
@@ -286,7 +286,7 @@ class RetrievalWorker:
             cached=True,
         )
         self._metrics.observe_timings(timings)
-        await self._replies.send(request.reply_to, result.as_asked(request))
+        await self._replies.answer(request, result)
 
     async def _remember(self, ticket: CacheTicket | None, answer: RankedResult) -> None:
         if self._cache is None or ticket is None:
