@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
@@ -20,9 +19,6 @@ from rankstream.models.base import PairEncoding, finite_scores
 from rankstream.models.onnx_export import export_bert
 from rankstream.models.staging import staged_dir
 from rankstream.models.tokenization import PairTokenizer
-
-if TYPE_CHECKING:
-    pass
 
 
 class OnnxCrossEncoder:

@@ -23,8 +23,12 @@ def export_bert(
 ) -> None:
     """Write `model` to `path` with the three BERT inputs (batch and token axes dynamic) and
     one output, the attribute `output` of its forward result (e.g. `last_hidden_state`,
-    `logits`); `per_token_output`: that output has a token axis too."""
+    `logits`); `per_token_output`: that output has a token axis too. `model` must be a
+    Hugging Face `PreTrainedModel`; it is switched to eager attention."""
     import torch
+    from transformers import PreTrainedModel
+
+    assert isinstance(model, PreTrainedModel)
 
     class Positional(torch.nn.Module):
         """Positional inputs and one tensor out: what the tracer takes."""
@@ -43,6 +47,9 @@ def export_bert(
             return tensor
 
     output_axes = {0: "batch", 1: "tokens"} if per_token_output else {0: "batch"}
+    # SDPA traces to a NaN guard (IsNaN + Where) over every (batch, head, token, token)
+    # score; eager attention traces to a plain masked softmax, which onnxruntime runs faster.
+    model.set_attn_implementation("eager")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on BERT's Python control flow
         torch.onnx.export(
