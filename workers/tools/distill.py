@@ -161,7 +161,10 @@ def run_distill(settings: Settings, options: DistillOptions, console: Console) -
         raise InvalidRequestError(
             f"unknown student {options.student!r}: {CROSS_ENCODER} or {LATE_INTERACTION}"
         )
-    settings = ensure_indexed(settings, options.data_dir, console)
+    # Candidates need only the content table; the late-interaction setting may name the
+    # very model being written (token vectors are indexed when it is served).
+    content_only = settings.model_copy(update={"late_interaction_model": None})
+    settings = ensure_indexed(content_only, options.data_dir, console)
     queries = split_queries(options.data_dir, options.split, options.limit)
     pairs = asyncio.run(retrieve_pairs(settings, queries, options.depth, options.mode))
     console.print(f"{len(queries)} queries, {len(pairs)} (query, candidate) pairs")
