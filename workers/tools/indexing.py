@@ -66,6 +66,7 @@ def index_token_vectors(settings: Settings, path: Path, console: Console) -> Tok
             stored_bytes += sum(v.shape[0] * v.shape[1] * VECTOR_BYTES for v in vectors)
             documents += len(chunk)
             progress.advance(task, len(chunk))
+    tokens.ensure_id_index()
     report = TokenReport(documents, stored_bytes, time.perf_counter() - started)
     console.print(
         f"[dim]token vectors: {documents} documents in {report.seconds:.0f} s, "
@@ -108,14 +109,17 @@ def ensure_indexed(settings: Settings, path: Path, console: Console) -> Settings
         return settings
     console.print(f"[dim]reusing table {settings.table} ({documents} documents)[/dim]")
     store.ensure_indexes()  # a table indexed before an index was added
-    if settings.late_interaction_model is not None and _token_count(settings) != documents:
-        index_token_vectors(settings, path, console)
+    if settings.late_interaction_model is not None:
+        tokens = _token_store(settings)
+        if tokens.count() != documents:
+            index_token_vectors(settings, path, console)
+        else:
+            tokens.ensure_id_index()  # a table written before reads went by id
     return settings
 
 
-def _token_count(settings: Settings) -> int:
+def _token_store(settings: Settings) -> TokenStore:
     embedder = load_token_embedder(settings)
-    store = TokenStore(
+    return TokenStore(
         settings.lancedb_uri, settings.table, embedder.fingerprint, embedder.dimension
     )
-    return store.count()
