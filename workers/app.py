@@ -48,6 +48,7 @@ class WorkerKind(StrEnum):
 
 
 BOTH = (WorkerKind.RETRIEVAL, WorkerKind.RERANK)
+JETSTREAM_API_TIMEOUT_S = 20.0
 Worker = RetrievalWorker | RerankWorker
 
 
@@ -58,6 +59,9 @@ def build_broker(settings: Settings, metrics: Metrics) -> NatsBroker:
         **broker_kwargs(settings),
         middlewares=[NatsPrometheusMiddleware(registry=metrics.registry)],
         max_reconnect_attempts=-1,
+        # nats-py's 5 s for a JetStream API call (consumer info at subscribe) was too short
+        # for a worker starting beside three others on a loaded 3-node cluster.
+        js_options={"timeout": JETSTREAM_API_TIMEOUT_S},
         logger=quiet_faststream_logger(),
         # On stop, wait this long for handlers to finish and acknowledge what they hold.
         graceful_timeout=settings.shutdown_grace_s,
