@@ -29,8 +29,7 @@ class MaxSimStage:
 
     def store(self, table: str) -> TokenStore:
         if table not in self._stores:
-            fingerprint, dimension = self._embedder.fingerprint, self._embedder.dimension
-            self._stores[table] = TokenStore(self._uri, table, fingerprint, dimension)
+            self._stores[table] = TokenStore.of(self._embedder, self._uri, table)
         return self._stores[table]
 
     async def score(self, stage: StageInput, table: str) -> StageOutcome:

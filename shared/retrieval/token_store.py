@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import lancedb
 import numpy as np
@@ -26,6 +27,9 @@ from lancedb.table import AsyncTable
 
 from rankstream.errors import InvalidRequestError
 from rankstream.models.late_interaction import TokenVectors
+
+if TYPE_CHECKING:
+    from rankstream.models.late_interaction import TokenEmbedder
 
 VECTOR_TYPE = pa.float16()  # half the bytes of float32; MaxSim moves by < 1e-3
 VECTOR_BYTES = 2
@@ -56,6 +60,11 @@ class TokenStore:
             ]
         )
         self._search_table: AsyncTable | None = None
+
+    @classmethod
+    def of(cls, embedder: TokenEmbedder, uri: str, table: str) -> TokenStore:
+        """The store of `table`'s vectors as `embedder` encodes them."""
+        return cls(uri, table, embedder.fingerprint, embedder.dimension)
 
     def count(self) -> int:
         """Documents with stored vectors (0 when the table does not exist yet)."""

@@ -7,6 +7,7 @@ import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import Progress
@@ -17,6 +18,9 @@ from rankstream.models.registry import load_reranker_tokenizer, load_token_embed
 from rankstream.retrieval.corpus import corpus_file, read_documents
 from rankstream.retrieval.store import TABLE_LAYOUT, DocumentStore
 from rankstream.retrieval.token_store import VECTOR_BYTES, TokenStore
+
+if TYPE_CHECKING:
+    from rankstream.models.late_interaction import TokenEmbedder
 
 TOKEN_CHUNK = 64
 
@@ -49,13 +53,14 @@ def index_corpus(
     return indexed
 
 
-def index_token_vectors(settings: Settings, path: Path, console: Console) -> TokenReport:
-    """Encode every document of `path` with the late-interaction model and store its token
-    vectors beside the configured table (`rankstream.retrieval.token_store`)."""
-    embedder = load_token_embedder(settings)
-    tokens = TokenStore(
-        settings.lancedb_uri, settings.table, embedder.fingerprint, embedder.dimension
-    )
+def index_token_vectors(
+    settings: Settings, path: Path, console: Console, embedder: TokenEmbedder | None = None
+) -> TokenReport:
+    """Encode every document of `path` with the late-interaction model (`embedder`, loaded
+    from the settings when not given) and store its token vectors beside the configured
+    table (`rankstream.retrieval.token_store`)."""
+    embedder = embedder or load_token_embedder(settings)
+    tokens = TokenStore.of(embedder, settings.lancedb_uri, settings.table)
     started, stored_bytes, documents = time.perf_counter(), 0, 0
     with Progress(console=console, transient=False) as progress:
         task = progress.add_task("token vectors", total=count_lines(path))
@@ -110,16 +115,10 @@ def ensure_indexed(settings: Settings, path: Path, console: Console) -> Settings
     console.print(f"[dim]reusing table {settings.table} ({documents} documents)[/dim]")
     store.ensure_indexes()  # a table indexed before an index was added
     if settings.late_interaction_model is not None:
-        tokens = _token_store(settings)
+        embedder = load_token_embedder(settings)
+        tokens = TokenStore.of(embedder, settings.lancedb_uri, settings.table)
         if tokens.count() != documents:
-            index_token_vectors(settings, path, console)
+            index_token_vectors(settings, path, console, embedder)
         else:
             tokens.ensure_id_index()  # a table written before reads went by id
     return settings
-
-
-def _token_store(settings: Settings) -> TokenStore:
-    embedder = load_token_embedder(settings)
-    return TokenStore(
-        settings.lancedb_uri, settings.table, embedder.fingerprint, embedder.dimension
-    )
