@@ -311,6 +311,9 @@ def distill(
     student: Annotated[
         str, typer.Option(help="cross-encoder (student@K) or late-interaction (maxsim@K)")
     ] = "cross-encoder",
+    loss: Annotated[
+        str, typer.Option(help="A cross-encoder's loss: mse (each logit) or margin-mse (each list)")
+    ] = "mse",
 ) -> None:
     """Distil the configured cross-encoder into a smaller student on your own pairs; serve it
     with RANKSTREAM_STUDENT_MODEL (stage `student@K`)."""
@@ -318,7 +321,7 @@ def distill(
 
     options = DistillOptions(
         data_dir, out, split, limit, depth, mode, init, layers, epochs, batch_size,
-        learning_rate, max_length, student=student,
+        learning_rate, max_length, student=student, loss=loss,
     )  # fmt: skip
     report = run_distill(ctx.obj, options, console)
     console.print(

