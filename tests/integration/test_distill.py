@@ -40,6 +40,11 @@ def beir_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture
+def settings(tmp_path: Path, model_cache_dir: Path) -> Settings:
+    return Settings(lancedb_uri=str(tmp_path / "db"), model_cache_dir=model_cache_dir)
+
+
 def squared_error(model_scores: list[float], teacher: list[float]) -> float:
     return float(np.mean((np.asarray(model_scores) - np.asarray(teacher)) ** 2))
 
@@ -52,16 +57,35 @@ def margin_error(model_scores: list[float], teacher: list[float], per_list: int)
     return float(np.mean((ours - theirs) ** 2))
 
 
-def probe_pairs(queries: int, documents: int) -> list[tuple[str, str]]:
+PROBE_QUERIES, PROBE_DOCUMENTS = 4, 8
+
+
+def probe_pairs() -> list[tuple[str, str]]:
     """Sample queries, each with the same first documents of the sample corpus."""
     texts = [json.loads(line)["text"] for line in sample_corpus_path().read_text().splitlines()]
-    return [(q.text, doc) for q in sample_queries()[:queries] for doc in texts[:documents]]
+    queries = sample_queries()[:PROBE_QUERIES]
+    return [(q.text, doc) for q in queries for doc in texts[:PROBE_DOCUMENTS]]
+
+
+def probe_scores(
+    settings: Settings, options: DistillOptions, student_dir: Path
+) -> tuple[list[float], list[float], list[float]]:
+    """The probe pairs' scores by the teacher, the untrained student and the trained one."""
+    probe = probe_pairs()
+    teacher = load_cross_encoder(settings)
+    trained = load_cross_encoder(settings, str(student_dir))  # the torch folder
+    untrained, _ = student_start(settings, options)
+    before = [float(s) for s in untrained.predict(probe, activation_fn=None)]
+    return (
+        teacher.score(teacher.tokenizer.encode(probe)),
+        before,
+        trained.score(trained.tokenizer.encode(probe)),
+    )
 
 
 def test_one_step_of_distillation_moves_the_student_toward_the_teacher(
-    beir_sample: Path, tmp_path: Path, model_cache_dir: Path
+    beir_sample: Path, tmp_path: Path, settings: Settings
 ) -> None:
-    settings = Settings(lancedb_uri=str(tmp_path / "db"), model_cache_dir=model_cache_dir)
     options = DistillOptions(
         beir_sample, tmp_path / "student", limit=4, depth=8, mode="dense",
         batch_size=32, learning_rate=2e-4, max_length=128,
@@ -72,26 +96,18 @@ def test_one_step_of_distillation_moves_the_student_toward_the_teacher(
     assert report.pairs == 32
     assert report.pairs_scored_now == 32
     assert report.layers_kept == [0, 2, 4, 6, 8, 10]
-    teacher = load_cross_encoder(settings)
-
-    trained = load_cross_encoder(settings, str(report.student_dir))  # the torch folder
-    served = load_cross_encoder(settings, str(report.onnx_dir))  # its int8 ONNX copy
-    untrained, _ = student_start(settings, options)
-    probe = probe_pairs(4, 8)
-    target = teacher.score(teacher.tokenizer.encode(probe))
-    after = trained.score(trained.tokenizer.encode(probe))
-    before = [float(s) for s in untrained.predict(probe, activation_fn=None)]
+    target, before, after = probe_scores(settings, options, report.student_dir)
     assert squared_error(after, target) < squared_error(before, target)
-    int8 = served.score(served.tokenizer.encode(probe))
+    served = load_cross_encoder(settings, str(report.onnx_dir))  # its int8 ONNX copy
+    int8 = served.score(served.tokenizer.encode(probe_pairs()))
     assert np.corrcoef(int8, after)[0, 1] > 0.95, "the int8 export scores as the student does"
     assert served.model_id == str(report.onnx_dir)
 
 
 def test_a_rerun_scores_no_pair_twice(
-    beir_sample: Path, tmp_path: Path, model_cache_dir: Path
+    beir_sample: Path, tmp_path: Path, settings: Settings
 ) -> None:
     """Teacher scores come back from the cache; only the student is trained again."""
-    settings = Settings(lancedb_uri=str(tmp_path / "db"), model_cache_dir=model_cache_dir)
     options = DistillOptions(
         beir_sample, tmp_path / "student", limit=2, depth=4, mode="dense", layers=2,
         batch_size=8, max_length=64, teacher_cache=tmp_path / "teacher.sqlite",
@@ -103,9 +119,8 @@ def test_a_rerun_scores_no_pair_twice(
 
 
 def test_margin_mse_moves_each_lists_differences_toward_the_teachers(
-    beir_sample: Path, tmp_path: Path, model_cache_dir: Path
+    beir_sample: Path, tmp_path: Path, settings: Settings
 ) -> None:
-    settings = Settings(lancedb_uri=str(tmp_path / "db"), model_cache_dir=model_cache_dir)
     options = DistillOptions(
         beir_sample, tmp_path / "student", limit=4, depth=8, mode="dense", batch_size=32,
         learning_rate=2e-4, max_length=128, teacher_cache=tmp_path / "teacher.sqlite",
@@ -114,14 +129,9 @@ def test_margin_mse_moves_each_lists_differences_toward_the_teachers(
     report = run_distill(settings, options, Console(quiet=True))
 
     assert (report.pairs, report.pairs_scored_now) == (32, 32)
-    teacher = load_cross_encoder(settings)
-    trained = load_cross_encoder(settings, str(report.student_dir))
-    untrained, _ = student_start(settings, options)
-    probe = probe_pairs(4, 8)
-    target = teacher.score(teacher.tokenizer.encode(probe))
-    after = trained.score(trained.tokenizer.encode(probe))
-    before = [float(s) for s in untrained.predict(probe, activation_fn=None)]
-    assert margin_error(after, target, 8) < margin_error(before, target, 8)
+    target, before, after = probe_scores(settings, options, report.student_dir)
+    per_list = PROBE_DOCUMENTS
+    assert margin_error(after, target, per_list) < margin_error(before, target, per_list)
 
 
 @pytest.mark.parametrize(
