@@ -164,8 +164,9 @@ class TeacherScores:
 def run_distill(settings: Settings, options: DistillOptions, console: Console) -> DistillReport:
     """Candidates, teacher scores, training and export; see the module docstring.
 
-    Raises InvalidRequestError for a data folder without the split or an unknown student
-    kind, ModelError for a teacher or starting point that cannot be loaded or trimmed."""
+    Raises InvalidRequestError for a data folder without the split, an unknown student kind
+    or a loss it cannot train with, ModelError for a teacher or starting point that cannot
+    be loaded or trimmed."""
     _check(options)
     # Candidates need only the content table; the late-interaction setting may name the
     # very model being written (token vectors are indexed when it is served).
@@ -346,7 +347,7 @@ def train_student(
 
     if options.loss == MARGIN_MSE:
         columns = _list_columns(pairs, labels, options.depth)
-        rows_per_step = max(1, options.batch_size // options.depth)
+        rows_per_step = _lists_per_step(options)
         loss: Any = MarginMSELoss(student)
     else:
         columns = {
@@ -373,6 +374,11 @@ def train_student(
             model=student, args=arguments, train_dataset=Dataset.from_dict(columns), loss=loss
         )
         trainer.train()
+
+
+def _lists_per_step(options: DistillOptions) -> int:
+    """Queries a step of a listwise loss takes: `batch_size` counts pairs, at least one list."""
+    return max(1, options.batch_size // options.depth)
 
 
 def _warmup_steps(rows: int, rows_per_step: int, epochs: int) -> int:
@@ -411,7 +417,7 @@ def train_token_model(
         arguments = MultiVectorEncoderTrainingArguments(
             output_dir=scratch,
             num_train_epochs=options.epochs,
-            per_device_train_batch_size=max(1, options.batch_size // options.depth),
+            per_device_train_batch_size=_lists_per_step(options),
             learning_rate=options.learning_rate,
             save_strategy="no",
             report_to="none",
