@@ -18,6 +18,8 @@ from importlib.metadata import PackageNotFoundError, version
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.errors import (
+    DeadlineExceededError,
+    ErrorCode,
     ExpiredError,
     InvalidRequestError,
     ModelError,
@@ -25,12 +27,13 @@ from rankstream.errors import (
     QueryFailedError,
     QueryTimeoutError,
     RankstreamError,
+    RequestTooLargeError,
     StoreError,
+    StreamConfigError,
+    UnauthorizedError,
+    UnavailableError,
 )
-from rankstream.wire.messages import (
-    Candidate,
-    CandidateSet,
-    ErrorCode,
+from rankstream.wire.contract import (
     ErrorResult,
     QueryRequest,
     RankedDoc,
@@ -49,8 +52,7 @@ except PackageNotFoundError:  # running from a checkout that was never installed
     __version__ = "0.0.0"
 
 __all__ = [
-    "Candidate",
-    "CandidateSet",
+    "DeadlineExceededError",
     "ErrorCode",
     "ErrorResult",
     "ExpiredError",
@@ -65,6 +67,7 @@ __all__ = [
     "RankedResult",
     "RankstreamClient",
     "RankstreamError",
+    "RequestTooLargeError",
     "RerankDocument",
     "RerankRequest",
     "RerankStage",
@@ -72,5 +75,8 @@ __all__ = [
     "StageReport",
     "StageTimings",
     "StoreError",
+    "StreamConfigError",
+    "UnauthorizedError",
+    "UnavailableError",
     "__version__",
 ]

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from rankstream.config import Settings
 from rankstream.errors import QueryFailedError, QueryTimeoutError, RankstreamError
 from rankstream.wire.connection import connect_kwargs, loggable_url
-from rankstream.wire.messages import (
+from rankstream.wire.contract import (
     REPLY_ADAPTER,
     Depth,
     ErrorResult,
@@ -34,9 +34,9 @@ from rankstream.wire.messages import (
     RerankRequest,
     RerankStage,
     RetrievalMode,
-    dedup_id,
     now_ms,
 )
+from rankstream.wire.handoff import dedup_id
 from rankstream.wire.pipeline import PipelineSpec
 from rankstream.wire.subjects import Subjects
 
@@ -183,8 +183,8 @@ class RankstreamClient:
         timeout_s, depth = options.get("timeout_s"), options.get("depth")
         top_k, pipeline = options.get("top_k"), options.get("pipeline")
         fields: dict[str, Any] = {
-            "retrieval": options.get("retrieval") or settings.default_retrieval,
-            "depth": settings.default_depth if depth is None else depth,
+            "retrieval": options.get("retrieval"),
+            "stages": None if depth is None else single_stage(depth),
         }
         if pipeline is not None:
             spec = PipelineSpec.parse(pipeline) if isinstance(pipeline, str) else pipeline
@@ -209,13 +209,13 @@ class RankstreamClient:
             text: the query.
             top_k: results to return (default `settings.default_top_k`).
             depth: candidates the cross-encoder reranks; 0 returns the retrieval order,
-                `auto` lets the worker choose (default `settings.default_depth`).
+                `auto` lets the worker choose (default: the workers' `default_depth`).
             timeout_s: how long the pipeline may take, and how long this call waits
                 (default `settings.default_timeout_ms`). Workers answer a little before it:
                 with the retrieval order marked `degraded` when reranking would miss it.
             pipeline: the retrieval mode and rerank cascade, as `PipelineSpec` or in its
                 notation (`hybrid+ce@100/doc64>ce@20`); it replaces `depth`.
-            retrieval: dense, bm25 or hybrid (default `settings.default_retrieval`);
+            retrieval: dense, bm25 or hybrid (default: the workers' `default_retrieval`);
                 `pipeline` names its own.
             cache: answer from the result cache when it can (and cache the answer).
             return_documents: include each result's text (default); False sends ids and
@@ -252,14 +252,14 @@ class RankstreamClient:
         timeout_s: float | None = None,
     ) -> RerankRequest:
         """A request to rerank `documents` (texts, or RerankDocument with ids) for `query`,
-        with no retrieval; see `rerank`."""
+        with no retrieval; see `rerank`. `max_doc_tokens` applies when `stages` is empty
+        (a stage carries its own budget)."""
         settings = self._settings
         return RerankRequest(
             query=query,
             documents=[RerankDocument(text=d) if isinstance(d, str) else d for d in documents],
             top_n=top_n,
-            stages=list(stages),
-            max_doc_tokens=max_doc_tokens,
+            stages=list(stages) or budget_stage(len(documents), max_doc_tokens),
             priority=priority,
             timeout_ms=settings.default_timeout_ms if timeout_s is None else int(timeout_s * 1000),
             reply_to=self.reply_subject,
@@ -391,6 +391,19 @@ class RankstreamClient:
         # A second answer to the same request (after a redelivery) finds its future done.
         if future is not None and not future.done():
             future.set_result(reply)
+
+
+def single_stage(depth: Depth) -> list[RerankStage]:
+    """The cascade `depth` asks for: one `ce` stage over that many candidates (none at 0)."""
+    return [] if depth == 0 else [RerankStage(depth=depth)]
+
+
+def budget_stage(documents: int, max_doc_tokens: int | None) -> list[RerankStage] | None:
+    """One `ce` stage over every document with a token budget; None (the workers' default
+    cascade) without one."""
+    if max_doc_tokens is None:
+        return None
+    return [RerankStage(depth=documents, max_doc_tokens=max_doc_tokens)]
 
 
 def default_client_id(settings: Settings) -> str:

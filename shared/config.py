@@ -150,6 +150,17 @@ class Settings(BaseSettings):
             )
         return key
 
+    @field_validator("max_request_pairs")
+    @classmethod
+    def _request_fits_the_worker(cls, pairs: int, info: ValidationInfo) -> int:
+        inflight = info.data.get("max_inflight_pairs")
+        if inflight is not None and pairs > inflight:
+            raise ValueError(
+                f"RANKSTREAM_MAX_REQUEST_PAIRS ({pairs}) exceeds RANKSTREAM_MAX_INFLIGHT_PAIRS "
+                f"({inflight}): a request that large could never be admitted"
+            )
+        return pairs
+
     # --- models ---
     # "packaged:<name>", a Hugging Face id, or a local path (see rankstream/models/registry.py).
     embedder_model: str = "packaged:all-MiniLM-L6-v2"
@@ -178,6 +189,9 @@ class Settings(BaseSettings):
     max_inflight_requests: int = Field(default=64, ge=1)
     # Pairs a rerank worker holds at once (queued + in the model); past it, it stops pulling.
     max_inflight_pairs: int = Field(default=2048, ge=1)
+    # Pairs one request's cascade may score, every stage and MaxP window counted; a plan over
+    # it is refused at admission. At most max_inflight_pairs, so any admitted request fits.
+    max_request_pairs: int = Field(default=2048, ge=1, validate_default=True)
     # Priority lanes: a request waiting this long moves up a lane, so batch work never starves
     # behind interactive traffic (0: never).
     priority_ageing_s: float = Field(default=5.0, ge=0)
@@ -219,6 +233,8 @@ class Settings(BaseSettings):
     default_depth: int | Literal["auto"] = 20
     max_depth: int = Field(default=1000, ge=1)
     default_timeout_ms: int = Field(default=30_000, ge=1)
+    # The longest timeout a request may ask for (a longer one is refused at admission).
+    max_timeout_ms: int = Field(default=600_000, ge=1)
     default_retrieval: Literal["dense", "bm25", "hybrid"] = "dense"
     # Hybrid search: reciprocal rank fusion of the dense and BM25 lists (retrieval/fusion.py),
     # each list's top `hybrid_fusion_depth`, weighted.
@@ -226,7 +242,7 @@ class Settings(BaseSettings):
     hybrid_bm25_weight: float = Field(default=1.0, ge=0)
     hybrid_fusion_depth: int = Field(default=100, ge=1)
     # Depth `auto`: a policy maps the retrieval's confidence to a depth in [0, max_auto_depth]
-    # (scheduling/adaptive_depth.py); None: the packaged policy, calibrated on a train split.
+    # (planning/adaptive_depth.py); None: the packaged policy, calibrated on a train split.
     max_auto_depth: int = Field(default=50, ge=1)
     auto_depth_policy: Path | None = None
 

@@ -10,15 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rankstream.wire.messages import (
-    Candidate,
-    CandidateSet,
-    RankedDoc,
-    RankedResult,
-    StageReport,
-    StageTimings,
-    now_ms,
-)
+from rankstream.wire.contract import RankedDoc, RankedResult, StageReport, StageTimings, now_ms
+from rankstream.wire.handoff import Candidate, CandidateSet
 
 RETRIEVAL = "retrieval"
 
@@ -72,12 +65,12 @@ def ranked_result(
     degraded: bool = False,
 ) -> RankedResult:
     """The answer, with `timings.total` closed now (request creation -> answer ready)."""
-    request = candidate_set.request
-    timings = timings.model_copy(update={"total": now_ms() - request.created_at_ms})
+    plan = candidate_set.plan
+    timings = timings.model_copy(update={"total": now_ms() - plan.created_at_ms})
     return RankedResult(
-        request_id=request.request_id,
-        query=request.query,
-        results=ranked_docs(order, request.top_k),
+        request_id=plan.request_id,
+        query=plan.query,
+        results=ranked_docs(order, plan.top_k),
         timings_ms=timings,
         batch_pairs=batch_pairs,
         batch_requests=batch_requests,

@@ -21,7 +21,7 @@ from pathlib import Path
 from faststream.nats import NatsBroker
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 
-from rankstream.cache import result_cache
+from rankstream.cache.store import result_cache
 from rankstream.config import Settings
 from rankstream.metrics import Metrics
 from rankstream.models import CrossEncoderBackend, Embedder, load_embedder

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from faststream.nats import NatsBroker
 
-from rankstream.cache import ResultCache
+from rankstream.cache.store import ResultCache
 from rankstream.config import Settings
 from rankstream.metrics import Metrics
 from rankstream.wire.subjects import Subjects

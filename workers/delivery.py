@@ -26,12 +26,12 @@ from faststream.nats.message import NatsMessage
 from faststream.types import AsyncFuncAny
 from nats.js.api import AckPolicy as ConsumerAckPolicy
 from nats.js.errors import NotFoundError
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rankstream.config import Settings
-from rankstream.errors import InvalidRequestError, ModelError, RankstreamError
+from rankstream.errors import ErrorCode, InvalidRequestError, ModelError, RankstreamError
 from rankstream.metrics import Metrics
-from rankstream.wire.messages import SUBJECT_PATTERN, DeadLetter, ErrorCode
+from rankstream.wire.contract import SUBJECT_PATTERN, WireModel, now_ms
 from rankstream.wire.streams import work_queue_streams
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.replies import ReplySender
@@ -55,6 +55,23 @@ SUBJECT = re.compile(SUBJECT_PATTERN)
 # in-flight messages; this server-side cap is shared by all replicas and must not be what
 # limits a scaled-out deployment (it stops delivery silently when reached).
 MAX_ACK_PENDING = 20_000
+
+
+class DeadLetter(WireModel):
+    """A message that will never be answered normally, kept with why and what it was."""
+
+    worker: str
+    subject: str
+    code: ErrorCode
+    reason: str
+    deliveries: int = Field(ge=0)
+    request_id: str | None = None
+    payload_preview: str = Field(description="The start of the payload, as UTF-8 text.")
+    payload_base64: str = Field(description="The original bytes, exactly (unless truncated).")
+    payload_bytes: int = Field(ge=0)
+    payload_sha256: str
+    truncated: bool = Field(description="True when the payload was too large to keep whole.")
+    failed_at_ms: float = Field(default_factory=now_ms)
 
 
 def work_queue_subscription(
@@ -240,12 +257,13 @@ def watch_max_deliveries(broker: NatsBroker, settings: Settings, metrics: Metric
 
 
 def reply_address(body: bytes) -> tuple[str, str] | None:
-    """(request_id, reply_to) from a query request or candidate set, even a malformed one."""
+    """(request_id, reply_to) from a request or a candidate set, even a malformed one."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
-    request = data.get("request", data) if isinstance(data, dict) else None
+    # A candidate set carries its request's address in its plan.
+    request = data.get("plan", data) if isinstance(data, dict) else None
     if not isinstance(request, dict):
         return None
     request_id, reply_to = request.get("request_id"), request.get("reply_to")

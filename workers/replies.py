@@ -11,15 +11,11 @@ import nats
 from faststream.nats import NatsBroker
 from nats.js.errors import BadRequestError
 
+from rankstream.errors import ErrorCode
 from rankstream.metrics import Metrics
-from rankstream.wire.messages import (
-    DeadLetter,
-    ErrorCode,
-    ErrorResult,
-    QueryRequest,
-    RankedResult,
-    dedup_id,
-)
+from rankstream.planning.plan import QueryPlan
+from rankstream.wire.contract import ErrorResult, RankedResult, WireModel
+from rankstream.wire.handoff import dedup_id
 from rankstream.wire.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -53,9 +49,10 @@ class ReplySender:
             await self._broker.publish(reply, subject=reply_to)
         self._metrics.requests.labels(worker=self.worker, outcome=_outcome(reply)).inc()
 
-    async def answer(self, request: QueryRequest, result: RankedResult) -> None:
-        """Send `request` its result as it asked for it (`RankedResult.as_asked`)."""
-        await self.send(request.reply_to, result.as_asked(request))
+    async def answer(self, plan: QueryPlan, result: RankedResult) -> None:
+        """Send the request `plan` was made from its result as it asked for it
+        (`RankedResult.as_asked`)."""
+        await self.send(plan.reply_to, result.as_asked(plan.return_documents))
 
     async def _publish_result(self, reply_to: str, reply: RankedResult | ErrorResult) -> None:
         """Publish through the results stream, asking again for up to RESULT_PATIENCE_S while
@@ -88,7 +85,7 @@ class ReplySender:
         error = ErrorResult(request_id=request_id, code=code, message=message, worker=self.worker)
         await self.send(reply_to, error)
 
-    async def dead_letter(self, letter: DeadLetter) -> None:
+    async def dead_letter(self, letter: WireModel) -> None:
         await self._broker.publish(
             letter, self._subjects.dead_letters, stream=self._subjects.streams.dead_letters
         )

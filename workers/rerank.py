@@ -1,6 +1,7 @@
-"""Rerank worker: candidate set -> each stage of its cascade (pairs under the token budget,
-tokenized once, pooled across requests by that scorer's batcher) -> ranked result, which
-is also written to the result cache."""
+"""Rerank worker: candidate set -> each stage of its plan (pairs under the stage's token
+budget, tokenized once, pooled across requests by that scorer's batcher) -> ranked result,
+which is also written to the result cache. A rerank request (the caller's own candidates) is
+planned here, then executed the same way."""
 
 from __future__ import annotations
 
@@ -11,30 +12,23 @@ from functools import partial
 
 from faststream.nats.annotations import NatsMessage
 
-from rankstream.errors import ExpiredError
+from rankstream.errors import DeadlineExceededError, ExpiredError
 from rankstream.models import CrossEncoderBackend, load_cross_encoder
-from rankstream.models.registry import MAXSIM_SCORER, load_token_embedder, scorer_model
+from rankstream.models.registry import load_token_embedder
+from rankstream.planning.admission import Planner
+from rankstream.planning.plan import StagePlan
+from rankstream.planning.scorers import MAXSIM_SCORER, scorer_model
 from rankstream.ranking import Scored, ranked_result, rerank_top, retrieval_order
 from rankstream.retrieval.late_interaction import MaxSimStage
 from rankstream.scheduling.admission import PairBudget
-from rankstream.scheduling.batcher import BatchStats, DeadlineExceededError
+from rankstream.scheduling.batcher import BatchStats
 from rankstream.scheduling.budgets import DocumentBudget
 from rankstream.scheduling.deadlines import Deadline
 from rankstream.scheduling.lanes import LANES, lane_name, priority_lane
-from rankstream.scheduling.limits import check_candidates
 from rankstream.scheduling.pair_scheduler import rerank_batch_limits
 from rankstream.scheduling.stages import CrossEncoderStage, StageInput, StageOutcome
-from rankstream.wire.messages import (
-    AUTO,
-    CachedAnswer,
-    CandidateSet,
-    RankedResult,
-    RerankRequest,
-    RerankStage,
-    StageReport,
-    StageTimings,
-    now_ms,
-)
+from rankstream.wire.contract import RankedResult, RerankRequest, StageReport, StageTimings, now_ms
+from rankstream.wire.handoff import CandidateSet, brought_candidates
 from rankstream.workers.context import WorkerContext
 from rankstream.workers.delivery import work_queue_subscription
 from rankstream.workers.heartbeat import in_progress_heartbeats
@@ -59,6 +53,7 @@ class RerankWorker:
     def __init__(self, context: WorkerContext, model: CrossEncoderBackend | None = None) -> None:
         settings, metrics = context.settings, context.metrics
         self._settings, self._metrics, self._cache = settings, metrics, context.cache
+        self._planner = Planner(settings)
         self._given: dict[str, CrossEncoderBackend] = {} if model is None else {"ce": model}
         subjects = context.subjects
         self._replies = ReplySender(context.broker, subjects, WORKER, metrics)
@@ -159,33 +154,39 @@ class RerankWorker:
             self._metrics.rerank_lane_queued.labels(lane=lane_name(lane)).set(pairs)
 
     async def handle(self, candidate_set: CandidateSet, message: NatsMessage) -> None:
-        started = now_ms()
-        request = candidate_set.request
+        received = now_ms()
+        plan = candidate_set.plan
         with self._metrics.inflight_requests.labels(worker=WORKER).track_inprogress():
+            self._planner.check_executable(candidate_set)
             async with in_progress_heartbeats(message, self._settings.ack_wait_s / 3):
-                reply = await self._rerank(candidate_set, started)
+                reply = await self._rerank(candidate_set, received)
             self._metrics.observe_timings(reply.timings_ms)
-            await self._replies.answer(request, reply)
-        if not reply.degraded:
-            await self._remember(candidate_set, reply)
+            await self._replies.answer(plan, reply)
+        if plan.cache is not None and self._cache is not None:
+            await self._cache.remember(plan.cache, reply, candidate_set.query_vector)
 
     async def handle_rerank_request(self, request: RerankRequest, message: NatsMessage) -> None:
-        await self.handle(request.as_candidate_set(), message)
-
-    async def _rerank(self, candidate_set: CandidateSet, started: float) -> RankedResult:
-        request = candidate_set.request
-        check_candidates(candidate_set, self._settings)
-        timings = candidate_set.timings_ms.model_copy(
-            update={"rerank_queue_wait": max(0.0, started - candidate_set.published_at_ms)}
+        plan = self._planner.plan_rerank(request, received_at_ms=now_ms())
+        candidates = CandidateSet(
+            plan=plan,
+            candidates=brought_candidates(request),
+            published_at_ms=plan.created_at_ms,  # its queue wait is all rerank queue wait
         )
-        deadline = Deadline.of(request, self._settings.deadline_margin_ms)
+        await self.handle(candidates, message)
+
+    async def _rerank(self, candidate_set: CandidateSet, received: float) -> RankedResult:
+        plan = candidate_set.plan
+        timings = candidate_set.timings_ms.model_copy(
+            update={"rerank_queue_wait": max(0.0, received - candidate_set.published_at_ms)}
+        )
+        deadline = Deadline.of(plan, self._settings.deadline_margin_ms)
         if deadline.passed():
             return self._missed_deadline(candidate_set, timings)
         order = retrieval_order(candidate_set.candidates)
         reports: list[StageReport] = []
         outcome: StageOutcome | None = None
-        for position, stage in enumerate(request.rerank_stages()):
-            depth = min(self._depth(candidate_set, stage, position), len(order))
+        for stage in plan.stages:
+            depth = min(stage.depth, len(order))
             try:
                 outcome = await self._score(candidate_set, stage, order[:depth], deadline)
             except DeadlineExceededError:
@@ -196,27 +197,17 @@ class RerankWorker:
             reports.append(self._report(stage, depth, outcome))
         return self._answer(candidate_set, order, reports, timings, outcome, False)
 
-    def _depth(self, candidate_set: CandidateSet, stage: RerankStage, position: int) -> int:
-        if position == 0 and candidate_set.first_depth is not None:
-            return candidate_set.first_depth
-        if stage.depth == AUTO:  # only a first stage may be auto; retrieval resolved it
-            return self._settings.max_auto_depth
-        return stage.depth
-
     async def _score(
         self,
         candidate_set: CandidateSet,
-        stage: RerankStage,
+        stage: StagePlan,
         top: list[Scored],
         deadline: Deadline,
     ) -> StageOutcome:
-        budget = DocumentBudget(
-            stage.max_doc_tokens or self._settings.default_max_doc_tokens,
-            stage.long_docs or self._settings.default_long_docs,
-            self._settings.maxp_max_windows,
-        )
+        plan = candidate_set.plan
+        budget = DocumentBudget(stage.max_doc_tokens, stage.long_docs, stage.maxp_windows)
         pairs = StageInput(
-            query=candidate_set.request.query,
+            query=plan.query,
             documents=[s.candidate.text for s in top],
             token_ids=[
                 tuple(s.candidate.token_ids) if s.candidate.token_ids is not None else None
@@ -225,21 +216,21 @@ class RerankWorker:
             tokenizer=candidate_set.tokenizer,
             budget=budget,
             deadline=deadline,
-            lane=priority_lane(candidate_set.request.priority),
+            lane=priority_lane(plan.priority),
             doc_ids=[s.candidate.doc_id for s in top],
         )
         if stage.scorer == MAXSIM_SCORER:
-            table = candidate_set.request.table or self._settings.table
-            return await (await self._maxsim_stage()).score(pairs, table)
+            assert plan.retrieval is not None, "MaxSim reads the token vectors of a table"
+            return await (await self._maxsim_stage()).score(pairs, plan.retrieval.table)
         outcome = await (await self._stage(stage.scorer)).score(pairs)
-        lane = lane_name(priority_lane(candidate_set.request.priority))
+        lane = lane_name(priority_lane(plan.priority))
         self._metrics.rerank_lane_wait.labels(lane=lane).observe(outcome.ticket.batch_wait_s)
         self._metrics.rerank_over_budget.inc(outcome.plan.over_budget)
         self._metrics.rerank_truncated_tokens.inc(outcome.plan.truncated_tokens)
         self._metrics.rerank_tokenized_docs.inc(outcome.tokenized_documents)
         return outcome
 
-    def _report(self, stage: RerankStage, depth: int, outcome: StageOutcome) -> StageReport:
+    def _report(self, stage: StagePlan, depth: int, outcome: StageOutcome) -> StageReport:
         return StageReport(
             name=stage.name,
             model_id=self._runtime_model_id(stage.scorer),
@@ -283,30 +274,13 @@ class RerankWorker:
             degraded=degraded,
         )
 
-    async def _remember(self, candidate_set: CandidateSet, reply: RankedResult) -> None:
-        ticket = candidate_set.cache
-        if self._cache is None or ticket is None:
-            return
-        answer = CachedAnswer(
-            query=ticket.query,
-            context=ticket.context,
-            results=reply.results,
-            reranked=reply.reranked,
-            model_id=reply.model_id,
-            embedder_model=reply.embedder_model,
-            stages=reply.stages,
-            retrieval=reply.retrieval,
-            query_vector=ticket.query_vector,
-        )
-        await self._cache.put(ticket.key, answer)
-
     def _missed_deadline(self, candidate_set: CandidateSet, timings: StageTimings) -> RankedResult:
         """Retrieval order marked degraded, or an `expired` error, as configured."""
-        request = candidate_set.request
         action = self._settings.on_deadline
         self._metrics.deadline_misses.labels(worker=WORKER, action=action).inc()
         if action == "expired":
-            raise ExpiredError(f"deadline passed before request {request.request_id} was scored")
+            request_id = candidate_set.plan.request_id
+            raise ExpiredError(f"deadline passed before request {request_id} was scored")
         return ranked_result(
             candidate_set, retrieval_order(candidate_set.candidates), timings, "none", degraded=True
         )

@@ -1,5 +1,5 @@
-"""Retrieval worker: query -> result cache -> embed (micro-batched) -> search (dense, BM25 or
-hybrid) -> depth (`auto`: from the search's confidence) -> candidate set."""
+"""Retrieval worker: query -> plan (admission) -> result cache -> embed (micro-batched) ->
+search -> depth `auto` resolved -> candidate set (or, with nothing to rerank, the answer)."""
 
 from __future__ import annotations
 
@@ -8,37 +8,23 @@ import time
 
 import numpy as np
 from faststream.nats import JStream
+from nats.errors import MaxPayloadError
 
-from rankstream.cache import cache_key, context_digest, normalise_query
-from rankstream.errors import ExpiredError, InvalidRequestError
+from rankstream.cache.store import CachedAnswer
+from rankstream.errors import ExpiredError, InvalidRequestError, RequestTooLargeError
 from rankstream.models import Embedder, load_embedder
 from rankstream.models.base import Vectors
-from rankstream.models.registry import scorer_model
+from rankstream.planning.adaptive_depth import DepthPolicy, load_depth_policy, retrieval_features
+from rankstream.planning.admission import Planner
+from rankstream.planning.plan import QueryPlan, RetrievalPlan
 from rankstream.ranking import ranked_result, retrieval_order
 from rankstream.retrieval.fusion import SearchMode
 from rankstream.retrieval.store import DocumentStore, Retriever, SearchResult
-from rankstream.scheduling.adaptive_depth import (
-    DepthPolicy,
-    load_depth_policy,
-    retrieval_features,
-)
 from rankstream.scheduling.batcher import BatchLimits, MicroBatcher, Ticket
 from rankstream.scheduling.deadlines import Deadline
-from rankstream.scheduling.limits import check_request
+from rankstream.wire.contract import QueryRequest, RetrievalReport, StageTimings, now_ms
 from rankstream.wire.filters import parse_filter
-from rankstream.wire.messages import (
-    AUTO,
-    CachedAnswer,
-    CacheTicket,
-    Candidate,
-    CandidateSet,
-    QueryRequest,
-    RankedResult,
-    RetrievalReport,
-    StageTimings,
-    dedup_id,
-    now_ms,
-)
+from rankstream.wire.handoff import Candidate, CandidateSet, dedup_id
 from rankstream.workers.context import WorkerContext
 from rankstream.workers.delivery import work_queue_subscription
 from rankstream.workers.replies import ReplySender
@@ -49,8 +35,8 @@ MAX_OPEN_TABLES = 16
 
 
 class RetrievalWorker:
-    """The retrieval handler and what it holds: the query embedder, the store, the depth
-    policy and the result cache.
+    """The retrieval handler and what it holds: the query embedder, the store, the planner
+    (with the depth policy) and the result cache.
 
     Args:
         context: settings (limits, batching, retrieval), broker (its subscriber and
@@ -74,6 +60,7 @@ class RetrievalWorker:
         self._store: Retriever = store or DocumentStore.from_settings(settings)
         self._other_stores: dict[str, Retriever] = {}
         self._policy: DepthPolicy = load_depth_policy(settings.auto_depth_policy)
+        self._planner = Planner(settings, self._policy)
         self._batcher: MicroBatcher[str, Vectors] | None = None
         broker.subscriber(
             **work_queue_subscription(
@@ -83,14 +70,14 @@ class RetrievalWorker:
                 self._subjects.durable("retrieval"),
             ),
             title="retrieval:queries",
-            description="Query requests; each is looked up in the result cache, embedded, "
-            "searched and forwarded.",
+            description="Query requests; each is planned, looked up in the result cache, "
+            "embedded, searched and forwarded.",
         )(self.handle)
         self._candidates = broker.publisher(
             self._subjects.candidates,
             stream=JStream(self._subjects.streams.candidates, declare=False),
             title="retrieval:candidates",
-            description="Candidate sets for the rerank worker.",
+            description="Candidate sets, each carrying its plan, for the rerank worker.",
             schema=CandidateSet,
         )
 
@@ -120,59 +107,70 @@ class RetrievalWorker:
             await self._batcher.__aexit__(None, None, None)
 
     async def handle(self, request: QueryRequest) -> None:
-        started = now_ms()
+        received = now_ms()
         with self._metrics.inflight_requests.labels(worker=WORKER).track_inprogress():
-            await self._retrieve(request, started)
+            plan, store = await self._admit(request, received)
+            timings = StageTimings(queue_wait=max(0.0, received - plan.created_at_ms))
+            await self._retrieve(plan, store, timings)
 
-    async def _retrieve(self, request: QueryRequest, started: float) -> None:
-        self._check(request)
-        timings = StageTimings(queue_wait=max(0.0, started - request.created_at_ms))
-        ticket = None
-        if self._cache is not None and request.cache:
+    async def _admit(
+        self, request: QueryRequest, received_ms: float
+    ) -> tuple[QueryPlan, Retriever]:
+        """The request's plan and the store it searches.
+
+        Raises:
+            InvalidRequestError: a bound is broken, or the table does not exist.
+            ExpiredError: its deadline passed before it was received.
+        """
+        store = await self._store_for(request.table)
+        plan = self._planner.plan_query(
+            request,
+            received_at_ms=received_ms,
+            embedder_model=self.embedder.model_id,
+            table_version=await store.version() if request.cache and self._cache else None,
+        )
+        deadline = Deadline.of(plan, self._settings.deadline_margin_ms)
+        if deadline.passed():
+            # Nothing retrieved yet, so nothing to degrade to: an `expired` error.
+            self._metrics.deadline_misses.labels(worker=WORKER, action="expired").inc()
+            raise ExpiredError(f"deadline passed {-deadline.remaining_s():.1f} s ago")
+        return plan, store
+
+    async def _retrieve(self, plan: QueryPlan, store: Retriever, timings: StageTimings) -> None:
+        assert plan.retrieval is not None, "a query plan always retrieves"
+        if plan.cache is not None and self._cache is not None:
             lookup = time.perf_counter()
-            ticket = await self._cache_ticket(request)
-            answer = await self._cache.get(ticket.key)
+            answer = await self._cache.get(plan.cache.key)
             timings = timings.model_copy(update={"cache": _ms_since(lookup)})
             if answer is not None:
-                await self._reply_cached(request, answer, timings)
+                await self._reply_cached(plan, answer, timings)
                 return
-        mode = SearchMode(request.retrieval)
+        mode = SearchMode(plan.retrieval.mode)
         vector = None
-        if mode != SearchMode.BM25 or (ticket is not None and self._cache_is_semantic):
+        if mode != SearchMode.BM25 or (plan.cache is not None and self._cache_is_semantic):
             embed_start = time.perf_counter()
-            (vector,) = (await self._embedded([request.query])).outputs
+            (vector,) = (await self._embedded([plan.query])).outputs
             timings = timings.model_copy(update={"embed": _ms_since(embed_start)})
-        if ticket is not None and vector is not None and self._cache is not None:
+        if plan.cache is not None and vector is not None and self._cache is not None:
             lookup = time.perf_counter()
-            answer = await self._cache.nearest(ticket.context, vector)
+            answer = await self._cache.nearest(plan.cache.context, vector)
             timings = timings.model_copy(update={"cache": timings.cache + _ms_since(lookup)})
             if answer is not None:
-                await self._reply_cached(request, answer, timings)
+                await self._reply_cached(plan, answer, timings)
                 return
-            ticket = ticket.model_copy(update={"query_vector": [float(x) for x in vector]})
-        await self._search_and_forward(request, vector, mode, timings, ticket)
+        await self._search_and_forward(plan, store, vector, timings)
 
     async def _search_and_forward(
-        self,
-        request: QueryRequest,
-        vector: Vectors | None,
-        mode: SearchMode,
-        timings: StageTimings,
-        ticket: CacheTicket | None,
+        self, plan: QueryPlan, store: Retriever, vector: Vectors | None, timings: StageTimings
     ) -> None:
-        count = request.candidate_count(self._settings.max_auto_depth)
         search_start = time.perf_counter()
-        store = await self._store_for(request)
-        if request.filter is None:
-            result = await store.search(request.query, vector, count, mode)
-        else:
-            where = parse_filter(request.filter)
-            result = await store.search(request.query, vector, count, mode, where=where)
+        result = await _search(store, plan.retrieval, plan.query, vector)
         timings = timings.model_copy(update={"search": _ms_since(search_start)})
         self._observe_search(result)
-        report, first_depth = self._depth(request, result)
+        plan, report = self._resolve_depth(plan, result)
+        first_depth = plan.first_depth
         candidate_set = CandidateSet(
-            request=request,
+            plan=plan,
             candidates=[
                 Candidate(
                     doc_id=hit.doc_id,
@@ -189,25 +187,41 @@ class RetrievalWorker:
             embedder_model=self.embedder.model_id,
             retrieval=report,
             tokenizer=result.tokenizer,
-            first_depth=first_depth,
-            cache=ticket,
+            query_vector=[float(x) for x in vector]
+            if vector is not None and plan.cache is not None and self._cache_is_semantic
+            else None,
         )
         if first_depth == 0:
-            order = retrieval_order(candidate_set.candidates)
-            answer = ranked_result(candidate_set, order, timings, model_id="none")
+            answer = ranked_result(
+                candidate_set, retrieval_order(candidate_set.candidates), timings, model_id="none"
+            )
             self._metrics.observe_timings(answer.timings_ms)
-            await self._replies.answer(request, answer)
-            await self._remember(ticket, answer)
+            await self._replies.answer(plan, answer)
+            if plan.cache is not None and self._cache is not None:
+                await self._cache.remember(plan.cache, answer, candidate_set.query_vector)
             return
-        await self._candidates.publish(
-            candidate_set, headers={"Nats-Msg-Id": dedup_id(request.request_id, "candidates")}
-        )
+        await self._forward(candidate_set)
+
+    async def _forward(self, candidate_set: CandidateSet) -> None:
+        plan = candidate_set.plan
+        try:
+            await self._candidates.publish(
+                candidate_set, headers={"Nats-Msg-Id": dedup_id(plan.request_id, "candidates")}
+            )
+        except MaxPayloadError as error:
+            raise RequestTooLargeError(
+                f"{len(candidate_set.candidates)} candidates do not fit in one NATS message "
+                f"({error}): ask for a smaller depth or top_k, or raise the server's "
+                "max_payload with RANKSTREAM_MAX_MESSAGE_BYTES"
+            ) from error
         self._metrics.requests.labels(worker=WORKER, outcome="forwarded").inc()
 
-    def _depth(self, request: QueryRequest, result: SearchResult) -> tuple[RetrievalReport, int]:
-        """The search's report, and the first stage's depth (`auto` resolved)."""
+    def _resolve_depth(
+        self, plan: QueryPlan, result: SearchResult
+    ) -> tuple[QueryPlan, RetrievalReport]:
+        """The plan with depth `auto` resolved from the search's confidence, and the
+        search's report."""
         features = retrieval_features(result.dense_scores, result.bm25_scores, result.overlap_at_10)
-        stages = request.rerank_stages()
         report = RetrievalReport(
             mode=result.mode,
             dense_ms=result.dense_ms,
@@ -215,16 +229,13 @@ class RetrievalWorker:
             table_version=result.table_version,
             features=features,
         )
-        if not stages:
-            self._metrics.rerank_depth.labels(policy="fixed").observe(0)
-            return report, 0
-        if stages[0].depth != AUTO:
-            self._metrics.rerank_depth.labels(policy="fixed").observe(stages[0].depth)
-            return report, int(stages[0].depth)
-        depth, confidence = self._policy.choose(features, self._settings.max_auto_depth)
+        if not plan.stages or not plan.stages[0].auto:
+            self._metrics.rerank_depth.labels(policy="fixed").observe(plan.first_depth)
+            return plan, report
+        depth, confidence = self._policy.choose(features, plan.stages[0].depth)
         self._metrics.rerank_depth.labels(policy="auto").observe(depth)
         chosen = report.model_copy(update={"chosen_depth": depth, "confidence": confidence})
-        return chosen, depth
+        return plan.with_first_depth(depth), chosen
 
     def _observe_search(self, result: SearchResult) -> None:
         self._metrics.retrieval_requests.labels(mode=result.mode).inc()
@@ -237,99 +248,28 @@ class RetrievalWorker:
     def _cache_is_semantic(self) -> bool:
         return self._cache is not None and self._cache.semantic
 
-    async def _cache_ticket(self, request: QueryRequest) -> CacheTicket:
-        """Where this request's answer is (or will be) cached: everything the answer depends
-        on, the table's current version included."""
-        settings = self._settings
-        stages = request.rerank_stages()
-        store = await self._store_for(request)
-        context = {
-            "table": request.table or settings.table,
-            "version": await store.version(),
-            "filter": parse_filter(request.filter).sql if request.filter is not None else None,
-            "embedder": self.embedder.model_id,
-            "mode": request.retrieval,
-            "fusion": [settings.hybrid_dense_weight, settings.hybrid_bm25_weight,
-                       settings.hybrid_fusion_depth],
-            "stages": [
-                [scorer_model(settings, s.scorer), s.depth,
-                 s.max_doc_tokens or settings.default_max_doc_tokens,
-                 s.long_docs or settings.default_long_docs]
-                for s in stages
-            ],
-            "max_length": settings.max_length,
-            "maxp_windows": settings.maxp_max_windows,
-            "auto": self._policy.to_json() if any(s.depth == AUTO for s in stages) else None,
-            "max_auto_depth": settings.max_auto_depth,
-            "top_k": request.top_k,
-        }  # fmt: skip
-        digest = context_digest(context)
-        query = normalise_query(request.query)
-        return CacheTicket(key=cache_key(query, digest), context=digest, query=query)
-
     async def _reply_cached(
-        self, request: QueryRequest, answer: CachedAnswer, timings: StageTimings
+        self, plan: QueryPlan, answer: CachedAnswer, timings: StageTimings
     ) -> None:
-        timings = timings.model_copy(update={"total": now_ms() - request.created_at_ms})
-        result = RankedResult(
-            request_id=request.request_id,
-            query=request.query,
-            results=answer.results,
-            timings_ms=timings,
-            batch_pairs=0,
-            batch_requests=0,
-            reranked=answer.reranked,
-            model_id=answer.model_id,
-            embedder_model=answer.embedder_model,
-            stages=answer.stages,
-            retrieval=answer.retrieval,
-            cached=True,
-        )
+        timings = timings.model_copy(update={"total": now_ms() - plan.created_at_ms})
         self._metrics.observe_timings(timings)
-        await self._replies.answer(request, result)
+        await self._replies.answer(plan, answer.as_result(plan.request_id, plan.query, timings))
 
-    async def _remember(self, ticket: CacheTicket | None, answer: RankedResult) -> None:
-        if self._cache is None or ticket is None:
-            return
-        await self._cache.put(
-            ticket.key,
-            CachedAnswer(
-                query=ticket.query,
-                context=ticket.context,
-                results=answer.results,
-                reranked=0,
-                model_id=answer.model_id,
-                embedder_model=answer.embedder_model,
-                retrieval=answer.retrieval,
-                query_vector=ticket.query_vector,
-            ),
-        )
-
-    async def _store_for(self, request: QueryRequest) -> Retriever:
-        """The store of the table the request names (default: the configured one).
+    async def _store_for(self, table: str | None) -> Retriever:
+        """The store of `table` (default: the configured one).
 
         Raises InvalidRequestError for a table that does not exist."""
-        if request.table is None or request.table == self._settings.table:
+        if table is None or table == self._settings.table:
             return self._store
-        store = self._other_stores.get(request.table)
+        store = self._other_stores.get(table)
         if store is None:
-            opened = DocumentStore.from_settings(self._settings, request.table)
+            opened = DocumentStore.from_settings(self._settings, table)
             if not await asyncio.to_thread(opened.exists):
-                raise InvalidRequestError(f"table {request.table!r} does not exist")
+                raise InvalidRequestError(f"table {table!r} does not exist")
             if len(self._other_stores) >= MAX_OPEN_TABLES:
                 self._other_stores.pop(next(iter(self._other_stores)))
-            store = self._other_stores[request.table] = opened
+            store = self._other_stores[table] = opened
         return store
-
-    def _check(self, request: QueryRequest) -> None:
-        check_request(request, self._settings)
-        for stage in request.rerank_stages():
-            scorer_model(self._settings, stage.scorer)  # an unknown scorer is refused here
-        deadline = Deadline.of(request, self._settings.deadline_margin_ms)
-        if deadline.passed():
-            # Nothing retrieved yet, so nothing to degrade to: an `expired` error.
-            self._metrics.deadline_misses.labels(worker=WORKER, action="expired").inc()
-            raise ExpiredError(f"deadline passed {-deadline.remaining_s():.1f} s ago")
 
     async def _embedded(self, texts: list[str]) -> Ticket[Vectors]:
         assert self._batcher is not None, "start() the worker first"
@@ -338,6 +278,18 @@ class RetrievalWorker:
     async def _embed(self, texts: list[str]) -> list[Vectors]:
         vectors = await asyncio.to_thread(self.embedder.embed_queries, texts)
         return list(np.asarray(vectors))
+
+
+async def _search(
+    store: Retriever, retrieval: RetrievalPlan | None, query: str, vector: Vectors | None
+) -> SearchResult:
+    """Execute the plan's retrieval step on `store`."""
+    assert retrieval is not None, "a query plan always retrieves"
+    mode = SearchMode(retrieval.mode)
+    if retrieval.filter is None:
+        return await store.search(query, vector, retrieval.count, mode)
+    where = parse_filter(retrieval.filter)
+    return await store.search(query, vector, retrieval.count, mode, where=where)
 
 
 def _ms_since(started: float) -> float:

@@ -8,7 +8,7 @@ from faststream.specification import AsyncAPI
 
 from rankstream.config import Settings
 from rankstream.metrics import Metrics
-from rankstream.wire.messages import Reply
+from rankstream.wire.contract import Reply
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.app import build_broker
 from rankstream.workers.context import WorkerContext

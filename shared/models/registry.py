@@ -10,23 +10,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rankstream.config import Settings
-from rankstream.errors import InvalidRequestError, ModelError
+from rankstream.errors import ModelError
 from rankstream.models.base import CrossEncoderBackend, Embedder, Vectors
 from rankstream.models.tokenization import PairTokenizer
+from rankstream.planning.scorers import (
+    MAXSIM_SCORER,
+    MINILM_RERANKER_FP32,
+    MINILM_RERANKER_INT8,
+    PACKAGED_PREFIX,
+    scorer_model,
+)
 
 if TYPE_CHECKING:
     from rankstream.models.late_interaction import TokenEmbedder
 
 log = logging.getLogger(__name__)
 
-PACKAGED_PREFIX = "packaged:"
 MINILM_EMBEDDER = "all-MiniLM-L6-v2"
-MINILM_RERANKER_INT8 = "ms-marco-MiniLM-L-12-v2-int8"
-MINILM_RERANKER_FP32 = "ms-marco-MiniLM-L-12-v2-fp32"
 PACKAGED_EMBEDDERS = (MINILM_EMBEDDER,)
 PACKAGED_RERANKERS = (MINILM_RERANKER_INT8, MINILM_RERANKER_FP32)
-STUDENT_SCORER = "student"
-MAXSIM_SCORER = "maxsim"
 
 
 def package_dir(package: str) -> Path:
@@ -115,33 +117,6 @@ def _onnx_embedder(st_dir: Path, model_id: str, settings: Settings) -> Embedder:
         log.info("exporting %s to ONNX in %s", model_id, out_dir)
         export_onnx_embedder(st_dir, out_dir)
     return OnnxEmbedder(out_dir, model_id)
-
-
-def scorer_model(settings: Settings, scorer: str) -> str:
-    """The model a rerank stage's scorer name stands for: `ce` the configured reranker,
-    `ce-int8` / `ce-fp32` the packaged cross-encoder in either precision, `student` the
-    configured student (`settings.student_model`, e.g. what `rankstream distill` wrote),
-    `maxsim` the late-interaction model (`settings.late_interaction_model`).
-
-    Raises InvalidRequestError for a name the worker does not know, or for `student` /
-    `maxsim` when their model is not configured."""
-    models = {
-        "ce": settings.reranker_model,
-        "ce-int8": PACKAGED_PREFIX + MINILM_RERANKER_INT8,
-        "ce-fp32": PACKAGED_PREFIX + MINILM_RERANKER_FP32,
-        STUDENT_SCORER: settings.student_model,
-        MAXSIM_SCORER: settings.late_interaction_model,
-    }
-    if scorer not in models:
-        raise InvalidRequestError(f"unknown scorer {scorer!r}; known: {sorted(models)}")
-    model = models[scorer]
-    if model is None:
-        setting = "STUDENT_MODEL" if scorer == STUDENT_SCORER else "LATE_INTERACTION_MODEL"
-        raise InvalidRequestError(
-            f"the {scorer} scorer has no model: run `rankstream distill` and set "
-            f"RANKSTREAM_{setting} to the folder it wrote"
-        )
-    return model
 
 
 def load_cross_encoder(settings: Settings, name: str | None = None) -> CrossEncoderBackend:

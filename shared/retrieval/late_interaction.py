@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+from rankstream.errors import DeadlineExceededError
 from rankstream.models.late_interaction import TokenEmbedder
 from rankstream.retrieval.token_store import TokenStore
-from rankstream.scheduling.batcher import DeadlineExceededError, Ticket
+from rankstream.scheduling.batcher import Ticket
 from rankstream.scheduling.budgets import PairPlan
 from rankstream.scheduling.stages import StageInput, StageOutcome
 

@@ -2,14 +2,28 @@
 
 A handler waits here before its pairs enter the batcher. While it waits it holds one of the
 consumer's concurrent slots, so a full worker stops pulling from JetStream: backpressure goes
-through the consumer, not into an unbounded queue.
+through the consumer, not into an unbounded queue. Waiters are served first come, first
+served, so a large request is never starved by a stream of small ones that would fit before
+it; and none waits past its deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from rankstream.errors import DeadlineExceededError
+
+
+@dataclass(eq=False)
+class _Waiter:
+    pairs: int
+    admitted: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class PairBudget:
@@ -21,24 +35,64 @@ class PairBudget:
         self.capacity = capacity
         self.held = 0
         self._on_change = on_change
-        self._changed = asyncio.Condition()
+        self._waiting: deque[_Waiter] = deque()
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for room."""
+        return len(self._waiting)
 
     @asynccontextmanager
-    async def hold(self, pairs: int) -> AsyncIterator[None]:
-        """Wait until `pairs` fit (a request larger than the whole budget waits for all of
-        it), hold them for the block, release them after, in first-come order."""
+    async def hold(self, pairs: int, timeout_s: float | None = None) -> AsyncIterator[None]:
+        """Wait until `pairs` fit behind every earlier waiter (a request larger than the whole
+        budget waits for all of it), hold them for the block, release them after.
+
+        Raises:
+            DeadlineExceededError: no room within `timeout_s` (None: wait as long as it takes).
+        """
         wanted = min(pairs, self.capacity)
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.held + wanted <= self.capacity)
-            self.held += wanted
-            self._report()
+        if not self._waiting and self.held + wanted <= self.capacity:
+            self._take(wanted)
+        else:
+            await self._wait_for_room(_Waiter(wanted), timeout_s)
         try:
             yield
         finally:
-            async with self._changed:
-                self.held -= wanted
-                self._report()
-                self._changed.notify_all()
+            self.held -= wanted
+            self._admit_waiters()
+
+    async def _wait_for_room(self, waiter: _Waiter, timeout_s: float | None) -> None:
+        self._waiting.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter.admitted), timeout_s)
+        except TimeoutError:
+            if waiter.admitted.done():  # admitted just as the wait ran out: keep it
+                return
+            self._waiting.remove(waiter)
+            self._admit_waiters()  # the ones behind it may fit now
+            raise DeadlineExceededError(
+                f"waited {timeout_s:.1f} s for room for {waiter.pairs} pairs "
+                f"({self.held} of {self.capacity} held)"
+            ) from None
+        except asyncio.CancelledError:
+            if waiter.admitted.done():
+                self.held -= waiter.pairs
+            else:
+                self._waiting.remove(waiter)
+            self._admit_waiters()
+            raise
+
+    def _admit_waiters(self) -> None:
+        """Admit waiters in arrival order while the first of them fits."""
+        while self._waiting and self.held + self._waiting[0].pairs <= self.capacity:
+            waiter = self._waiting.popleft()
+            self._take(waiter.pairs)
+            waiter.admitted.set_result(None)
+        self._report()
+
+    def _take(self, pairs: int) -> None:
+        self.held += pairs
+        self._report()
 
     def _report(self) -> None:
         if self._on_change is not None:

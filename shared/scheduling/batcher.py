@@ -26,12 +26,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar, cast
 
+from rankstream.errors import DeadlineExceededError
+
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class DeadlineExceededError(Exception):
-    """The request's deadline passed before all of its items were scored."""
 
 
 @dataclass(frozen=True)

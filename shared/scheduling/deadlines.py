@@ -6,8 +6,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
-from rankstream.wire.messages import QueryRequest, now_ms
+from rankstream.wire.contract import now_ms
+
+
+class Timed(Protocol):
+    """What a deadline is taken from (a `QueryPlan`)."""
+
+    @property
+    def deadline_ms(self) -> float: ...
+
+    @property
+    def timeout_ms(self) -> int: ...
+
 
 # The margin never takes more than this share of a request's whole timeout.
 MAX_MARGIN_SHARE = 0.25
@@ -20,7 +32,7 @@ class Deadline:
     at_ms: float
 
     @classmethod
-    def of(cls, request: QueryRequest, margin_ms: float) -> Deadline:
+    def of(cls, request: Timed, margin_ms: float) -> Deadline:
         """The request's deadline less `margin_ms`, at most a quarter of its timeout."""
         margin = min(margin_ms, request.timeout_ms * MAX_MARGIN_SHARE)
         return cls(request.deadline_ms - margin)

@@ -13,10 +13,10 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from rankstream.errors import OverloadedError
+from rankstream.errors import DeadlineExceededError, OverloadedError
 from rankstream.models.base import CrossEncoderBackend, TokenIds
 from rankstream.scheduling.admission import PairBudget
-from rankstream.scheduling.batcher import BatchLimits, BatchStats, DeadlineExceededError, Ticket
+from rankstream.scheduling.batcher import BatchLimits, BatchStats, Ticket
 from rankstream.scheduling.budgets import DocumentBudget, PairPlan, plan_pairs
 from rankstream.scheduling.deadlines import Deadline
 from rankstream.scheduling.pair_scheduler import PairScheduler
@@ -84,11 +84,13 @@ class CrossEncoderStage:
         Raises:
             InvalidRequestError: the query leaves a document too little room.
             OverloadedError: the pairs queued ahead would not be scored in time.
-            DeadlineExceededError: the deadline passed while they waited or were scored.
+            DeadlineExceededError: the deadline passed while they waited for room in the pair
+                budget, were queued or were scored.
         """
         query, documents, tokenized = await asyncio.to_thread(self._tokens, stage)
         plan = plan_pairs(self.model.tokenizer, query, documents, stage.budget)
-        async with self._budget.hold(len(plan.encodings)):
+        wait_s = max(0.0, stage.deadline.remaining_s())
+        async with self._budget.hold(len(plan.encodings), wait_s):
             self._shed_if_late(len(plan.encodings), stage.deadline, stage.lane)
             scored = self.scheduler.enqueue(plan.encodings, stage.deadline.monotonic(), stage.lane)
             try:

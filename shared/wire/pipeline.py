@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from rankstream.errors import InvalidRequestError
-from rankstream.wire.messages import AUTO, Depth, QueryRequest, RerankStage, RetrievalMode
+from rankstream.wire.contract import AUTO, Depth, QueryRequest, RerankStage, RetrievalMode
 
 MODES = ("dense", "bm25", "hybrid")
 STAGE = re.compile(
@@ -55,8 +55,6 @@ class PipelineSpec:
     def request_fields(self) -> dict[str, Any]:
         """The `QueryRequest` fields that ask for this pipeline."""
         fields: dict[str, Any] = {"retrieval": self.mode, "stages": list(self.stages)}
-        if not self.stages:
-            fields["depth"] = 0
         try:
             QueryRequest(query="check", reply_to="check", **fields)
         except ValueError as error:

@@ -31,7 +31,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from rankstream.config import Settings
-from rankstream.errors import RankstreamError
+from rankstream.errors import StreamConfigError
 from rankstream.wire.connection import connect_kwargs
 from rankstream.wire.subjects import Subjects
 
@@ -49,11 +49,6 @@ API_PATIENCE_S = 30.0  # how long a start waits on a JetStream API that does not
 CHECKED_FIELDS = ("retention", "storage", "num_replicas", "max_age", "duplicate_window")
 # ... and what it may not differ in at all: delivery depends on it.
 REQUIRED_FIELDS = ("retention",)
-
-
-class StreamConfigError(RankstreamError):
-    """An existing stream cannot serve rankstream as configured (its subjects or retention):
-    fix or delete the stream, or use another RANKSTREAM_SUBJECT_PREFIX."""
 
 
 def cache_stream_config(subjects: Subjects, ttl_s: float, max_bytes: int) -> StreamConfig:

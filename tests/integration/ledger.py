@@ -19,7 +19,7 @@ from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.retrieval.corpus import sample_queries
 from rankstream.wire.connection import connect_kwargs
-from rankstream.wire.messages import REPLY_ADAPTER, ErrorResult, RankedResult
+from rankstream.wire.contract import REPLY_ADAPTER, ErrorResult, RankedResult
 
 TEXTS = [q.text for q in sample_queries()]
 ANSWER_WAIT_S = 240.0

@@ -19,12 +19,15 @@ from nats.js import JetStreamContext
 
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
+from rankstream.errors import ErrorCode
 from rankstream.models import PairEncoding
 from rankstream.models.base import finite_scores
-from rankstream.wire.messages import REPLY_ADAPTER, DeadLetter, ErrorCode, ErrorResult, RankedResult
+from rankstream.wire.contract import REPLY_ADAPTER, ErrorResult, QueryRequest, RankedResult
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.app import running_workers
+from rankstream.workers.delivery import DeadLetter
 from rankstream.workers.rerank import RerankWorker
+from tests.plans import plan_for
 
 pytestmark = pytest.mark.integration
 
@@ -59,8 +62,13 @@ class Wire:
 
     def query(self, **fields: Any) -> bytes:
         body = {"request_id": "r1", "query": "What causes the seasons?", "top_k": 3,
-                "depth": 3, "reply_to": self.reply_to, **fields}  # fmt: skip
+                "stages": [{"depth": 3}], "reply_to": self.reply_to, **fields}  # fmt: skip
         return json.dumps(body).encode()
+
+    def plan(self) -> dict[str, Any]:
+        """The plan of a valid `query()`, as a candidate set carries it."""
+        request = QueryRequest.model_validate_json(self.query())
+        return plan_for(self.settings, request).model_dump(mode="json")
 
 
 @pytest.fixture
@@ -86,10 +94,13 @@ async def assert_still_serving(wire: Wire) -> None:
     ("fields", "reason"),
     [
         ({"query": 123}, "query"),
-        ({"schema_version": 2}, "schema_version"),
+        ({"schema_version": 1}, "schema_version"),
+        ({"depth": 3}, "depth"),
         ({"query": ""}, "query"),
         ({"query": "x" * 100_000}, "characters"),
-        ({"depth": 10_000}, "exceeds max_depth"),
+        ({"stages": [{"depth": 10_000}]}, "exceeds max_depth"),
+        ({"timeout_ms": 10**12}, "max_timeout_ms"),
+        ({"created_at_ms": "Infinity"}, "created_at_ms"),
         ({"top_k": 0}, "top_k"),
         ({"unexpected": True}, "unexpected"),
     ],
@@ -140,12 +151,11 @@ async def test_an_oversized_message_is_refused_before_decoding(wire: Wire) -> No
 
 
 async def test_ten_thousand_candidates_are_refused_by_the_rerank_worker(wire: Wire) -> None:
-    request = json.loads(wire.query())
     candidates = [
         {"doc_id": f"d{i}", "text": "t", "retrieval_score": 0.5, "retrieval_rank": i + 1}
         for i in range(10_000)
     ]
-    candidate_set = {"request": request, "candidates": candidates,
+    candidate_set = {"plan": wire.plan(), "candidates": candidates,
                      "timings_ms": {}, "embedder_model": "m"}  # fmt: skip
     payload = json.dumps(candidate_set, separators=(",", ":")).encode()
     await wire.send(wire.subjects.candidates, payload)
@@ -159,7 +169,7 @@ async def test_ten_thousand_candidates_are_refused_by_the_rerank_worker(wire: Wi
 
 async def test_a_candidate_without_its_document_text_is_an_invalid_request(wire: Wire) -> None:
     candidate_set = {
-        "request": json.loads(wire.query()),
+        "plan": wire.plan(),
         "candidates": [{"doc_id": "d1", "retrieval_score": 0.5, "retrieval_rank": 1}],
         "timings_ms": {},
         "embedder_model": "m",

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from rankstream.config import Settings
-from rankstream.wire.messages import ErrorResult, RankedResult
+from rankstream.wire.contract import ErrorResult, RankedResult
 from rankstream.wire.streams import cache_stream_config, ensure_streams, stream_configs
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.local import (

@@ -34,10 +34,12 @@ from rankstream.config import Settings
 from rankstream.metrics import Metrics
 from rankstream.retrieval.corpus import sample_queries
 from rankstream.wire.connection import connect_kwargs
-from rankstream.wire.messages import REPLY_ADAPTER, Candidate, CandidateSet, StageTimings, now_ms
+from rankstream.wire.contract import REPLY_ADAPTER, StageTimings, now_ms
+from rankstream.wire.handoff import Candidate, CandidateSet
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.app import running_workers
 from rankstream.workers.local import free_port
+from tests.plans import plan_for
 
 pytestmark = pytest.mark.integration
 
@@ -271,7 +273,7 @@ async def _send_past_deadline(client: RankstreamClient, settings: Settings) -> N
         subscription = await connection.subscribe(reply_to)
         request = stale.model_copy(update={"request_id": uuid.uuid4().hex, "reply_to": reply_to})
         candidate_set = CandidateSet(
-            request=request,
+            plan=plan_for(settings, request),
             candidates=[
                 Candidate(
                     doc_id=f"doc-{rank}",

@@ -15,7 +15,7 @@ import nats
 import pytest
 
 from rankstream.config import Settings
-from rankstream.wire.messages import ErrorResult, RankedResult
+from rankstream.wire.contract import ErrorResult, RankedResult
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.local import EmbeddedNatsServer, WorkerProcess, free_port
 from tests.integration.ledger import TEXTS, ask_many, until, watched_client

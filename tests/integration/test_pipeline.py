@@ -9,13 +9,23 @@ import pytest
 
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
-from rankstream.errors import QueryFailedError, QueryTimeoutError
+from rankstream.errors import ErrorCode, QueryFailedError, QueryTimeoutError
 from rankstream.models import load_cross_encoder, score_pairs
-from rankstream.models.registry import MINILM_RERANKER_FP32, MINILM_RERANKER_INT8, PACKAGED_PREFIX
+from rankstream.planning.scorers import MINILM_RERANKER_FP32, MINILM_RERANKER_INT8, PACKAGED_PREFIX
 from rankstream.retrieval.corpus import read_documents, sample_corpus_path, sample_queries
-from rankstream.wire.messages import ErrorCode, ErrorResult, RankedResult, now_ms
+from rankstream.wire.contract import (
+    REPLY_ADAPTER,
+    ErrorResult,
+    QueryRequest,
+    RankedResult,
+    RerankStage,
+    StageTimings,
+    now_ms,
+)
+from rankstream.wire.handoff import Candidate, CandidateSet
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.app import running_workers
+from tests.plans import plan_for
 
 pytestmark = pytest.mark.integration
 
@@ -168,21 +178,13 @@ async def test_the_client_times_out_with_a_clear_error_when_no_worker_answers(
 
 async def publish_candidates_past_their_deadline(settings: Settings) -> RankedResult | ErrorResult:
     """A candidate set reaching the rerank worker after its request's deadline."""
-    from rankstream.wire.messages import (
-        REPLY_ADAPTER,
-        Candidate,
-        CandidateSet,
-        QueryRequest,
-        StageTimings,
-    )
-
     subjects = Subjects.from_settings(settings)
     request = QueryRequest(
-        query="seasons", top_k=2, depth=2, timeout_ms=1_000, reply_to=subjects.results_for("t"),
-        created_at_ms=now_ms() - 5_000,
+        query="seasons", top_k=2, stages=[RerankStage(depth=2)], timeout_ms=1_000,
+        reply_to=subjects.results_for("t"), created_at_ms=now_ms() - 5_000,
     )  # fmt: skip
     candidate_set = CandidateSet(
-        request=request,
+        plan=plan_for(settings, request),
         candidates=[
             Candidate(doc_id=f"d{i}", text=f"text {i}", retrieval_score=1 / i, retrieval_rank=i)
             for i in (1, 2)

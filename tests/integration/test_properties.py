@@ -39,20 +39,22 @@ from pydantic import ValidationError
 
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
-from rankstream.wire.messages import (
+from rankstream.errors import ErrorCode
+from rankstream.planning.admission import CLOCK_SKEW_MS
+from rankstream.planning.plan import QueryPlan, StagePlan
+from rankstream.wire.contract import (
     REPLY_ADAPTER,
-    Candidate,
-    CandidateSet,
-    DeadLetter,
-    ErrorCode,
     ErrorResult,
     QueryRequest,
     RankedResult,
+    RerankStage,
     StageTimings,
     now_ms,
 )
+from rankstream.wire.handoff import Candidate, CandidateSet
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.app import running_workers
+from rankstream.workers.delivery import DeadLetter
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +64,7 @@ T = TypeVar("T")
 # these limits, so both sides of each limit are tested.
 MAX_DEPTH = 12
 MAX_QUERY_CHARS = 400
+MAX_TIMEOUT_MS = 600_000  # the workers' default
 # Retry an unexpected failure after 50 ms or 100 ms, not seconds. Three deliveries in all.
 RETRY_BACKOFF_S = [0.05, 0.1]
 MAX_DELIVER = 3
@@ -513,7 +516,9 @@ good_request_fields: dict[str, st.SearchStrategy[object]] = {
     "request_id": st.builds(FreshId, tricky_text),
     "query": st.text(WIRE_CHAR, min_size=1, max_size=60),
     "top_k": st.integers(1, MAX_DEPTH),
-    "depth": st.integers(0, MAX_DEPTH),
+    "stages": st.lists(
+        st.builds(lambda depth: {"depth": depth}, st.integers(1, MAX_DEPTH)), max_size=1
+    ),
     "timeout_ms": st.integers(30_000, 120_000),
     # A subject this test listens on, or one made unusable by what follows it: whitespace,
     # an empty token, a lone surrogate. The schema itself takes any non-empty string.
@@ -544,12 +549,22 @@ def almost(
 
 
 almost_requests = almost(good_request_fields, [*good_request_fields, *OPTIONAL_FIELDS])
+# A candidate set's plan: a request's fields as a retrieval worker resolved them (no stage,
+# so no model name need match), then broken the same way.
+good_plan_fields: dict[str, st.SearchStrategy[object]] = {
+    **{name: good_request_fields[name] for name in ("request_id", "query", "top_k", "reply_to")},
+    "kind": st.just("query"),
+    "created_at_ms": st.builds(now_ms),
+    "timeout_ms": good_request_fields["timeout_ms"],
+    "retrieval": st.none(),
+}
+almost_plans = almost(good_plan_fields, list(good_plan_fields))
 
 
 @st.composite
 def almost_candidate_sets(draw: st.DrawFn) -> dict[str, object]:
     candidate_set: dict[str, object] = {
-        "request": draw(almost_requests),
+        "plan": draw(almost_plans),
         "candidates": draw(
             st.lists(almost(good_candidate_fields, list(good_candidate_fields)), max_size=4)
         ),
@@ -692,7 +707,7 @@ class RequestSpec:
             request_id=f"{self.stem}~{token}",
             query=self.query,
             top_k=self.top_k,
-            depth=self.depth,
+            stages=[RerankStage(depth=self.depth)] if self.depth else [],
             created_at_ms=self.created if self.absolute else now_ms() + self.created,
             timeout_ms=self.timeout_ms,
             reply_to=pipeline.core_reply_to if self.core else pipeline.results_reply_to,
@@ -703,12 +718,23 @@ def breaks_a_limit(request: QueryRequest) -> bool:
     return (
         len(request.query) > MAX_QUERY_CHARS
         or not request.query.strip()
-        or max(request.top_k, request.depth if isinstance(request.depth, int) else 0) > MAX_DEPTH
+        or max(request.top_k, depth_of(request)) > MAX_DEPTH
+        or request.timeout_ms > MAX_TIMEOUT_MS
     )
 
 
+def depth_of(request: QueryRequest) -> int:
+    """The one stage's depth (0: none)."""
+    return int(request.stages[0].depth) if request.stages else 0
+
+
 def generous(request: QueryRequest, sent_at_ms: float) -> bool:
-    return request.deadline_ms > sent_at_ms + GENEROUS_MS
+    """Whether the deadline the workers admit it with is far enough away: a client clock
+    ahead of theirs beyond the allowance counts from when they receive it."""
+    created = request.created_at_ms
+    if created > sent_at_ms + CLOCK_SKEW_MS:
+        created = sent_at_ms
+    return created + request.timeout_ms > sent_at_ms + GENEROUS_MS
 
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
@@ -730,6 +756,8 @@ def request_specs(draw: st.DrawFn) -> RequestSpec:
     else:
         timeout_ms = draw(st.integers(1, 2_000) | st.integers(1, 10**15))
         created, absolute = draw(st.floats(-300_000, 300_000) | finite), draw(st.booleans())
+        if absolute:  # the schema takes no time before 1970
+            created = abs(created)
     return RequestSpec(
         stem, query, top_k, depth, timeout_ms, created, absolute, draw(st.booleans())
     )
@@ -821,7 +849,7 @@ def test_schema_valid_query_requests_get_exactly_one_reply(pipeline: Pipeline) -
                 continue
             assert len(result.results) == request.top_k  # the corpus holds more documents
             assert len({doc.doc_id for doc in result.results}) == request.top_k
-            assert result.reranked == (0 if result.degraded else request.depth)
+            assert result.reranked == (0 if result.degraded else depth_of(request))
             check_ranked_order(result)
 
     each_request_is_answered_once()
@@ -836,14 +864,33 @@ class CandidateSetSpec:
     published_at_ms: float
     embedder_model: str
 
-    def build(self, pipeline: Pipeline) -> CandidateSet:
-        return CandidateSet(
-            request=self.request.build(pipeline, fresh_token()),
+    def build(self, pipeline: Pipeline) -> tuple[QueryRequest, CandidateSet]:
+        """The request, and the candidate set a retrieval worker would make of it."""
+        request = self.request.build(pipeline, fresh_token())
+        return request, CandidateSet(
+            plan=unchecked_plan(request, pipeline.settings),
             candidates=self.candidates,
             timings_ms=self.timings,
             published_at_ms=self.published_at_ms,
             embedder_model=self.embedder_model,
         )
+
+
+def unchecked_plan(request: QueryRequest, settings: Settings) -> QueryPlan:
+    """The plan a retrieval worker would make of `request`, with no bound checked: what a
+    candidate set past a limit carries."""
+    stages = [
+        StagePlan(
+            name=stage.name, scorer="ce", model=settings.reranker_model, depth=int(stage.depth),
+            maxp_windows=settings.maxp_max_windows, max_length=settings.max_length,
+        )
+        for stage in request.stages or []
+    ]  # fmt: skip
+    return QueryPlan(
+        kind="query", request_id=request.request_id, query=request.query,
+        reply_to=request.reply_to, top_k=request.top_k, created_at_ms=request.created_at_ms,
+        timeout_ms=request.timeout_ms, retrieval=None, stages=tuple(stages),
+    )  # fmt: skip
 
 
 extreme_floats = st.one_of(
@@ -873,8 +920,8 @@ def test_schema_valid_candidate_sets_get_exactly_one_reply(pipeline: Pipeline) -
     @PROPERTY_SETTINGS
     @given(spec=candidate_set_specs)
     def each_candidate_set_is_answered_once(spec: CandidateSetSpec) -> None:
-        candidate_set = spec.build(pipeline)
-        request, candidates = candidate_set.request, candidate_set.candidates
+        request, candidate_set = spec.build(pipeline)
+        candidates = candidate_set.candidates
         sent = Sent(pipeline.subjects.candidates, candidate_set.model_dump_json().encode())
         sent_at_ms = now_ms()
         (outcome,) = pipeline.run(pipeline.exchange([sent], [request.request_id]))
@@ -885,7 +932,7 @@ def test_schema_valid_candidate_sets_get_exactly_one_reply(pipeline: Pipeline) -
             return
         assert result is not None, "the rerank worker answers a late request `degraded`"
         assert result.embedder_model == candidate_set.embedder_model
-        scored = 0 if result.degraded else min(request.depth, len(candidates))
+        scored = 0 if result.degraded else min(depth_of(request), len(candidates))
         assert result.reranked == scored
         assert len(result.results) == min(request.top_k, len(candidates))
         check_ranked_order(result)

@@ -10,7 +10,8 @@ import pytest
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from rankstream.config import Settings
-from rankstream.wire.streams import StreamConfigError, ensure_streams, stream_configs
+from rankstream.errors import StreamConfigError
+from rankstream.wire.streams import ensure_streams, stream_configs
 from rankstream.wire.subjects import Subjects
 
 pytestmark = pytest.mark.integration

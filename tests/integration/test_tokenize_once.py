@@ -15,12 +15,10 @@ from rankstream.config import Settings
 from rankstream.models import Pair, load_cross_encoder, score_pairs
 from rankstream.models.onnx_cross_encoder import OnnxCrossEncoder
 from rankstream.models.registry import (
-    MINILM_RERANKER_FP32,
-    MINILM_RERANKER_INT8,
-    PACKAGED_PREFIX,
     fp32_reranker_dir,
     packaged_int8_reranker_dir,
 )
+from rankstream.planning.scorers import MINILM_RERANKER_FP32, MINILM_RERANKER_INT8, PACKAGED_PREFIX
 from rankstream.retrieval.corpus import read_documents, sample_corpus_path, sample_queries
 
 pytestmark = pytest.mark.integration

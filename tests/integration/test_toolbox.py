@@ -14,13 +14,12 @@ from rankstream.config import Settings
 from rankstream.metrics import Metrics
 from rankstream.models import load_embedder
 from rankstream.models.registry import (
-    MINILM_RERANKER_FP32,
-    PACKAGED_PREFIX,
     load_reranker_tokenizer,
 )
+from rankstream.planning.scorers import MINILM_RERANKER_FP32, PACKAGED_PREFIX
 from rankstream.retrieval.corpus import Document, read_documents, sample_corpus_path
 from rankstream.retrieval.store import DocumentStore
-from rankstream.wire.messages import RankedResult
+from rankstream.wire.contract import RankedResult
 from rankstream.workers.app import running_workers
 
 pytestmark = pytest.mark.integration

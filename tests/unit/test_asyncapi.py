@@ -22,6 +22,7 @@ def test_the_spec_documents_every_subject_and_every_message() -> None:
 
 def test_the_query_request_schema_carries_its_version_and_limits() -> None:
     schema = asyncapi_spec(Settings())["components"]["schemas"]["QueryRequest"]
-    assert schema["properties"]["schema_version"]["const"] == 1
+    assert schema["properties"]["schema_version"]["const"] == 2
+    assert "depth" not in schema["properties"], "a cascade has one spelling: stages"
     assert schema["properties"]["top_k"]["minimum"] == 1
     assert "reply_to" in schema["required"]

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from rankstream.errors import DeadlineExceededError
 from rankstream.scheduling.batcher import (
     BatchLimits,
     BatchStats,
-    DeadlineExceededError,
     MicroBatcher,
 )
 from rankstream.scheduling.lanes import lane_name, priority_lane

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rankstream.cache import cache_key, context_digest, normalise_query
+from rankstream.cache.keys import cache_key, context_digest, normalise_query
 
 
 @pytest.mark.parametrize(

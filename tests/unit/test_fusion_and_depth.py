@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from rankstream.errors import InvalidRequestError
-from rankstream.retrieval.fusion import RRF_K, FusionWeights, reciprocal_rank_fusion
-from rankstream.scheduling.adaptive_depth import (
+from rankstream.planning.adaptive_depth import (
     DepthPolicy,
     DepthRule,
     load_depth_policy,
     retrieval_features,
 )
+from rankstream.retrieval.fusion import RRF_K, FusionWeights, reciprocal_rank_fusion
 
 
 def test_a_document_both_lists_rank_well_rises_above_either_lists_winner() -> None:

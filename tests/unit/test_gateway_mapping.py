@@ -8,13 +8,13 @@ import math
 import pytest
 
 from rankstream.errors import (
+    ErrorCode,
     InvalidRequestError,
     QueryFailedError,
     QueryTimeoutError,
     RankstreamError,
 )
 from rankstream.wire.filters import FilterError, parse_filter
-from rankstream.wire.messages import ErrorCode
 from rankstream.workers.gateway.errors import Api, ApiError, api_for_path, error_body, problem_for
 from rankstream.workers.gateway.service import sigmoid
 

@@ -18,7 +18,6 @@ import pytest
 from faststream.nats import JStream, NatsBroker, TestNatsBroker
 
 from rankstream import (
-    CandidateSet,
     ErrorCode,
     ErrorResult,
     QueryRequest,
@@ -30,10 +29,13 @@ from rankstream import (
 )
 from rankstream.metrics import Metrics
 from rankstream.models import TokenIds
-from rankstream.wire.messages import REPLY_ADAPTER, Candidate, DeadLetter, RerankStage, now_ms
+from rankstream.planning.admission import Planner
+from rankstream.wire.contract import REPLY_ADAPTER, Depth, LongDocuments, RerankStage, now_ms
+from rankstream.wire.handoff import Candidate, CandidateSet
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.app import build_broker
 from rankstream.workers.context import WorkerContext
+from rankstream.workers.delivery import DeadLetter
 from rankstream.workers.rerank import RerankWorker
 from rankstream.workers.retrieval import RetrievalWorker
 from tests.unit.fakes import ListStore, OverlapCrossEncoder, WordEmbedder
@@ -57,9 +59,22 @@ class Pipeline:
     answers: list[RankedResult | ErrorResult] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
-    def request(self, query: str, **fields: Any) -> QueryRequest:
+    def request(
+        self,
+        query: str,
+        depth: Depth = 3,
+        max_doc_tokens: int | None = None,
+        long_docs: LongDocuments | None = None,
+        **fields: Any,
+    ) -> QueryRequest:
+        """A request for one `ce` stage over `depth` (0: none), unless `stages` is given."""
+        if "stages" not in fields and depth == 0:
+            fields["stages"] = []
+        elif "stages" not in fields:
+            stage = RerankStage(depth=depth, max_doc_tokens=max_doc_tokens, long_docs=long_docs)
+            fields["stages"] = [stage]
         reply_to = self.subjects.results_for("unit")
-        return QueryRequest(query=query, reply_to=reply_to, **{"top_k": 3, "depth": 3, **fields})
+        return QueryRequest(query=query, reply_to=reply_to, **{"top_k": 3, **fields})
 
     async def ask(self, request: QueryRequest) -> RankedResult | ErrorResult:
         await self.broker.publish(
@@ -186,8 +201,11 @@ async def test_candidates_over_the_limit_are_refused_by_the_rerank_worker(
     pipeline: Pipeline, settings: Settings
 ) -> None:
     request = pipeline.request("tides")
+    plan = Planner(settings).plan_query(
+        request, received_at_ms=now_ms(), embedder_model="fake:words", table_version=None
+    )
     candidate_set = CandidateSet(
-        request=request,
+        plan=plan,
         candidates=[
             Candidate(doc_id=str(i), text="t", retrieval_score=0.0, retrieval_rank=i + 1)
             for i in range(settings.max_depth + 1)

@@ -7,12 +7,13 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from rankstream.wire.messages import (
+from rankstream.errors import ErrorCode
+from rankstream.wire.contract import (
     REPLY_ADAPTER,
-    ErrorCode,
     ErrorResult,
     QueryRequest,
     RankedResult,
+    RerankStage,
     StageTimings,
 )
 
@@ -23,19 +24,19 @@ def a_request(**overrides: object) -> QueryRequest:
 
 
 def test_a_request_round_trips_through_json() -> None:
-    request = a_request(top_k=3, depth=50)
+    request = a_request(top_k=3, stages=[{"depth": 50}])
     assert QueryRequest.model_validate_json(request.model_dump_json()) == request
 
 
 def test_a_request_carries_a_schema_version_and_a_fresh_id() -> None:
     first, second = a_request(), a_request()
-    assert json.loads(first.model_dump_json())["schema_version"] == 1
+    assert json.loads(first.model_dump_json())["schema_version"] == 2
     assert first.request_id != second.request_id
 
 
 def test_an_unknown_schema_version_is_refused() -> None:
     with pytest.raises(ValidationError, match="schema_version"):
-        a_request(schema_version=2)
+        a_request(schema_version=1)
 
 
 def test_unknown_fields_are_refused_rather_than_ignored() -> None:
@@ -44,17 +45,35 @@ def test_unknown_fields_are_refused_rather_than_ignored() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [{"query": ""}, {"top_k": 0}, {"depth": -1}, {"timeout_ms": 0}, {"reply_to": ""}]
+    "bad",
+    [
+        {"query": ""},
+        {"top_k": 0},
+        {"stages": [{"depth": 0}]},
+        {"timeout_ms": 0},
+        {"reply_to": ""},
+        {"created_at_ms": float("inf")},
+        {"created_at_ms": float("nan")},
+        {"created_at_ms": -1.0},
+    ],
 )
 def test_out_of_range_fields_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         a_request(**bad)
 
 
-def test_retrieval_fetches_enough_candidates_for_both_depth_and_top_k() -> None:
-    assert a_request(top_k=5, depth=20).candidate_count(max_auto_depth=50) == 20
-    assert a_request(top_k=10, depth=0).candidate_count(max_auto_depth=50) == 10
-    assert a_request(top_k=10, depth="auto").candidate_count(max_auto_depth=50) == 50
+def test_a_cascade_has_one_spelling_stages() -> None:
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        a_request(depth=20)
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        a_request(max_doc_tokens=64)
+
+
+def test_a_cascade_never_widens_and_only_its_first_stage_is_auto() -> None:
+    with pytest.raises(ValidationError, match="at most as many"):
+        a_request(stages=[RerankStage(depth=10), RerankStage(depth=20)])
+    with pytest.raises(ValidationError, match="only the first stage"):
+        a_request(stages=[RerankStage(depth=10), RerankStage(depth="auto")])
 
 
 def test_the_deadline_is_creation_time_plus_timeout() -> None:

@@ -30,10 +30,8 @@ def test_a_cascade_becomes_the_request_stages() -> None:
     )  # fmt: skip
 
 
-def test_retrieval_alone_asks_for_depth_zero() -> None:
-    assert PipelineSpec.parse("bm25").request_fields() == {
-        "retrieval": "bm25", "stages": [], "depth": 0,
-    }  # fmt: skip
+def test_retrieval_alone_asks_for_no_stage() -> None:
+    assert PipelineSpec.parse("bm25").request_fields() == {"retrieval": "bm25", "stages": []}
 
 
 @pytest.mark.parametrize(

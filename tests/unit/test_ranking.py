@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rankstream.ranking import rank
-from rankstream.wire.messages import Candidate
+from rankstream.wire.handoff import Candidate
 
 
 def candidates(n: int) -> list[Candidate]:

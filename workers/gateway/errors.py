@@ -20,8 +20,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from rankstream.errors import QueryFailedError, QueryTimeoutError, RankstreamError
-from rankstream.wire.messages import ErrorCode
+from rankstream.errors import ErrorCode, QueryFailedError, QueryTimeoutError, RankstreamError
 
 UNAUTHORIZED, UNAVAILABLE = "unauthorized", "unavailable"
 

@@ -10,8 +10,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from rankstream.errors import QueryFailedError
-from rankstream.wire.filters import MAX_FILTER_CHARS
-from rankstream.wire.messages import (
+from rankstream.wire.contract import (
     TABLE_PATTERN,
     Depth,
     Priority,
@@ -20,6 +19,7 @@ from rankstream.wire.messages import (
     StageReport,
     StageTimings,
 )
+from rankstream.wire.filters import MAX_FILTER_CHARS
 from rankstream.workers.gateway.service import GatewayService
 
 

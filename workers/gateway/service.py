@@ -14,7 +14,7 @@ from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.errors import QueryFailedError
 from rankstream.models.base import PairCodec
-from rankstream.wire.messages import ErrorResult, RankedResult, RerankDocument
+from rankstream.wire.contract import ErrorResult, RankedResult, RerankDocument
 from rankstream.workers.gateway.errors import ApiError
 
 

@@ -20,7 +20,7 @@ from rankstream.errors import RankstreamError
 from rankstream.models import CrossEncoderBackend, Pair, PairEncoding, load_cross_encoder
 from rankstream.retrieval.corpus import sample_corpus_path, sample_queries
 from rankstream.scheduling.pair_scheduler import PairScheduler, rerank_batch_limits
-from rankstream.wire.messages import RankedResult, StageTimings
+from rankstream.wire.contract import RankedResult, StageTimings
 from rankstream.workers.app import local_nats
 from rankstream.workers.local import PEAK_RSS_METRIC, WorkerProcess, free_port, metric_samples
 from rankstream.workers.tools.bench_transport import jetstream_hop_ms

@@ -25,8 +25,8 @@ from rich.progress import Progress
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.errors import RankstreamError
-from rankstream.scheduling.adaptive_depth import DepthPolicy, DepthRule
-from rankstream.wire.messages import ErrorResult, RankedResult
+from rankstream.planning.adaptive_depth import DepthPolicy, DepthRule
+from rankstream.wire.contract import ErrorResult, RankedResult
 from rankstream.wire.pipeline import PipelineSpec
 from rankstream.workers.app import local_nats, running_workers
 from rankstream.workers.tools.evaluation import Qrels, per_query_metrics, read_qrels, read_queries

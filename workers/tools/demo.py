@@ -13,7 +13,7 @@ from rankstream.config import Settings
 from rankstream.models import load_embedder
 from rankstream.retrieval.corpus import SampleQuery, sample_queries
 from rankstream.wire.connection import loggable_url
-from rankstream.wire.messages import RankedResult
+from rankstream.wire.contract import RankedResult
 from rankstream.workers.app import index_sample, local_nats, running_workers
 
 DEMO_TABLE = "rankstream_demo"

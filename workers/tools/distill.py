@@ -41,14 +41,12 @@ from rankstream.models.base import CrossEncoderBackend
 from rankstream.models.onnx_cross_encoder import INT8_SUBFOLDER, export_int8_cross_encoder
 from rankstream.models.registry import (
     MINILM_EMBEDDER,
-    MINILM_RERANKER_FP32,
-    MINILM_RERANKER_INT8,
-    PACKAGED_PREFIX,
     fp32_reranker_dir,
     load_cross_encoder,
     load_embedder,
     package_dir,
 )
+from rankstream.planning.scorers import MINILM_RERANKER_FP32, MINILM_RERANKER_INT8, PACKAGED_PREFIX
 from rankstream.retrieval.fusion import SearchMode
 from rankstream.retrieval.store import DocumentStore
 from rankstream.workers.tools.evaluation import read_qrels, read_queries

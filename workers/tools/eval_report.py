@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rankstream.wire.messages import StageTimings
+from rankstream.wire.contract import StageTimings
 from rankstream.workers.tools.evaluation import (
     METRIC_NAMES,
     Qrels,

@@ -21,7 +21,7 @@ from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.errors import RankstreamError
 from rankstream.wire.connection import connect_kwargs
-from rankstream.wire.messages import ErrorResult, QueryRequest
+from rankstream.wire.contract import ErrorResult, QueryRequest
 from rankstream.wire.pipeline import PipelineSpec
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.app import local_nats

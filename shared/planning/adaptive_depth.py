@@ -10,6 +10,7 @@ depth applies. Depths are capped by `max_auto_depth`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,16 @@ class DepthPolicy:
             if confidence >= rule.min_confidence:
                 return min(rule.depth, max_depth), confidence
         return min(self.rules[-1].depth, max_depth), confidence
+
+    def fewest(self, max_depth: int) -> int:
+        """The fewest candidates (above 0) it can choose; 0 when it never reranks."""
+        depths = [min(d, max_depth) for d in (self.fallback, *(r.depth for r in self.rules))]
+        return min((d for d in depths if d > 0), default=0)
+
+    @property
+    def digest(self) -> str:
+        """A short name for the rules (the cache keys on it)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
     def to_json(self) -> str:
         document = {

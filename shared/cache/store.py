@@ -1,15 +1,10 @@
-"""The result cache for frequent queries: a NATS JetStream key-value bucket every replica
-shares (no other store), with an optional semantic tier.
+"""The result cache's store: a NATS JetStream key-value bucket every replica shares (no
+other store), with an optional semantic tier. Keys come from the plan (`rankstream.cache.keys`).
 
-- **Key.** The normalised query (Unicode NFKC, case folded, punctuation dropped, white
-  space collapsed) and everything that changes the answer: the table (the configured one or
-  the one the request names) and its version, the request's metadata filter, the embedder,
-  each stage's model, depth and budget, the retrieval mode and its fusion weights, `top_k`,
-  the depth policy. A new table version (any re-index) gives new keys, so nothing cached
-  before it is served after it; the old entries expire with the bucket's TTL.
-- **Exact tier.** The retrieval worker looks the key up before any model runs; the worker
-  that answers (rerank, or retrieval at depth 0) writes the answer. Degraded answers are
-  never written.
+- **Exact tier.** The retrieval worker looks the plan's key up before any model runs; the
+  worker that answers (rerank, or retrieval when nothing is reranked) writes the answer with
+  `remember`, the one write path. Degraded answers are never written; old entries expire
+  with the bucket's TTL.
 - **Semantic tier** (`semantic_cache_threshold`). Each replica keeps the cached queries'
   embeddings in memory, fed by a watch on the bucket (so an answer one replica writes is
   found by all); a query embedded within the threshold's cosine of a cached query with the
@@ -20,51 +15,68 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
-import re
-import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import nats
 import numpy as np
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from rankstream.config import Settings
 from rankstream.metrics import Metrics
 from rankstream.models.base import Vectors
+from rankstream.planning.plan import CacheKey
 from rankstream.wire.connection import connect_kwargs
-from rankstream.wire.messages import CachedAnswer, now_ms
+from rankstream.wire.contract import (
+    RankedDoc,
+    RankedResult,
+    RetrievalReport,
+    StageReport,
+    StageTimings,
+    WireModel,
+    now_ms,
+)
 from rankstream.wire.subjects import Subjects
 
 log = logging.getLogger(__name__)
 
-PUNCTUATION = re.compile(r"[^\w\s]+", re.UNICODE)
-SPACES = re.compile(r"\s+", re.UNICODE)
 
+class CachedAnswer(WireModel):
+    """An answer as the result cache keeps it (this module): what a hit replays."""
 
-def normalise_query(text: str) -> str:
-    """What makes two queries the same question: NFKC, case folded, without punctuation,
-    single spaces."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    return SPACES.sub(" ", PUNCTUATION.sub(" ", folded)).strip()
+    query: str = Field(description="The normalised query.")
+    context: str = Field(description="Digest of everything besides the query it depends on.")
+    results: list[RankedDoc]
+    reranked: int = Field(ge=0)
+    model_id: str
+    embedder_model: str
+    stages: list[StageReport] = Field(default_factory=list)
+    retrieval: RetrievalReport = Field(default_factory=RetrievalReport)
+    query_vector: list[float] | None = Field(
+        default=None, description="The query's embedding, for the semantic tier."
+    )
+    cached_at_ms: float = Field(default_factory=now_ms)
 
-
-def context_digest(context: dict[str, Any]) -> str:
-    """A short name for everything besides the query that changes the answer."""
-    canonical = json.dumps(context, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
-
-
-def cache_key(normalised_query: str, context: str) -> str:
-    query = hashlib.sha256(normalised_query.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return f"{context}.{query}"
+    def as_result(self, request_id: str, query: str, timings: StageTimings) -> RankedResult:
+        """The answer replayed for a request that hit it."""
+        return RankedResult(
+            request_id=request_id,
+            query=query,
+            results=self.results,
+            timings_ms=timings,
+            batch_pairs=0,
+            batch_requests=0,
+            reranked=self.reranked,
+            model_id=self.model_id,
+            embedder_model=self.embedder_model,
+            stages=self.stages,
+            retrieval=self.retrieval,
+            cached=True,
+        )
 
 
 @dataclass
@@ -166,10 +178,27 @@ class ResultCache:
         except KeyNotFoundError:
             return None
 
-    async def put(self, key: str, answer: CachedAnswer) -> None:
-        """Store `answer`; a failure is logged, never raised (the answer was sent anyway)."""
+    async def remember(
+        self, key: CacheKey, result: RankedResult, query_vector: list[float] | None = None
+    ) -> None:
+        """Store `result` under `key` (with the query's embedding, for the semantic tier);
+        a degraded result is never stored. A failure is logged, never raised: the answer is
+        still sent."""
+        if result.degraded:
+            return
+        answer = CachedAnswer(
+            query=key.query,
+            context=key.context,
+            results=result.results,
+            reranked=result.reranked,
+            model_id=result.model_id,
+            embedder_model=result.embedder_model,
+            stages=result.stages,
+            retrieval=result.retrieval,
+            query_vector=query_vector,
+        )
         try:
-            await self._kv.put(key, answer.model_dump_json().encode())
+            await self._kv.put(key.key, answer.model_dump_json().encode())
         except Exception as error:  # a full or unreachable bucket must not fail a request
             log.warning("could not cache an answer: %r", error)
             return

@@ -1,0 +1,244 @@
+"""Admission: a request becomes its plan here, once, and a request over any bound is refused
+before any work is done.
+
+Bounds (all settings): the query's length; `top_k` and every depth at most `max_depth`; the
+pairs all stages may score together, MaxP windows included, at most `max_request_pairs`;
+`timeout_ms` at most `max_timeout_ms`; a stage after `auto` at most the fewest candidates
+the depth policy can choose. A client clock ahead of the worker's by more than
+`CLOCK_SKEW_MS` is not trusted: the deadline counts from when the request was received.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rankstream.cache.keys import key_for
+from rankstream.config import Settings
+from rankstream.errors import InvalidRequestError, RequestTooLargeError
+from rankstream.planning.adaptive_depth import DepthPolicy
+from rankstream.planning.plan import Fusion, QueryPlan, RetrievalPlan, StagePlan
+from rankstream.planning.scorers import scorer_model
+from rankstream.wire.contract import AUTO, QueryRequest, RerankRequest, RerankStage
+from rankstream.wire.filters import parse_filter
+from rankstream.wire.handoff import CandidateSet
+
+# How far ahead of a worker's clock a client's `created_at_ms` may be.
+CLOCK_SKEW_MS = 60_000.0
+
+
+@dataclass(frozen=True)
+class Planner:
+    """Resolves requests into plans with one worker's settings.
+
+    Args:
+        settings: defaults (retrieval mode, cascade, budgets) and bounds.
+        depth_policy: what resolves depth `auto` (a retrieval worker's); None: `auto` is
+            refused.
+    """
+
+    settings: Settings
+    depth_policy: DepthPolicy | None = None
+
+    def plan_query(
+        self,
+        request: QueryRequest,
+        *,
+        received_at_ms: float,
+        embedder_model: str,
+        table_version: int | None,
+    ) -> QueryPlan:
+        """The plan of a query: retrieval, then the cascade (the request's, or the default).
+
+        Raises:
+            InvalidRequestError: a bound is broken, a scorer unknown, the cascade ill-formed;
+                RequestTooLargeError when it would score too many pairs.
+        """
+        settings = self.settings
+        self._check_query(request.query)
+        self._check_depth("top_k", request.top_k)
+        stages = self._stages(self._cascade(request.stages))
+        first = stages[0].depth if stages else 0
+        mode = request.retrieval or settings.default_retrieval
+        retrieval = RetrievalPlan(
+            mode=mode,
+            table=request.table or settings.table,
+            table_version=table_version,
+            filter=parse_filter(request.filter).sql if request.filter is not None else None,
+            count=max(request.top_k, first),
+            embedder=embedder_model,
+            fusion=self._fusion()
+            if (request.retrieval or settings.default_retrieval) == "hybrid"
+            else None,
+        )
+        plan = QueryPlan(
+            kind="query",
+            request_id=request.request_id,
+            query=request.query,
+            reply_to=request.reply_to,
+            top_k=request.top_k,
+            priority=request.priority,
+            return_documents=request.return_documents,
+            created_at_ms=self._created_at(request.created_at_ms, received_at_ms),
+            timeout_ms=self._timeout(request.timeout_ms),
+            retrieval=retrieval,
+            stages=stages,
+        )
+        self._check_pairs(plan)
+        if request.cache and settings.cache_ttl_s > 0:
+            plan = plan.model_copy(update={"cache": key_for(plan)})
+        return plan
+
+    def plan_rerank(self, request: RerankRequest, *, received_at_ms: float) -> QueryPlan:
+        """The plan of a bring-your-own-candidates request: no retrieval; the cascade (by
+        default `ce` over every document) over the documents in their order.
+
+        Raises:
+            InvalidRequestError: as `plan_query`; RequestTooLargeError for more documents
+                than `max_depth` or more pairs than `max_request_pairs`.
+        """
+        self._check_query(request.query)
+        count = len(request.documents)
+        if count > self.settings.max_depth:
+            raise RequestTooLargeError(
+                f"{count} documents; at most {self.settings.max_depth} per request "
+                "(RANKSTREAM_MAX_DEPTH)"
+            )
+        asked = request.stages if request.stages is not None else [RerankStage(depth=count)]
+        stages = tuple(
+            s.model_copy(update={"depth": min(s.depth, count)}) for s in self._stages(asked)
+        )
+        plan = QueryPlan(
+            kind="rerank",
+            request_id=request.request_id,
+            query=request.query,
+            reply_to=request.reply_to,
+            top_k=request.top_n or count,
+            priority=request.priority,
+            return_documents=request.return_documents,
+            created_at_ms=self._created_at(request.created_at_ms, received_at_ms),
+            timeout_ms=self._timeout(request.timeout_ms),
+            retrieval=None,
+            stages=stages,
+        )
+        self._check_pairs(plan)
+        return plan
+
+    def check_executable(self, candidate_set: CandidateSet) -> None:
+        """Refuse a candidate set this worker cannot execute as planned: one over a bound
+        (this worker's, checked again), or a stage whose model this worker does not serve
+        (replicas configured with different models).
+
+        Raises:
+            InvalidRequestError: what is wrong, and what to change.
+        """
+        plan = candidate_set.plan
+        self._check_query(plan.query)
+        self._check_depth("top_k", plan.top_k)
+        self._timeout(plan.timeout_ms)
+        count = len(candidate_set.candidates)
+        if count > self.settings.max_depth:
+            raise RequestTooLargeError(
+                f"{count} candidates exceed max_depth {self.settings.max_depth}"
+            )
+        self._check_pairs(plan)
+        for stage in plan.stages:
+            self._check_depth(f"stage {stage.name}", stage.depth)
+            served = scorer_model(self.settings, stage.scorer)
+            if (stage.model, stage.max_length) != (served, self.settings.max_length):
+                raise InvalidRequestError(
+                    f"stage {stage.name} was planned with {stage.model} at max_length "
+                    f"{stage.max_length}; this worker serves {served} at "
+                    f"{self.settings.max_length}: run every worker with the same model settings"
+                )
+            if stage.auto:
+                raise InvalidRequestError(f"stage {stage.name}: depth `auto` was not resolved")
+
+    def _cascade(self, asked: list[RerankStage] | None) -> list[RerankStage]:
+        """The stages asked for, or the default cascade (`default_depth`; 0: none)."""
+        if asked is not None:
+            return asked
+        depth = self.settings.default_depth
+        return [] if depth == 0 else [RerankStage(depth=depth)]
+
+    def _stages(self, asked: list[RerankStage]) -> tuple[StagePlan, ...]:
+        stages = tuple(self._stage(stage) for stage in asked)
+        if stages and stages[0].auto:
+            self._check_after_auto(stages)
+        return stages
+
+    def _stage(self, stage: RerankStage) -> StagePlan:
+        settings = self.settings
+        auto = stage.depth == AUTO
+        depth = settings.max_auto_depth if auto else int(stage.depth)
+        self._check_depth(f"stage {stage.name}", depth)
+        if auto and self.depth_policy is None:
+            raise InvalidRequestError(
+                f"stage {stage.name}: depth `auto` reads the retrieval's confidence; give a number"
+            )
+        return StagePlan(
+            name=stage.name,
+            scorer=stage.scorer,
+            model=scorer_model(settings, stage.scorer),
+            depth=depth,
+            auto=auto,
+            auto_policy=self.depth_policy.digest if auto and self.depth_policy else None,
+            max_doc_tokens=stage.max_doc_tokens or settings.default_max_doc_tokens,
+            long_docs=stage.long_docs or settings.default_long_docs,
+            maxp_windows=settings.maxp_max_windows,
+            max_length=settings.max_length,
+        )
+
+    def _check_after_auto(self, stages: tuple[StagePlan, ...]) -> None:
+        assert self.depth_policy is not None
+        fewest = self.depth_policy.fewest(self.settings.max_auto_depth)
+        for stage in stages[1:]:
+            if stage.depth > fewest:
+                raise InvalidRequestError(
+                    f"stage {stage.name} follows {stages[0].name}, which may rerank as few as "
+                    f"{fewest} candidates: give it a depth of at most {fewest}"
+                )
+
+    def _fusion(self) -> Fusion:
+        settings = self.settings
+        return Fusion(
+            dense_weight=settings.hybrid_dense_weight,
+            bm25_weight=settings.hybrid_bm25_weight,
+            depth=settings.hybrid_fusion_depth,
+        )
+
+    def _check_query(self, query: str) -> None:
+        if not query.strip():
+            raise InvalidRequestError("query is blank")
+        if len(query) > self.settings.max_query_chars:
+            raise InvalidRequestError(
+                f"query has {len(query)} characters; the limit is {self.settings.max_query_chars} "
+                "(RANKSTREAM_MAX_QUERY_CHARS)"
+            )
+
+    def _check_depth(self, name: str, value: int) -> None:
+        if value > self.settings.max_depth:
+            raise InvalidRequestError(
+                f"{name} {value} exceeds max_depth {self.settings.max_depth} (RANKSTREAM_MAX_DEPTH)"
+            )
+
+    def _check_pairs(self, plan: QueryPlan) -> None:
+        limit = self.settings.max_request_pairs
+        if plan.max_pairs > limit:
+            raise RequestTooLargeError(
+                f"the cascade may score {plan.max_pairs} pairs; at most {limit} per request "
+                "(RANKSTREAM_MAX_REQUEST_PAIRS): lower a depth, or cut documents (/docN) "
+                "instead of scoring windows (/maxpN)"
+            )
+
+    def _timeout(self, timeout_ms: int) -> int:
+        if timeout_ms > self.settings.max_timeout_ms:
+            raise InvalidRequestError(
+                f"timeout_ms {timeout_ms} exceeds max_timeout_ms {self.settings.max_timeout_ms} "
+                "(RANKSTREAM_MAX_TIMEOUT_MS)"
+            )
+        return timeout_ms
+
+    @staticmethod
+    def _created_at(created_at_ms: float, received_at_ms: float) -> float:
+        """The client's clock, unless it runs ahead of this worker's beyond the allowance."""
+        return created_at_ms if created_at_ms <= received_at_ms + CLOCK_SKEW_MS else received_at_ms

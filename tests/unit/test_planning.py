@@ -1,0 +1,205 @@
+"""Admission: what plan a request becomes, and what it is refused for before any work."""
+
+from __future__ import annotations
+
+import pytest
+
+from rankstream.cache.keys import key_for
+from rankstream.config import Settings
+from rankstream.errors import InvalidRequestError, RequestTooLargeError
+from rankstream.planning.adaptive_depth import DepthPolicy, DepthRule
+from rankstream.planning.admission import CLOCK_SKEW_MS, Planner
+from rankstream.planning.plan import QueryPlan
+from rankstream.planning.scorers import PACKAGED_PREFIX
+from rankstream.wire.contract import QueryRequest, RerankDocument, RerankRequest, RerankStage
+from rankstream.wire.handoff import CandidateSet, brought_candidates
+
+NOW = 1_800_000_000_000.0
+POLICY = DepthPolicy("dense_margin", (DepthRule(0.1, 10), DepthRule(0.0, 30)), fallback=20)
+
+
+def planner(**settings: object) -> Planner:
+    return Planner(Settings.model_validate(settings), POLICY)
+
+
+def query(**fields: object) -> QueryRequest:
+    return QueryRequest.model_validate(
+        {"query": "why is the sky blue", "reply_to": "r.c1", "created_at_ms": NOW, **fields}
+    )
+
+
+def plan_of(request: QueryRequest, **settings: object) -> QueryPlan:
+    return planner(**settings).plan_query(
+        request, received_at_ms=NOW, embedder_model="e", table_version=7
+    )
+
+
+def stages(*names: str) -> list[RerankStage]:
+    """Stages from `scorer@depth` names (no budget)."""
+    return [
+        RerankStage(scorer=name.split("@")[0], depth=int(d) if (d := name.split("@")[1]) != "auto"
+                    else "auto")
+        for name in names
+    ]  # fmt: skip
+
+
+def test_retrieval_fetches_enough_candidates_for_the_first_stage_and_top_k() -> None:
+    assert plan_of(query(top_k=5, stages=stages("ce@20"))).retrieval.count == 20  # type: ignore[union-attr]
+    assert plan_of(query(top_k=10, stages=[])).retrieval.count == 10  # type: ignore[union-attr]
+    auto = plan_of(query(top_k=10, stages=stages("ce@auto")), max_auto_depth=50)
+    assert auto.retrieval is not None
+    assert auto.retrieval.count == 50
+
+
+def test_a_request_without_stages_gets_the_workers_default_cascade() -> None:
+    plan = plan_of(query(), default_depth=15, default_retrieval="hybrid")
+    assert [(s.scorer, s.depth) for s in plan.stages] == [("ce", 15)]
+    assert plan.retrieval is not None
+    assert plan.retrieval.mode == "hybrid"
+    assert plan.retrieval.fusion is not None
+    assert plan_of(query(stages=[])).stages == ()
+
+
+def test_each_stage_carries_its_model_budget_and_windows_resolved_from_the_settings() -> None:
+    plan = plan_of(
+        query(stages=[RerankStage(depth=30), RerankStage(scorer="ce-fp32", depth=10,
+                                                         max_doc_tokens=64, long_docs="maxp")]),
+        default_max_doc_tokens=256, maxp_max_windows=3,
+    )  # fmt: skip
+    first, second = plan.stages
+    assert (first.model, first.max_doc_tokens, first.long_docs) == (
+        Settings().reranker_model,
+        256,
+        "head",
+    )
+    assert (second.model, second.max_doc_tokens, second.long_docs) == (
+        PACKAGED_PREFIX + "ms-marco-MiniLM-L-12-v2-fp32",
+        64,
+        "maxp",
+    )
+    assert plan.max_pairs == 30 + 10 * 3
+
+
+def test_an_unknown_scorer_is_refused_at_admission() -> None:
+    with pytest.raises(InvalidRequestError, match="unknown scorer"):
+        plan_of(query(stages=stages("no-such-model@5")))
+
+
+def test_a_stage_after_auto_may_not_ask_for_more_than_auto_can_choose() -> None:
+    with pytest.raises(InvalidRequestError, match="as few as 10"):
+        plan_of(query(stages=stages("ce@auto", "ce@40")))
+    assert len(plan_of(query(stages=stages("ce@auto", "ce@10"))).stages) == 2
+
+
+def test_resolving_auto_narrows_later_stages_and_zero_reranks_nothing() -> None:
+    plan = plan_of(query(stages=stages("ce@auto", "ce@10")), max_auto_depth=50)
+    assert (plan.stages[0].auto, plan.stages[0].depth) == (True, 50)
+    resolved = plan.with_first_depth(8)
+    assert [(s.auto, s.depth) for s in resolved.stages] == [(False, 8), (False, 8)]
+    assert plan.with_first_depth(0).stages == ()
+
+
+def test_a_plan_over_the_pair_cap_is_refused_maxp_windows_counted() -> None:
+    bounded = {"max_request_pairs": 100, "max_inflight_pairs": 100, "maxp_max_windows": 4}
+    assert plan_of(query(stages=stages("ce@100")), **bounded).max_pairs == 100
+    with pytest.raises(RequestTooLargeError, match="MAX_REQUEST_PAIRS"):
+        plan_of(query(stages=[RerankStage(depth=30, max_doc_tokens=64, long_docs="maxp")]),
+                **bounded)  # fmt: skip
+    with pytest.raises(RequestTooLargeError, match="at most 100"):
+        plan_of(query(stages=stages("maxsim@60", "ce@60")), late_interaction_model="m", **bounded)
+
+
+def test_the_pair_cap_can_never_exceed_what_a_worker_holds() -> None:
+    with pytest.raises(ValueError, match="could never be admitted"):
+        Settings(max_request_pairs=4096, max_inflight_pairs=2048)
+
+
+def test_a_timeout_over_the_maximum_is_refused() -> None:
+    with pytest.raises(InvalidRequestError, match="max_timeout_ms"):
+        plan_of(query(timeout_ms=10**12), max_timeout_ms=600_000)
+
+
+def test_a_client_clock_far_ahead_is_replaced_by_the_receive_time() -> None:
+    ahead = plan_of(query(created_at_ms=NOW + 10 * CLOCK_SKEW_MS, timeout_ms=5_000))
+    assert ahead.created_at_ms == NOW
+    assert ahead.deadline_ms == NOW + 5_000
+    slightly = plan_of(query(created_at_ms=NOW + 1_000))
+    assert slightly.created_at_ms == NOW + 1_000
+    late = plan_of(query(created_at_ms=NOW - 3_600_000, timeout_ms=5_000))
+    assert late.deadline_ms < NOW, "a request that waited past its deadline stays expired"
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"query": "   "}, "blank"),
+        ({"query": "x" * 3000}, "MAX_QUERY_CHARS"),
+        ({"top_k": 5000}, "max_depth"),
+        ({"stages": stages("ce@5000")}, "max_depth"),
+    ],
+)
+def test_requests_over_a_bound_are_refused(fields: dict[str, object], match: str) -> None:
+    with pytest.raises(InvalidRequestError, match=match):
+        plan_of(query(**fields))
+
+
+def rerank_request(count: int, **fields: object) -> RerankRequest:
+    documents = [RerankDocument(text=f"document {i}") for i in range(count)]
+    return RerankRequest.model_validate(
+        {"query": "q", "documents": documents, "reply_to": "r.c1", "created_at_ms": NOW, **fields}
+    )
+
+
+def test_brought_candidates_make_a_plan_with_no_retrieval() -> None:
+    plan = planner().plan_rerank(rerank_request(7, top_n=3), received_at_ms=NOW)
+    assert plan.retrieval is None
+    assert plan.cache is None
+    assert [(s.scorer, s.depth) for s in plan.stages] == [("ce", 7)]
+    assert plan.top_k == 3
+    deeper = planner().plan_rerank(rerank_request(3, stages=stages("ce@20")), received_at_ms=NOW)
+    assert deeper.first_depth == 3, "a stage never asks for more documents than were brought"
+
+
+def test_more_brought_documents_than_max_depth_are_too_large() -> None:
+    with pytest.raises(RequestTooLargeError, match="MAX_DEPTH"):
+        planner(max_depth=5).plan_rerank(rerank_request(6), received_at_ms=NOW)
+
+
+def test_a_rerank_worker_refuses_a_plan_made_for_another_model() -> None:
+    plan = planner(reranker_model="/models/other").plan_rerank(
+        rerank_request(2), received_at_ms=NOW
+    )
+    request = rerank_request(2)
+    candidates = CandidateSet(plan=plan, candidates=brought_candidates(request))
+    with pytest.raises(InvalidRequestError, match="same model settings"):
+        planner().check_executable(candidates)
+    planner(reranker_model="/models/other").check_executable(candidates)
+
+
+def test_the_cache_key_changes_with_what_changes_the_answer_only() -> None:
+    base = plan_of(query(stages=stages("ce@10")))
+    assert base.cache is not None
+    same = plan_of(query(stages=stages("ce@10"), priority=900, reply_to="r.c2",
+                         return_documents=False, timeout_ms=1_000))  # fmt: skip
+    assert same.cache == base.cache
+    assert plan_of(query(query="WHY is the  sky blue?", stages=stages("ce@10"))).cache == base.cache
+    for different in (
+        query(stages=stages("ce@10"), top_k=3),
+        query(stages=stages("ce@20")),
+        query(stages=stages("ce-fp32@10")),
+        query(stages=stages("ce@10"), retrieval="bm25"),
+        query(stages=stages("ce@10"), filter="year >= 2020"),
+        query(stages=stages("ce@10"), table="other"),
+    ):
+        assert plan_of(different).cache != base.cache, different
+    newer = planner().plan_query(
+        query(stages=stages("ce@10")), received_at_ms=NOW, embedder_model="e", table_version=8
+    )
+    assert newer.cache != base.cache, "a re-indexed table misses"
+
+
+def test_no_cache_key_when_the_request_or_the_workers_turn_the_cache_off() -> None:
+    assert plan_of(query(cache=False)).cache is None
+    assert plan_of(query(), cache_ttl_s=0).cache is None
+    plan = plan_of(query())
+    assert plan.cache == key_for(plan.model_copy(update={"cache": None}))
