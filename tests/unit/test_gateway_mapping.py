@@ -76,6 +76,8 @@ def test_filters_are_re_rendered_with_quoted_columns() -> None:
         "a = 'x' --",
         "a ==",
         "(" * 20 + "a = 1" + ")" * 20,
+        "year = \u0663",  # an Arabic-Indic three: numbers are ASCII digits only
+        "year IN (1, \u0968\u0966)",  # Devanagari twenty
     ],
 )
 def test_anything_outside_the_grammar_is_refused(text: str) -> None:
