@@ -243,7 +243,10 @@ class DocumentStore:
     async def version(self) -> int:
         """The table version searches see (re-read at most every read-consistency interval):
         it changes whenever the table does, so cached answers can be keyed by it."""
-        interval = self._consistency.total_seconds() if self._consistency else float("inf")
+        # timedelta(0) is falsy, and 0 means "check every time": test for None, not truth.
+        interval = (
+            self._consistency.total_seconds() if self._consistency is not None else float("inf")
+        )
         now = time.monotonic()
         if self._version is None or now - self._version[0] >= interval:
             table = await self._open_for_search()

@@ -194,3 +194,18 @@ async def test_a_literal_its_column_cannot_hold_is_an_invalid_request_naming_bot
     assert f"column {column!r}" in str(refused.value)
     assert f"is {kind};" in str(refused.value)
     assert f"; {literal} " in str(refused.value)
+
+
+async def test_a_store_with_read_consistency_zero_sees_every_version_another_writer_makes(
+    tmp_path: Path,
+) -> None:
+    """0 means "check on every read" (strong consistency), not "never re-read"."""
+    writer = lancedb.connect(str(tmp_path)).create_table("t", data=typed_table(range(2)))
+    store = DocumentStore(str(tmp_path), "t", ann_min_rows=1_000, read_consistency_s=0)
+    before = await store.version()
+    assert await matching(store, "year >= 2000") == ["d0", "d1"]
+
+    writer.add(typed_table(range(2, 3)))
+
+    assert await store.version() > before
+    assert await matching(store, "year >= 2000") == ["d0", "d1", "d2"]
