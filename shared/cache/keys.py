@@ -17,17 +17,43 @@ from typing import Any
 
 from rankstream.planning.plan import CacheKey, QueryPlan
 
-PUNCTUATION = re.compile(r"[^\w\s]+", re.UNICODE)
-SPACES = re.compile(r"\s+", re.UNICODE)
+# Quotes around a word: the BM25 list reads words only (no phrase search), so they mark
+# nothing the answer depends on. Apostrophes inside a word ("don't") stay.
+QUOTES = "\"'`\u2018\u2019\u201c\u201d\u00ab\u00bb"
+# Punctuation that ends a clause or a sentence when it ends a word ("work?", "vaccines,").
+CLAUSE_END = re.compile(r"[.,;:!?\u2026]+$")
 # The plan's fields that change an answer.
 ANSWER_FIELDS = {"top_k", "retrieval", "stages"}
 
 
 def normalise_query(text: str) -> str:
-    """What makes two queries the same question: NFKC, case folded, without punctuation,
-    single spaces."""
+    """What makes two queries the same question (the query's part of the cache key).
+
+    Merged: Unicode compatibility forms (NFKC: full-width letters, ligatures), case
+    (casefold), runs of white space, quotes around a word, and the punctuation that ends a
+    clause or a sentence at the end of a word (`.` `,` `;` `:` `!` `?` `…`, so "work?" and
+    "work ?!" are "work"): none of them changes the question.
+
+    Kept: everything inside a word and at its start, since there it changes the meaning:
+    "C++" is not "C", "C#" not "C", "-5" not "5", "3.14" not "3 14" (a decimal point is
+    inside the word), "e-mail" not "e mail", "(a)" not "a". A query that is nothing but
+    punctuation keeps its punctuation ("?" is not "!"). Two queries whose words differ
+    (after the merging above) never share a key: a miss costs a search, a wrong merge
+    serves another question's answer.
+    """
     folded = unicodedata.normalize("NFKC", text).casefold()
-    return SPACES.sub(" ", PUNCTUATION.sub(" ", folded)).strip()
+    words = [_bare_word(word) for word in folded.split()]
+    kept = [word for word in words if word]
+    return " ".join(kept) if kept else " ".join(folded.split())
+
+
+def _bare_word(word: str) -> str:
+    """A word without its surrounding quotes and its clause-ending punctuation."""
+    previous = None
+    while word != previous:  # '"work?"' and 'work?"' alike
+        previous = word
+        word = CLAUSE_END.sub("", word.strip(QUOTES))
+    return word
 
 
 def context_digest(context: dict[str, Any]) -> str:

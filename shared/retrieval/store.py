@@ -19,6 +19,7 @@ from itertools import islice
 from typing import Any, Protocol
 
 import lancedb
+import numpy as np
 import pyarrow as pa
 from lancedb.table import AsyncTable
 
@@ -29,7 +30,7 @@ from rankstream.retrieval.ann import ANN_PARAMS, build_ann_index, outgrown, vect
 from rankstream.retrieval.corpus import Document
 from rankstream.retrieval.fulltext import build_fulltext_index, fulltext_search
 from rankstream.retrieval.fusion import FusionWeights, SearchMode, reciprocal_rank_fusion
-from rankstream.wire.filters import ParsedFilter
+from rankstream.wire.filters import FilterLiteral, LiteralKind, ParsedFilter
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class DocumentStore:
         self._table: lancedb.table.Table | None = None
         self._search_table: AsyncTable | None = None  # searches run on the async API
         self._search_tokenizer: str | None = None
-        self._filter_columns: frozenset[str] = frozenset()
+        self._filter_columns: dict[str, pa.DataType] = {}  # name: type
         self._version: tuple[float, int] | None = None  # (when read, version)
 
     @classmethod
@@ -180,8 +181,15 @@ class DocumentStore:
     ) -> SearchResult:
         """The `limit` best documents for `query` (BM25) and/or `vector` (cosine), best
         first; `hybrid` fuses both lists by reciprocal rank (`fusion.py`). With `where`, only
-        documents matching that metadata filter; InvalidRequestError when it names a column
-        the table does not have."""
+        documents matching that metadata filter.
+
+        Raises:
+            InvalidRequestError: `where` names a column the table does not have, or compares
+                a column with a literal its type cannot hold (see `_literal_problem`); the
+                message names the column, its type and the literal. Fix the filter.
+            StoreError: the table does not exist or was made by an older rankstream.
+            ValueError: a dense or hybrid search without `vector` (the caller's mistake).
+        """
         table = await self._open_for_search()
         if mode != SearchMode.BM25 and vector is None:
             raise ValueError(f"{mode} search needs the query vector")
@@ -215,18 +223,30 @@ class DocumentStore:
     def _checked_filter(self, where: ParsedFilter | None) -> str | None:
         if where is None:
             return None
-        unknown = where.columns - self._filter_columns
+        unknown = where.columns - self._filter_columns.keys()
         if unknown:
             raise InvalidRequestError(
                 f"table {self._name!r} has no filterable column {sorted(unknown)}; it has "
                 f"{sorted(self._filter_columns) or 'none'} (extra fields of the indexed documents)"
             )
+        for comparison in where.comparisons:
+            kind = self._filter_columns[comparison.column]
+            for literal in comparison.literals:
+                problem = _literal_problem(kind, literal)
+                if problem is not None:
+                    raise InvalidRequestError(
+                        f"filter: column {comparison.column!r} of table {self._name!r} is "
+                        f"{kind}; {literal.text} {problem}"
+                    )
         return where.sql
 
     async def version(self) -> int:
         """The table version searches see (re-read at most every read-consistency interval):
         it changes whenever the table does, so cached answers can be keyed by it."""
-        interval = self._consistency.total_seconds() if self._consistency else float("inf")
+        # timedelta(0) is falsy, and 0 means "check every time": test for None, not truth.
+        interval = (
+            self._consistency.total_seconds() if self._consistency is not None else float("inf")
+        )
         now = time.monotonic()
         if self._version is None or now - self._version[0] >= interval:
             table = await self._open_for_search()
@@ -250,9 +270,9 @@ class DocumentStore:
                 )
             value = (schema.metadata or {}).get(TOKENIZER_KEY)
             self._search_tokenizer = value.decode() if value else None
-            self._filter_columns = frozenset(
-                f.name for f in schema if f.name not in _UNFILTERABLE and _is_scalar(f.type)
-            )
+            self._filter_columns = {
+                f.name: f.type for f in schema if f.name not in _UNFILTERABLE and _is_scalar(f.type)
+            }
             self._search_table = table
         return self._search_table
 
@@ -329,6 +349,33 @@ def _is_scalar(kind: pa.DataType) -> bool:
         pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
         or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
     )  # fmt: skip
+
+
+def _literal_problem(kind: pa.DataType, literal: FilterLiteral) -> str | None:
+    """Why a column of type `kind` cannot be compared with `literal`, or None when it can.
+
+    Text columns take strings; integer columns integer literals within their width and
+    sign (`year = 2020.5` and `year = '2020'` are refused, not cast); floating columns
+    numbers their width holds as finite values; boolean columns TRUE and FALSE. LanceDB
+    would otherwise fail the search itself, after the query was embedded.
+    """
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return None if literal.kind == LiteralKind.STRING else "is not a string literal ('...')"
+    if pa.types.is_boolean(kind):
+        return None if literal.kind == LiteralKind.BOOLEAN else "is not TRUE or FALSE"
+    if pa.types.is_integer(kind):
+        if literal.kind != LiteralKind.INTEGER:
+            return "is not an integer literal"
+        info = np.iinfo(kind.to_pandas_dtype())
+        inside = int(info.min) <= int(literal.text) <= int(info.max)
+        return None if inside else f"is outside the column's range {info.min}..{info.max}"
+    if pa.types.is_floating(kind):
+        if literal.kind not in (LiteralKind.INTEGER, LiteralKind.FLOAT):
+            return "is not a number"
+        largest = float(np.finfo(kind.to_pandas_dtype()).max)
+        inside = abs(float(literal.text)) <= largest
+        return None if inside else f"is outside the column's range +-{largest:g}"
+    return "cannot be compared with this column"
 
 
 def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:

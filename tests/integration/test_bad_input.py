@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -20,8 +22,10 @@ from nats.js import JetStreamContext
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.errors import ErrorCode
-from rankstream.models import PairEncoding
+from rankstream.models import PairEncoding, load_embedder
 from rankstream.models.base import finite_scores
+from rankstream.retrieval.corpus import read_documents
+from rankstream.retrieval.store import DocumentStore
 from rankstream.wire.contract import REPLY_ADAPTER, ErrorResult, QueryRequest, RankedResult
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.app import running_workers
@@ -51,8 +55,8 @@ class Wire:
     async def send(self, subject: str, payload: bytes) -> None:
         await self.js.publish(subject, payload)
 
-    async def reply(self) -> RankedResult | ErrorResult:
-        message = await self.replies.next_msg(timeout=60)
+    async def reply(self, within_s: float = 60) -> RankedResult | ErrorResult:
+        message = await self.replies.next_msg(timeout=within_s)
         return REPLY_ADAPTER.validate_json(message.data)
 
     async def dead_letter(self) -> DeadLetter:
@@ -119,6 +123,50 @@ async def test_an_invalid_query_gets_an_invalid_request_error_and_a_dead_letter(
     assert letter.code == ErrorCode.INVALID_REQUEST
     assert base64.b64decode(letter.payload_base64) == payload
     assert letter.request_id == "r1"
+    await assert_still_serving(wire)
+
+
+# A refusal comes before any retry: the first redelivery of a failed message waits 1 s, and
+# a failure retried to the end is answered only after the whole backoff (51 s by default).
+REFUSED_WITHIN_S = 5.0
+
+
+def index_table_with_metadata(settings: Settings, tmp_path: Path) -> str:
+    """A new table whose documents have a `year` (int64) beside their `title` (string)."""
+    name = f"typed_{uuid.uuid4().hex[:8]}"
+    corpus = tmp_path / "typed.jsonl"
+    rows = [
+        {"id": "y1", "title": "Seasons", "text": "Earth's tilt causes the seasons.", "year": 2021},
+        {"id": "y2", "title": "Tides", "text": "The moon pulls the tides.", "year": 2015},
+    ]
+    corpus.write_text("\n".join(json.dumps(row) for row in rows))
+    store = DocumentStore.from_settings(settings.model_copy(update={"table": name}))
+    store.index(read_documents(corpus), load_embedder(settings))
+    return name
+
+
+async def test_a_filter_literal_its_column_cannot_hold_is_refused_at_once_not_retried(
+    wire: Wire, tmp_path: Path
+) -> None:
+    table = index_table_with_metadata(wire.settings, tmp_path)
+    refusals = {  # filter: what the error names
+        "title = 1": "'title'",
+        "year = '2020'": "'year'",
+        "year = 2020.5": "'year'",
+        "year >= 99999999999999999999": "'year'",
+        "year = \u0663": "\u0663",  # an Arabic-Indic three: not a number of the grammar
+    }
+    for number, (text, named) in enumerate(refusals.items()):
+        payload = wire.query(request_id=f"f{number}", table=table, filter=text)
+        await wire.send(wire.subjects.queries, payload)
+        reply = await wire.reply(within_s=REFUSED_WITHIN_S)
+        assert isinstance(reply, ErrorResult)
+        assert (reply.request_id, reply.code) == (f"f{number}", ErrorCode.INVALID_REQUEST)
+        assert named in reply.message
+        letter = await wire.dead_letter()
+        assert (letter.request_id, letter.code) == (f"f{number}", ErrorCode.INVALID_REQUEST)
+        assert letter.deliveries == 1
+        assert base64.b64decode(letter.payload_base64) == payload
     await assert_still_serving(wire)
 
 

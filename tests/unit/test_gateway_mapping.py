@@ -76,8 +76,18 @@ def test_filters_are_re_rendered_with_quoted_columns() -> None:
         "a = 'x' --",
         "a ==",
         "(" * 20 + "a = 1" + ")" * 20,
+        "year = \u0663",  # an Arabic-Indic three: numbers are ASCII digits only
+        "year IN (1, \u0968\u0966)",  # Devanagari twenty
     ],
 )
 def test_anything_outside_the_grammar_is_refused(text: str) -> None:
     with pytest.raises(FilterError):
         parse_filter(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["year >= 2020", "topic = 'energy' AND NOT (year IN (1, 2) OR title IS NULL)"]
+)
+def test_a_rendered_filter_parses_to_itself(text: str) -> None:
+    rendered = parse_filter(text).sql
+    assert parse_filter(rendered).sql == rendered
