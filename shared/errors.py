@@ -2,6 +2,7 @@
 
     RankstreamError                 base of every error rankstream raises on purpose
     ├── InvalidRequestError         invalid_request: the request can never succeed as sent
+    │   └── MessageTooLargeError    (client side) its message is over what NATS carries
     ├── ExpiredError                expired: its deadline passed before it was answered
     ├── OverloadedError             overloaded: shed at once, the queue ahead would miss it
     ├── ModelError                  model_error: a model failed to load or gave NaN
@@ -28,6 +29,11 @@ class InvalidRequestError(RankstreamError):
     """The request can never succeed as sent: fix the request."""
 
     code = ErrorCode.INVALID_REQUEST
+
+
+class MessageTooLargeError(InvalidRequestError):
+    """The request's message is larger than the NATS server carries (its `max_payload`) or
+    the workers take (`max_message_bytes`): send fewer or shorter documents."""
 
 
 class ExpiredError(RankstreamError):

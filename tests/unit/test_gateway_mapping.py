@@ -9,6 +9,7 @@ import pytest
 
 from rankstream.errors import (
     InvalidRequestError,
+    MessageTooLargeError,
     QueryFailedError,
     QueryTimeoutError,
     RankstreamError,
@@ -37,6 +38,7 @@ def test_sigmoid_is_stable_and_in_the_unit_interval(logit: float) -> None:
         (QueryTimeoutError("no answer"), 504, "expired"),
         (RankstreamError("cannot reach NATS"), 503, "unavailable"),
         (InvalidRequestError("query too long"), 422, "invalid_request"),
+        (MessageTooLargeError("over max_payload"), 413, "invalid_request"),
         (ValueError("bug"), 500, "internal"),
     ],
 )
