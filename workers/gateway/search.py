@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from rankstream.errors import QueryFailedError
+from rankstream.scheduling.limits import check_request
 from rankstream.wire.filters import MAX_FILTER_CHARS
 from rankstream.wire.messages import (
     TABLE_PATTERN,
@@ -102,7 +103,9 @@ def build_search_router(service: GatewayService) -> APIRouter:
             table=body.table,
             filter=body.filter,
             cache=body.cache,
+            return_documents=body.return_documents,
         )
+        check_request(request, service.settings)  # refused here, not dead-lettered by a worker
         reply = await service.client.send(request)
         if reply.kind == "error":
             raise QueryFailedError(reply.code, reply.message, reply.worker)
