@@ -22,7 +22,12 @@ from nats.js.errors import NoStreamResponseError, NotFoundError
 from pydantic import ValidationError
 
 from rankstream.config import Settings
-from rankstream.errors import QueryFailedError, QueryTimeoutError, RankstreamError
+from rankstream.errors import (
+    QueryFailedError,
+    QueryTimeoutError,
+    RankstreamError,
+    RequestTooLargeError,
+)
 from rankstream.wire.connection import connect_kwargs, loggable_url
 from rankstream.wire.contract import (
     REPLY_ADAPTER,
@@ -43,6 +48,9 @@ from rankstream.wire.subjects import Subjects
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 2.0
+# What a published request carries besides its JSON: the `Nats-Msg-Id` header and its
+# framing, which count against the server's max_payload too.
+HEADER_ROOM_BYTES = 256
 # A NATS user name that can lead a subject token (and so a per-user results subject).
 SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -308,16 +316,20 @@ class RankstreamClient:
 
         Raises:
             QueryTimeoutError: no reply within the wait.
+            RequestTooLargeError: the request's message is over what the server carries or
+                the workers take: send fewer or shorter documents (nothing was published).
             RankstreamError: the client is not connected, or no stream takes queries.
         """
         if self._connection is None:
             raise RankstreamError("client is not connected: use `async with RankstreamClient(...)`")
+        payload = request.model_dump_json().encode()
+        self._check_fits(payload)
         future: asyncio.Future[RankedResult | ErrorResult] = (
             asyncio.get_running_loop().create_future()
         )
         self._waiting[request.request_id] = future
         try:
-            await self._publish(request)
+            await self._publish(request, payload)
             return await asyncio.wait_for(future, wait_s or request.timeout_ms / 1000)
         except TimeoutError as error:
             raise QueryTimeoutError(
@@ -327,7 +339,28 @@ class RankstreamClient:
         finally:
             self._waiting.pop(request.request_id, None)
 
-    async def _publish(self, request: QueryRequest | RerankRequest) -> None:
+    def _check_fits(self, payload: bytes) -> None:
+        """Raise RequestTooLargeError for a message the connected server would refuse
+        (`max_payload`, which nats-py learns from the server) or the workers would
+        (`max_message_bytes`): publishing it would fail the same way on every retry."""
+        assert self._connection is not None
+        size = len(payload) + HEADER_ROOM_BYTES
+        server_limit = self._connection.max_payload
+        worker_limit = self._settings.max_message_bytes
+        if size <= min(server_limit, worker_limit):
+            return
+        which = (
+            f"the NATS server's max_payload of {server_limit} bytes (raise it in the server's "
+            "config: infra/nats/nats-server.conf)"
+            if server_limit <= worker_limit
+            else f"the workers' max_message_bytes of {worker_limit} (RANKSTREAM_MAX_MESSAGE_BYTES)"
+        )
+        raise RequestTooLargeError(
+            f"the request is a message of {size} bytes, over {which}: send fewer or shorter "
+            "documents"
+        )
+
+    async def _publish(self, request: QueryRequest | RerankRequest, payload: bytes) -> None:
         """Publish until JetStream confirms it, retrying through a NATS outage until the
         request's deadline; the Nats-Msg-Id makes a retried publish land once."""
         assert self._connection is not None
@@ -338,11 +371,14 @@ class RankstreamClient:
             try:
                 await self._connection.jetstream().publish(
                     subject,
-                    request.model_dump_json().encode(),
+                    payload,
                     headers={"Nats-Msg-Id": dedup_id(request.request_id, "query")},
                     timeout=PUBLISH_TIMEOUT_S,
                 )
                 return
+            except nats.errors.MaxPayloadError:
+                self._check_fits(payload)  # reconnected to a server that carries less
+                raise
             except NoStreamResponseError as error:
                 # On a NATS cluster a stream has no leader to answer while its nodes elect
                 # one (a node died): retry then. A stream that does not exist is an error.

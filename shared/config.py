@@ -11,6 +11,15 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBEDDED_NATS_PORT = 4222
+# One set of message-size limits, each inside the next:
+#   gateway_max_body_bytes (4 MiB) < max_message_bytes (8 MiB) <= the server's max_payload (8 MiB)
+# The server's `max_payload` is what the embedded server (workers/local.py) and every shipped
+# config (infra/nats/nats-server.conf, infra/k8s/nats/nats-cluster.yaml) set: 8 MiB, the most
+# nats-server takes without a warning (its own default, 1 MiB, is too small for a deep
+# candidate set). A gateway body becomes a message a little larger than itself (an id per
+# document, the reply subject), hence the room between the first two. A message the connected
+# server cannot carry is refused by the client before it is published (RankstreamClient).
+NATS_MAX_PAYLOAD_BYTES = 8 << 20
 # URL schemes nats-py connects with; `tls` and `wss` turn TLS on.
 NATS_SCHEMES = ("nats", "tls", "ws", "wss")
 TLS_SCHEMES = ("tls", "wss")
@@ -221,7 +230,8 @@ class Settings(BaseSettings):
     max_deliver: int = Field(default=5, ge=1)
     # Delay before redelivering after an unexpected failure, by delivery (last one repeats).
     retry_backoff_s: list[float] = Field(default=[1.0, 5.0, 15.0, 30.0], min_length=1)
-    max_message_bytes: int = Field(default=1 << 20, ge=1024)
+    # Workers refuse a message over this (see NATS_MAX_PAYLOAD_BYTES for how it fits the rest).
+    max_message_bytes: int = Field(default=NATS_MAX_PAYLOAD_BYTES, ge=1024)
     max_query_chars: int = Field(default=2048, ge=1)
     # On SIGTERM: stop pulling, finish and acknowledge held messages within this many seconds.
     shutdown_grace_s: float = Field(default=25.0, ge=0)
@@ -277,9 +287,21 @@ class Settings(BaseSettings):
     gateway_port: int = Field(default=8080, ge=0, le=65535)
     # Bearer tokens the gateway accepts (a JSON list in the environment); empty: no auth.
     gateway_tokens: list[SecretStr] = Field(default_factory=list)
+    # Under max_message_bytes, with room for what the gateway adds (NATS_MAX_PAYLOAD_BYTES).
     gateway_max_body_bytes: int = Field(default=4 << 20, ge=1024)
     # TEI's `POST /rerank` refuses more texts than this with 413 (TEI's own default is 32).
     gateway_max_texts: int = Field(default=32, ge=1)
+
+    @field_validator("gateway_max_body_bytes")
+    @classmethod
+    def _body_fits_a_message(cls, limit: int, info: ValidationInfo) -> int:
+        message_limit = info.data.get("max_message_bytes")
+        if message_limit is not None and limit >= message_limit:
+            raise ValueError(
+                f"RANKSTREAM_GATEWAY_MAX_BODY_BYTES ({limit}) must be under "
+                f"RANKSTREAM_MAX_MESSAGE_BYTES ({message_limit}): a body becomes a larger message"
+            )
+        return limit
 
     # --- observability ---
     metrics_port: int = Field(default=9464, ge=0, le=65535)

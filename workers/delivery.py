@@ -4,6 +4,7 @@
 |------------------------------------------------|--------------------|-----------------|
 | handled normally                               | its answer         | ack             |
 | undecodable, invalid, or a model error         | error result       | dead letter, term |
+| an output over the server's max_payload        | `invalid_request`  | dead letter, term |
 | other RankstreamError (expired, store missing) | error result       | ack             |
 | anything else, deliveries left                 | nothing yet        | nak with backoff |
 | anything else, last delivery                   | `internal` error   | dead letter, term |
@@ -46,6 +47,9 @@ NEVER_SUCCEEDS = (
     ModelError,
     json.JSONDecodeError,
     UnicodeDecodeError,
+    # What the worker publishes for it (candidates, answer) is over the server's max_payload:
+    # as large again on every delivery.
+    nats.errors.MaxPayloadError,
 )
 # A dead letter must itself fit in a NATS message (1 MiB by default), base64 included.
 MAX_KEPT_PAYLOAD = 512 * 1024
@@ -198,7 +202,13 @@ async def give_up(
         payload_sha256=hashlib.sha256(body).hexdigest(),
         truncated=len(kept) < len(body),
     )
-    await replies.dead_letter(letter)
+    try:
+        await replies.dead_letter(letter)
+    except nats.errors.MaxPayloadError:
+        # A server with a small max_payload: keep the description, preview and digest.
+        await replies.dead_letter(
+            letter.model_copy(update={"payload_base64": "", "truncated": True})
+        )
     try:
         await answer_error(replies, body, code, reason)
     except Exception:  # the dead letter is kept; a failed answer must not redeliver it
@@ -297,6 +307,12 @@ def _describe(error: Exception) -> str:
         return f"invalid message: {problems}"
     if isinstance(error, json.JSONDecodeError | UnicodeDecodeError):
         return f"invalid message: undecodable: {error}"
+    if isinstance(error, nats.errors.MaxPayloadError):
+        return (
+            "what this request needs published (its candidates or its answer) is over the NATS "
+            "server's max_payload: ask for fewer or shorter documents, return_documents false, "
+            "or raise max_payload (infra/nats/nats-server.conf)"
+        )
     return str(error)
 
 

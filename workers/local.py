@@ -33,7 +33,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from rankstream.config import Settings
+from rankstream.config import NATS_MAX_PAYLOAD_BYTES, Settings
 
 NATS_STARTUP_TIMEOUT_S = 15.0
 READY_LINE = "ready; Ctrl-C to stop"
@@ -121,17 +121,24 @@ def nats_server_binary() -> str:
 
 
 class EmbeddedNatsServer(ChildProcess):
-    """`with EmbeddedNatsServer(port) as server: server.url` runs nats-server -js on loopback."""
+    """`with EmbeddedNatsServer(port) as server: server.url` runs nats-server -js on loopback.
+
+    Args:
+        max_payload: the largest message it carries (default NATS_MAX_PAYLOAD_BYTES, the
+            size every shipped server config sets; nats-server's own default is 1 MiB).
+    """
 
     def __init__(
         self,
         port: int | None = None,
         store_dir: Path | None = None,
         extra_args: tuple[str, ...] = (),
+        max_payload: int = NATS_MAX_PAYLOAD_BYTES,
     ) -> None:
         self.port = port or free_port()
         self._store_dir = store_dir
         self._extra_args = extra_args
+        self.max_payload = max_payload
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self.suspended = False
@@ -158,7 +165,8 @@ class EmbeddedNatsServer(ChildProcess):
             self._tmp = tempfile.TemporaryDirectory(prefix="rankstream-nats-")
             self._store_dir = Path(self._tmp.name)
         command = [
-            nats_server_binary(), "-js", "-sd", str(self._store_dir),
+            nats_server_binary(), "-c", str(self._write_config(self._store_dir)),
+            "-js", "-sd", str(self._store_dir),
             "-a", "127.0.0.1", "-p", str(self.port), *self._extra_args,
         ]  # fmt: skip
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -174,6 +182,14 @@ class EmbeddedNatsServer(ChildProcess):
             self.stop()
             raise RuntimeError(f"{error}: {stderr}") from error
         return self
+
+    def _write_config(self, store_dir: Path) -> Path:
+        """The settings nats-server takes from a file only (`max_payload` has no flag); the
+        flags given after `-c` override the file."""
+        store_dir.mkdir(parents=True, exist_ok=True)
+        config = store_dir / "rankstream-nats.conf"
+        config.write_text(f"max_payload: {self.max_payload}\n")
+        return config
 
     def _stderr(self) -> str:
         if self._process is None or self._process.stderr is None or self._process.poll() is None:

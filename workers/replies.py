@@ -69,8 +69,8 @@ class ReplySender:
                     headers={"Nats-Msg-Id": dedup_id(reply.request_id, "reply")},
                 )
                 return
-            except BadRequestError:
-                raise
+            except (BadRequestError, nats.errors.MaxPayloadError):
+                raise  # as large, or as bad, on every try
             except (TimeoutError, nats.errors.Error) as error:
                 if time.monotonic() + delay > give_up:
                     raise

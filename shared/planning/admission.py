@@ -98,11 +98,7 @@ class Planner:
         """
         self._check_query(request.query)
         count = len(request.documents)
-        if count > self.settings.max_depth:
-            raise RequestTooLargeError(
-                f"{count} documents; at most {self.settings.max_depth} per request "
-                "(RANKSTREAM_MAX_DEPTH)"
-            )
+        self._check_documents(count)
         asked = request.stages if request.stages is not None else [RerankStage(depth=count)]
         stages = tuple(
             s.model_copy(update={"depth": min(s.depth, count)}) for s in self._stages(asked)
@@ -122,6 +118,25 @@ class Planner:
         )
         self._check_pairs(plan)
         return plan
+
+    def check_bounds(self, request: QueryRequest | RerankRequest) -> None:
+        """The bounds a request can be checked against without a table or a model: its query,
+        `top_k` / `top_n`, documents, stage depths and timeout. For an edge (the gateway)
+        that refuses what no worker would take, before publishing it.
+
+        Raises:
+            InvalidRequestError: the first bound broken (RequestTooLargeError: documents).
+        """
+        self._check_query(request.query)
+        self._timeout(request.timeout_ms)
+        if isinstance(request, RerankRequest):
+            self._check_documents(len(request.documents))
+            self._check_depth("top_n", request.top_n or 0)
+        else:
+            self._check_depth("top_k", request.top_k)
+        for stage in request.stages or []:
+            if stage.depth != AUTO:
+                self._check_depth(f"stage {stage.name}", int(stage.depth))
 
     def check_executable(self, candidate_set: CandidateSet) -> None:
         """Refuse a candidate set this worker cannot execute as planned: one over a bound
@@ -213,6 +228,13 @@ class Planner:
             raise InvalidRequestError(
                 f"query has {len(query)} characters; the limit is {self.settings.max_query_chars} "
                 "(RANKSTREAM_MAX_QUERY_CHARS)"
+            )
+
+    def _check_documents(self, count: int) -> None:
+        if count > self.settings.max_depth:
+            raise RequestTooLargeError(
+                f"{count} documents; at most {self.settings.max_depth} per request "
+                "(RANKSTREAM_MAX_DEPTH)"
             )
 
     def _check_depth(self, name: str, value: int) -> None:

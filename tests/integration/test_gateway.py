@@ -18,6 +18,7 @@ from pathlib import Path
 
 import cohere
 import httpx
+import nats
 import pytest
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_cohere import CohereRerank
@@ -26,11 +27,13 @@ from langchain_core.documents import Document as LangchainDocument
 from langchain_core.retrievers import BaseRetriever
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.metrics import Metrics
 from rankstream.models import load_embedder
 from rankstream.retrieval.corpus import read_documents
 from rankstream.retrieval.store import DocumentStore
+from rankstream.wire.contract import REPLY_ADAPTER, RankedResult
 from rankstream.workers.app import running_workers
 from rankstream.workers.gateway.app import running_gateway
 
@@ -353,3 +356,167 @@ async def test_concurrent_http_requests_share_model_batches(stack: Stack) -> Non
     )
     assert all(len(r.results) == 2 for r in responses)
     assert batch_requests_over_one(stack.metrics) > before, "no model call mixed two requests"
+
+
+def samples(stack: Stack, name: str, labels: dict[str, str]) -> float:
+    return stack.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def invalid_requests_seen_by_workers(stack: Stack) -> float:
+    return sum(
+        samples(stack, "rankstream_requests_total", {"worker": w, "outcome": "invalid_request"})
+        for w in ("retrieval", "rerank")
+    )
+
+
+# One refused request per route and limit, and how each route's error body gives the code.
+OVER_LONG_QUERY = "q" * 2049  # the default max_query_chars is 2048
+REFUSED_AT_THE_EDGE = [
+    ("/v2/rerank", {"query": "  \t ", "documents": DOCS}),
+    ("/v2/rerank", {"query": QUERY, "documents": DOCS, "top_n": MAX_TEXTS + 1}),
+    ("/v2/rerank", {"query": OVER_LONG_QUERY, "documents": DOCS}),
+    ("/v1/rerank", {"query": " ", "documents": DOCS}),
+    ("/v1/rerank", {"query": QUERY, "documents": DOCS, "top_n": MAX_TEXTS + 1}),
+    ("/v1/rerank", {"query": OVER_LONG_QUERY, "documents": DOCS}),
+    ("/rerank", {"query": "\n", "texts": DOCS}),
+    ("/rerank", {"query": OVER_LONG_QUERY, "texts": DOCS}),
+    ("/v1/search", {"query": "   "}),
+    ("/v1/search", {"query": QUERY, "top_k": 1001}),  # the default max_depth is 1000
+    ("/v1/search", {"query": OVER_LONG_QUERY}),
+]
+
+
+def error_code(route: str, body: object) -> str:
+    """rankstream's code from `route`'s own error shape (validated strictly)."""
+    if route == "/v2/rerank":
+        return CohereError.model_validate(body).code
+    if route == "/v1/rerank":
+        return OpenAiError.model_validate(body).error.code
+    if route == "/rerank":
+        return TeiError.model_validate(body).code
+    assert isinstance(body, dict)
+    return str(body["error"]["code"])
+
+
+@pytest.mark.parametrize(("route", "request_body"), REFUSED_AT_THE_EDGE)
+async def test_a_blank_or_over_long_query_or_too_large_a_top_n_is_refused_at_the_edge(
+    stack: Stack, route: str, request_body: dict[str, object]
+) -> None:
+    """422 in the route's own shape, and no worker ever sees (or dead-letters) it."""
+    before = invalid_requests_seen_by_workers(stack)
+    async with httpx.AsyncClient(base_url=stack.url, headers=auth(), timeout=60) as http:
+        response = await http.post(route, json=request_body)
+    assert response.status_code == 422, response.text
+    assert error_code(route, response.json()) == "invalid_request"
+    assert invalid_requests_seen_by_workers(stack) == before
+
+
+async def test_a_chunked_body_over_the_limit_gets_413_in_the_routes_shape(stack: Stack) -> None:
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it streams
+        yield b'{"query": "q", "documents": ["'
+        for _ in range(5):
+            yield b"y" * 1000
+        yield b'"]}'
+
+    async with httpx.AsyncClient(base_url=stack.url, headers=auth(), timeout=60) as http:
+        response = await http.post(
+            "/v1/rerank", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+    assert response.status_code == 413, response.text
+    assert OpenAiError.model_validate(response.json()).error.code == "invalid_request"
+    assert "RANKSTREAM_GATEWAY_MAX_BODY_BYTES" in response.json()["error"]["message"]
+
+
+async def test_a_deeply_nested_json_body_gets_422_in_the_routes_shape(stack: Stack) -> None:
+    nested = '{"query": "q", "documents": ' + "[" * 1900 + "]" * 1900 + "}"
+    async with httpx.AsyncClient(base_url=stack.url, headers=auth(), timeout=60) as http:
+        response = await http.post(
+            "/v2/rerank", content=nested, headers={"Content-Type": "application/json"}
+        )
+    assert response.status_code == 422, response.text
+    assert CohereError.model_validate(response.json()).code == "invalid_request"
+
+
+async def test_the_documents_of_each_rerank_request_are_observed_by_route(stack: Stack) -> None:
+    def documents_sum(metrics_text: str, route: str) -> float:
+        line = f'rankstream_gateway_documents_sum{{route="{route}"}} '
+        found = [
+            float(row[len(line) :]) for row in metrics_text.splitlines() if row.startswith(line)
+        ]
+        return found[0] if found else 0.0
+
+    async with httpx.AsyncClient(base_url=stack.url, headers=auth(), timeout=60) as http:
+        before = (await http.get("/metrics")).text
+        tei = await http.post("/rerank", json={"query": QUERY, "texts": DOCS[:2]})
+        jina = await http.post("/v1/rerank", json={"query": QUERY, "documents": DOCS})
+        after = (await http.get("/metrics")).text
+    assert tei.status_code == jina.status_code == 200
+    assert documents_sum(after, "/rerank") - documents_sum(before, "/rerank") == 2
+    assert documents_sum(after, "/v1/rerank") - documents_sum(before, "/v1/rerank") == 3
+
+
+async def test_search_forwards_return_documents_so_the_workers_send_no_texts(
+    stack: Stack,
+) -> None:
+    """The answer on the wire (read beside the gateway's own client) carries no texts."""
+    async with RankstreamClient(stack.settings) as client:
+        watcher = await nats.connect(stack.settings.effective_nats_url)
+        replies = await watcher.subscribe(client.reply_subject)
+        async with (
+            running_gateway(stack.settings, client=client) as port,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=auth()) as http,
+        ):
+            response = await http.post(
+                "/v1/search",
+                json={"query": QUERY, "top_k": 2, "depth": 0, "return_documents": False},
+                timeout=60,
+            )
+        wire = REPLY_ADAPTER.validate_json((await replies.next_msg(timeout=10)).data)
+        await watcher.close()
+    assert response.status_code == 200, response.text
+    assert all("text" not in hit for hit in response.json()["results"])
+    assert isinstance(wire, RankedResult)
+    assert wire.results
+    assert all(doc.text is None for doc in wire.results)
+
+
+# ~480 tokens each: beside a long query, every pair fills the model's 512 tokens.
+SLOW_DOCUMENT = "A heat pump moves heat from the outside air into the house in winter. " * 34
+SLOW_QUERY = "how does a heat pump heat a house when it is cold outside " * 8
+
+
+async def test_a_degraded_answer_is_a_504_expired_never_made_up_scores(
+    stack: Stack, nats_url: str
+) -> None:
+    """Documents the caller brings have no retrieval order to fall back on: when the
+    deadline passes before they are scored (48 full pairs take seconds of CPU; the gateway
+    allows 1 s), each rerank route answers 504 `expired` in its own shape, saying what to
+    change. Own workers that never shed load, so the deadline is what stops them."""
+    settings = stack.settings.model_copy(
+        update={
+            "subject_prefix": f"d{uuid.uuid4().hex[:10]}",
+            "shed_load": False,
+            "max_batch_tokens": 2048,
+            "default_timeout_ms": 1000,
+            "gateway_max_texts": 16,
+            "gateway_max_body_bytes": 1 << 20,
+        }
+    )
+    texts = [f"{i}. {SLOW_DOCUMENT}" for i in range(16)]
+    requests = {
+        "/v2/rerank": {"query": SLOW_QUERY, "documents": texts},
+        "/v1/rerank": {"query": SLOW_QUERY, "documents": texts},
+        "/rerank": {"query": SLOW_QUERY, "texts": texts},
+    }
+    async with (
+        running_workers(settings),
+        running_gateway(settings) as port,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=auth(), timeout=60) as http,
+    ):
+        responses = await asyncio.gather(
+            *(http.post(route, json=body) for route, body in requests.items())
+        )
+    for route, response in zip(requests, responses, strict=True):
+        assert response.status_code == 504, f"{route}: {response.text}"
+        assert error_code(route, response.json()) == "expired"
+        assert "fewer or shorter documents" in response.text, "what to change"

@@ -13,6 +13,7 @@ from rankstream.errors import (
     QueryFailedError,
     QueryTimeoutError,
     RankstreamError,
+    RequestTooLargeError,
 )
 from rankstream.wire.filters import FilterError, parse_filter
 from rankstream.workers.gateway.errors import Api, ApiError, api_for_path, error_body, problem_for
@@ -37,6 +38,7 @@ def test_sigmoid_is_stable_and_in_the_unit_interval(logit: float) -> None:
         (QueryTimeoutError("no answer"), 504, "expired"),
         (RankstreamError("cannot reach NATS"), 503, "unavailable"),
         (InvalidRequestError("query too long"), 422, "invalid_request"),
+        (RequestTooLargeError("over max_payload"), 413, "invalid_request"),
         (ValueError("bug"), 500, "internal"),
     ],
 )

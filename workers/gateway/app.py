@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
@@ -75,7 +76,7 @@ def create_app(
         metrics: where the gateway counts its requests (default: a new registry).
     """
     metrics = metrics or GatewayMetrics()
-    service = GatewayService(settings, client, load_reranker_tokenizer(settings))
+    service = GatewayService(settings, client, load_reranker_tokenizer(settings), metrics)
     app = FastAPI(title="rankstream gateway", version="1", description=DESCRIPTION)
     for router in (build_cohere_router, build_jina_router, build_tei_router, build_search_router):
         app.include_router(router(service))
@@ -95,6 +96,10 @@ def create_app(
         problem = ApiError(422, "invalid_request", _validation_message(details))
         return error_response(api_for_path(request.url.path), problem)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, error: Exception) -> JSONResponse:
+        return error_response(api_for_path(request.url.path), _http_problem(error))
+
     @app.get("/health", tags=["operations"], summary="200 when connected to NATS, else 503")
     async def health() -> JSONResponse:
         ok = client.connected
@@ -111,6 +116,20 @@ def create_app(
     return app
 
 
+def _http_problem(error: Exception) -> ApiError:
+    """FastAPI's own refusals (no such route, wrong method, a body it could not parse) as
+    ApiErrors. A 400 is a body json.loads gave up on without a JSONDecodeError: nested too
+    deeply (RecursionError)."""
+    status = error.status_code if isinstance(error, StarletteHTTPException) else 500
+    if status == 400:
+        return ApiError(
+            422, "invalid_request", "the body could not be parsed as JSON (nested too deeply?): "
+            "send a flat JSON object as the API documents",
+        )  # fmt: skip
+    detail = error.detail if isinstance(error, StarletteHTTPException) else "internal error"
+    return ApiError(status, "invalid_request", str(detail))
+
+
 def _validation_message(details: Any) -> str:
     parts = []
     for detail in list(details)[:5]:
@@ -119,12 +138,12 @@ def _validation_message(details: Any) -> str:
     return "; ".join(str(p) for p in parts) or "invalid request"
 
 
-class BodyTooLargeError(Exception):
-    pass
-
-
 class BodyLimit:
-    """413 for a body over `max_bytes`: by its Content-Length, or counted as it streams."""
+    """413 for a body over `max_bytes`: by its Content-Length, or counted as it streams.
+
+    The body is read here, before the app: an error raised from inside the app's own reading
+    would reach FastAPI's body parsing, which answers any error there with a bare 400.
+    """
 
     def __init__(self, app: Asgi, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -137,20 +156,35 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await self._refuse(scope, receive, send)
             return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise BodyTooLargeError
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except BodyTooLargeError:
+        body = await self._read(receive)
+        if body is None:
             await self._refuse(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:  # after the body: a disconnect, as the server reports it
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The whole body, or None once it passes `max_bytes` (or the client left)."""
+        chunks, seen = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunk = bytes(message.get("body", b""))
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         problem = ApiError(

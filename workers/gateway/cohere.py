@@ -77,6 +77,7 @@ def build_cohere_router(service: GatewayService) -> APIRouter:
     )
     async def rerank_v2(body: CohereRerankRequest) -> CohereRerankResponse:
         ranked = await service.rerank(
+            "/v2/rerank",
             body.query,
             body.documents,
             top_n=body.top_n,

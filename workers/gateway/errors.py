@@ -2,11 +2,11 @@
 
 | rankstream code | HTTP | meaning |
 |---|---|---|
-| `invalid_request` | 422 (413 for too many documents or too large a body) | fix the request |
+| `invalid_request` | 422 (413: too many documents, too large a body or message) | fix it |
 | `unauthorized` | 401 | a bearer token is required and was missing or wrong |
 | `overloaded` | 429 | shed: the work queued ahead would miss the deadline; retry later |
 | `unavailable` | 503 | NATS or the workers are not reachable |
-| `expired` | 504 | no answer before the deadline |
+| `expired` | 504 | no answer, or no scores (a degraded answer), before the deadline |
 | `model_error`, `store_error`, `internal` | 500 | a worker failed |
 
 Every body carries the code as `code` beside the shape the API's own clients parse.
@@ -20,7 +20,13 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from rankstream.errors import ErrorCode, QueryFailedError, QueryTimeoutError, RankstreamError
+from rankstream.errors import (
+    ErrorCode,
+    QueryFailedError,
+    QueryTimeoutError,
+    RankstreamError,
+    RequestTooLargeError,
+)
 
 UNAUTHORIZED, UNAVAILABLE = "unauthorized", "unavailable"
 
@@ -82,6 +88,8 @@ def problem_for(error: Exception) -> ApiError:
     """The HTTP answer to an error the client raised while the request was in flight."""
     if isinstance(error, ApiError):
         return error
+    if isinstance(error, RequestTooLargeError):
+        return ApiError(413, ErrorCode.INVALID_REQUEST.value, str(error))
     if isinstance(error, QueryFailedError):
         return ApiError(_STATUS.get(error.code, 500), error.code.value, str(error))
     if isinstance(error, QueryTimeoutError):

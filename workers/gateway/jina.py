@@ -70,7 +70,7 @@ def build_jina_router(service: GatewayService) -> APIRouter:
     )
     async def rerank_v1(body: JinaRerankRequest) -> JinaRerankResponse:
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
-        ranked = await service.rerank(body.query, texts, top_n=body.top_n)
+        ranked = await service.rerank("/v1/rerank", body.query, texts, top_n=body.top_n)
         tokens = await service.count_tokens(body.query, texts)
         return JinaRerankResponse(
             id=f"rerank-{uuid.uuid4().hex}",

@@ -102,7 +102,9 @@ def build_search_router(service: GatewayService) -> APIRouter:
             table=body.table,
             filter=body.filter,
             cache=body.cache,
+            return_documents=body.return_documents,
         )
+        service.planner.check_bounds(request)  # refused here, not dead-lettered by a worker
         reply = await service.client.send(request)
         if reply.kind == "error":
             raise QueryFailedError(reply.code, reply.message, reply.worker)

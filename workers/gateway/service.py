@@ -6,16 +6,18 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
-from rankstream.errors import QueryFailedError
+from rankstream.errors import ErrorCode, QueryFailedError
 from rankstream.models.base import PairCodec
+from rankstream.planning.admission import Planner
 from rankstream.wire.contract import ErrorResult, RankedResult, RerankDocument
 from rankstream.workers.gateway.errors import ApiError
+from rankstream.workers.gateway.metrics import GatewayMetrics
 
 
 def sigmoid(logit: float) -> float:
@@ -45,11 +47,18 @@ class GatewayService:
         client: a connected RankstreamClient; the gateway publishes through it.
         codec: the reranker's tokenizer, to count the tokens the `usage` fields report
             (None: usage counts are 0).
+        metrics: where the documents of each rerank request are counted.
     """
 
     settings: Settings
     client: RankstreamClient
     codec: PairCodec | None = None
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+
+    @property
+    def planner(self) -> Planner:
+        """The workers' admission bounds, checked at the edge."""
+        return Planner(self.settings)
 
     @property
     def max_documents(self) -> int:
@@ -67,6 +76,7 @@ class GatewayService:
 
     async def rerank(
         self,
+        route: str,
         query: str,
         texts: Sequence[str],
         *,
@@ -76,12 +86,25 @@ class GatewayService:
     ) -> list[Ranked]:
         """Rerank `texts` for `query` through the rerank workers, best first.
 
+        Args:
+            route: the HTTP route asking (the `route` label of the documents histogram).
+
         Raises:
-            ApiError: 413 for too many texts, 422 for a request the wire schema refuses.
+            ApiError: 413 for too many texts; 422 for a request the wire schema or the
+                workers' limits refuse (a blank or over-long query, `top_n` over the
+                documents a request may bring), refused here rather than dead-lettered by a
+                worker; 504 `expired` for an answer the workers could not score in time.
             QueryFailedError, QueryTimeoutError, RankstreamError: from the client; the
                 routes turn them into API errors (errors.problem_for).
         """
         self.check_count(len(texts))
+        if top_n is not None and top_n > self.max_documents:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"top_n {top_n} is over the {self.max_documents} documents a request may "
+                f"bring: ask for at most {self.max_documents}",
+            )
         documents = [RerankDocument(text=t, id=str(i)) for i, t in enumerate(texts)]
         try:
             request = self.client.rerank_request(
@@ -89,9 +112,21 @@ class GatewayService:
             )
         except ValidationError as error:
             raise ApiError(422, "invalid_request", _first_error(error)) from error
+        self.planner.check_bounds(request)
+        self.metrics.documents.labels(route=route).observe(len(texts))
         reply = await self.client.send(request)
         if isinstance(reply, ErrorResult):
             raise QueryFailedError(reply.code, reply.message, reply.worker)
+        if reply.degraded:
+            # Documents brought by the caller have no retrieval score to fall back on: a
+            # degraded answer would be their input order under made-up scores.
+            raise ApiError(
+                504,
+                ErrorCode.EXPIRED.value,
+                f"the rerank workers could not score {len(texts)} documents within "
+                f"{request.timeout_ms} ms (RANKSTREAM_DEFAULT_TIMEOUT_MS): send fewer or "
+                "shorter documents, or raise the timeout",
+            )
         return _ranked(reply, texts)
 
     async def count_tokens(

@@ -58,7 +58,7 @@ def build_tei_router(service: GatewayService) -> APIRouter:
                 422, "invalid_request", "truncation_direction Left is not supported: use Right"
             )
         service.check_count(len(body.texts), "texts")
-        ranked = await service.rerank(body.query, body.texts)
+        ranked = await service.rerank("/rerank", body.query, body.texts)
         return [
             TeiRank(
                 index=r.index,
