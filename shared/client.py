@@ -25,8 +25,8 @@ from rankstream.config import Settings
 from rankstream.errors import (
     QueryFailedError,
     QueryTimeoutError,
-    RankstreamError,
     RequestTooLargeError,
+    UnavailableError,
 )
 from rankstream.wire.connection import connect_kwargs, loggable_url
 from rankstream.wire.contract import (
@@ -129,7 +129,7 @@ class RankstreamClient:
         """Connect to NATS and listen for answers.
 
         Raises:
-            RankstreamError: NATS was not reachable within `settings.connect_timeout_s`
+            UnavailableError: NATS was not reachable within `settings.connect_timeout_s`
                 (start it with `rankstream up`, or set RANKSTREAM_NATS_URL).
         """
         try:
@@ -145,7 +145,7 @@ class RankstreamClient:
                 self._settings.connect_timeout_s,
             )
         except Exception as error:  # nats-py raises several unrelated types here
-            raise RankstreamError(
+            raise UnavailableError(
                 f"cannot reach NATS at {loggable_url(self._settings.effective_nats_url)} within "
                 f"{self._settings.connect_timeout_s:g} s ({type(error).__name__}); "
                 "start it with `rankstream up` or set RANKSTREAM_NATS_URL"
@@ -241,7 +241,7 @@ class RankstreamClient:
             QueryFailedError: a worker answered with an error; `.code` says which
                 (`invalid_request`: fix the request; `overloaded`: retry later;
                 `expired`: allow more time) and `.worker` where.
-            RankstreamError: the client is not connected, or no stream takes queries.
+            UnavailableError: the client is not connected, or no stream takes queries.
         """
         reply = await self.send(self.request(text, **options))
         if isinstance(reply, ErrorResult):
@@ -297,7 +297,7 @@ class RankstreamClient:
 
         Raises:
             As `query`: QueryTimeoutError, QueryFailedError (e.g. `invalid_request` for more
-            documents than `max_depth`), RankstreamError.
+            documents than `max_depth`), UnavailableError.
         """
         reply = await self.send(self.rerank_request(query, documents, **options))
         if isinstance(reply, ErrorResult):
@@ -318,10 +318,12 @@ class RankstreamClient:
             QueryTimeoutError: no reply within the wait.
             RequestTooLargeError: the request's message is over what the server carries or
                 the workers take: send fewer or shorter documents (nothing was published).
-            RankstreamError: the client is not connected, or no stream takes queries.
+            UnavailableError: the client is not connected, or no stream takes queries.
         """
         if self._connection is None:
-            raise RankstreamError("client is not connected: use `async with RankstreamClient(...)`")
+            raise UnavailableError(
+                "client is not connected: use `async with RankstreamClient(...)`"
+            )
         payload = request.model_dump_json().encode()
         self._check_fits(payload)
         future: asyncio.Future[RankedResult | ErrorResult] = (
@@ -383,7 +385,7 @@ class RankstreamClient:
                 # On a NATS cluster a stream has no leader to answer while its nodes elect
                 # one (a node died): retry then. A stream that does not exist is an error.
                 if not await self._stream_exists(subject):
-                    raise RankstreamError(
+                    raise UnavailableError(
                         f"no JetStream stream takes {subject}: start the workers "
                         "(`rankstream up` or `rankstream worker ...`) first"
                     ) from error

@@ -9,14 +9,17 @@ import pytest
 
 from rankstream.errors import (
     ErrorCode,
+    ExpiredError,
     InvalidRequestError,
     QueryFailedError,
     QueryTimeoutError,
     RankstreamError,
     RequestTooLargeError,
+    UnauthorizedError,
+    UnavailableError,
 )
 from rankstream.wire.filters import FilterError, parse_filter
-from rankstream.workers.gateway.errors import Api, ApiError, api_for_path, error_body, problem_for
+from rankstream.workers.gateway.errors import Api, Problem, api_for_path, error_body, problem_for
 from rankstream.workers.gateway.service import sigmoid
 
 
@@ -36,7 +39,10 @@ def test_sigmoid_is_stable_and_in_the_unit_interval(logit: float) -> None:
         (QueryFailedError(ErrorCode.EXPIRED, "late"), 504, "expired"),
         (QueryFailedError(ErrorCode.MODEL_ERROR, "nan"), 500, "model_error"),
         (QueryTimeoutError("no answer"), 504, "expired"),
-        (RankstreamError("cannot reach NATS"), 503, "unavailable"),
+        (UnavailableError("cannot reach NATS"), 503, "unavailable"),
+        (RankstreamError("a bug"), 500, "internal"),
+        (UnauthorizedError("no token"), 401, "unauthorized"),
+        (ExpiredError("degraded"), 504, "expired"),
         (InvalidRequestError("query too long"), 422, "invalid_request"),
         (RequestTooLargeError("over max_payload"), 413, "invalid_request"),
         (ValueError("bug"), 500, "internal"),
@@ -48,7 +54,7 @@ def test_errors_map_to_status_and_code(error: Exception, status: int, code: str)
 
 
 def test_each_api_gets_its_own_error_shape() -> None:
-    problem = ApiError(413, "invalid_request", "too many")
+    problem = Problem(413, "invalid_request", "too many")
     assert set(error_body(Api.COHERE, problem)) == {"id", "message", "code"}
     assert error_body(Api.JINA, problem)["error"]["type"] == "invalid_request_error"
     assert error_body(Api.TEI, problem) == {

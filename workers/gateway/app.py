@@ -31,12 +31,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
-from rankstream.errors import RankstreamError
+from rankstream.errors import (
+    ErrorCode,
+    InvalidRequestError,
+    RankstreamError,
+    RequestTooLargeError,
+    UnauthorizedError,
+)
 from rankstream.models.registry import load_reranker_tokenizer
 from rankstream.workers.gateway.cohere import build_cohere_router
 from rankstream.workers.gateway.errors import (
-    UNAUTHORIZED,
-    ApiError,
+    Problem,
     api_for_path,
     error_response,
     problem_for,
@@ -81,7 +86,6 @@ def create_app(
     for router in (build_cohere_router, build_jina_router, build_tei_router, build_search_router):
         app.include_router(router(service))
 
-    @app.exception_handler(ApiError)
     @app.exception_handler(RankstreamError)
     @app.exception_handler(TimeoutError)
     async def _problem(request: Request, error: Exception) -> JSONResponse:
@@ -93,7 +97,7 @@ def create_app(
         details = (
             error.errors() if isinstance(error, RequestValidationError | ValidationError) else []
         )
-        problem = ApiError(422, "invalid_request", _validation_message(details))
+        problem = problem_for(InvalidRequestError(_validation_message(details)))
         return error_response(api_for_path(request.url.path), problem)
 
     @app.exception_handler(StarletteHTTPException)
@@ -116,18 +120,18 @@ def create_app(
     return app
 
 
-def _http_problem(error: Exception) -> ApiError:
+def _http_problem(error: Exception) -> Problem:
     """FastAPI's own refusals (no such route, wrong method, a body it could not parse) as
-    ApiErrors. A 400 is a body json.loads gave up on without a JSONDecodeError: nested too
+    problems. A 400 is a body json.loads gave up on without a JSONDecodeError: nested too
     deeply (RecursionError)."""
     status = error.status_code if isinstance(error, StarletteHTTPException) else 500
     if status == 400:
-        return ApiError(
-            422, "invalid_request", "the body could not be parsed as JSON (nested too deeply?): "
-            "send a flat JSON object as the API documents",
-        )  # fmt: skip
+        return problem_for(InvalidRequestError(
+            "the body could not be parsed as JSON (nested too deeply?): "
+            "send a flat JSON object as the API documents"
+        ))  # fmt: skip
     detail = error.detail if isinstance(error, StarletteHTTPException) else "internal error"
-    return ApiError(status, "invalid_request", str(detail))
+    return Problem(status, ErrorCode.INVALID_REQUEST.value, str(detail))
 
 
 def _validation_message(details: Any) -> str:
@@ -187,10 +191,9 @@ class BodyLimit:
                 return b"".join(chunks)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        problem = ApiError(
-            413, "invalid_request", f"request body over {self.max_bytes} bytes "
-            "(RANKSTREAM_GATEWAY_MAX_BODY_BYTES)",
-        )  # fmt: skip
+        problem = problem_for(RequestTooLargeError(
+            f"request body over {self.max_bytes} bytes (RANKSTREAM_GATEWAY_MAX_BODY_BYTES)"
+        ))  # fmt: skip
         await error_response(api_for_path(scope["path"]), problem)(scope, receive, send)
 
 
@@ -211,7 +214,9 @@ class BearerAuth:
         if scheme.lower() == b"bearer" and any(matches):
             await self.app(scope, receive, send)
             return
-        problem = ApiError(401, UNAUTHORIZED, "a valid `Authorization: Bearer <token>` is required")
+        problem = problem_for(
+            UnauthorizedError("a valid `Authorization: Bearer <token>` is required")
+        )
         await error_response(api_for_path(scope["path"]), problem)(scope, receive, send)
 
 

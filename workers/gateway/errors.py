@@ -15,29 +15,14 @@ Every body carries the code as `code` beside the shape the API's own clients par
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from rankstream.errors import (
-    ErrorCode,
-    QueryFailedError,
-    QueryTimeoutError,
-    RankstreamError,
-    RequestTooLargeError,
-)
+from rankstream.errors import ErrorCode, QueryFailedError, RankstreamError
 
-UNAUTHORIZED, UNAVAILABLE = "unauthorized", "unavailable"
-
-_STATUS = {
-    ErrorCode.INVALID_REQUEST: 422,
-    ErrorCode.OVERLOADED: 429,
-    ErrorCode.EXPIRED: 504,
-    ErrorCode.MODEL_ERROR: 500,
-    ErrorCode.STORE_ERROR: 500,
-    ErrorCode.INTERNAL: 500,
-}
 # OpenAI-style `type` (vLLM's error body) and TEI's `error_type`, by HTTP status.
 _OPENAI_TYPE = {
     401: "authentication_error", 413: "invalid_request_error", 422: "invalid_request_error",
@@ -58,19 +43,14 @@ class Api(StrEnum):
     RANKSTREAM = "rankstream"  # {"error": {"code", "message"}}
 
 
-class ApiError(Exception):
-    """An answer that is not a result: its HTTP status, rankstream code and message.
+@dataclass(frozen=True)
+class Problem:
+    """An answer that is not a result: its HTTP status, rankstream code and message (for
+    people: what went wrong and what to change)."""
 
-    Args:
-        status: the HTTP status to answer with.
-        code: rankstream's machine-readable code (an ErrorCode value, `unauthorized` or
-            `unavailable`).
-        message: for people: what went wrong and what to change.
-    """
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+    status: int
+    code: str
+    message: str
 
 
 def api_for_path(path: str) -> Api:
@@ -84,24 +64,17 @@ def api_for_path(path: str) -> Api:
     return Api.RANKSTREAM
 
 
-def problem_for(error: Exception) -> ApiError:
-    """The HTTP answer to an error the client raised while the request was in flight."""
-    if isinstance(error, ApiError):
-        return error
-    if isinstance(error, RequestTooLargeError):
-        return ApiError(413, ErrorCode.INVALID_REQUEST.value, str(error))
+def problem_for(error: Exception) -> Problem:
+    """The HTTP answer to an error raised while a request was handled: a RankstreamError's
+    own status and code (`rankstream.errors.HTTP_STATUS`), anything else 500 `internal`."""
     if isinstance(error, QueryFailedError):
-        return ApiError(_STATUS.get(error.code, 500), error.code.value, str(error))
-    if isinstance(error, QueryTimeoutError):
-        return ApiError(504, ErrorCode.EXPIRED.value, str(error))
-    if isinstance(error, RankstreamError) and error.code == ErrorCode.INTERNAL:
-        return ApiError(503, UNAVAILABLE, str(error))  # not connected, no stream
+        return Problem(error.http_status, error.code.value, error.message)
     if isinstance(error, RankstreamError):
-        return ApiError(_STATUS.get(error.code, 500), error.code.value, str(error))
-    return ApiError(500, ErrorCode.INTERNAL.value, f"internal error: {type(error).__name__}")
+        return Problem(error.http_status, error.code.value, str(error))
+    return Problem(500, ErrorCode.INTERNAL.value, f"internal error: {type(error).__name__}")
 
 
-def error_body(api: Api, problem: ApiError) -> Any:
+def error_body(api: Api, problem: Problem) -> Any:
     """The JSON body `api`'s clients expect for `problem`."""
     if api == Api.COHERE:
         return {"id": uuid.uuid4().hex, "message": problem.message, "code": problem.code}
@@ -116,6 +89,6 @@ def error_body(api: Api, problem: ApiError) -> Any:
     return {"error": {"code": problem.code, "message": problem.message}}
 
 
-def error_response(api: Api, problem: ApiError) -> JSONResponse:
+def error_response(api: Api, problem: Problem) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if problem.status == 401 else None
     return JSONResponse(error_body(api, problem), status_code=problem.status, headers=headers)

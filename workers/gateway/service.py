@@ -12,11 +12,15 @@ from pydantic import ValidationError
 
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
-from rankstream.errors import ErrorCode, QueryFailedError
+from rankstream.errors import (
+    ExpiredError,
+    InvalidRequestError,
+    QueryFailedError,
+    RequestTooLargeError,
+)
 from rankstream.models.base import PairCodec
 from rankstream.planning.admission import Planner
 from rankstream.wire.contract import ErrorResult, RankedResult, RerankDocument
-from rankstream.workers.gateway.errors import ApiError
 from rankstream.workers.gateway.metrics import GatewayMetrics
 
 
@@ -65,11 +69,10 @@ class GatewayService:
         return min(self.settings.gateway_max_texts, self.settings.max_depth)
 
     def check_count(self, count: int, what: str = "documents") -> None:
-        """Raise ApiError 413 when a request brings more documents than the gateway takes."""
+        """Raise RequestTooLargeError (413) when a request brings more documents than the
+        gateway takes."""
         if count > self.max_documents:
-            raise ApiError(
-                413,
-                "invalid_request",
+            raise RequestTooLargeError(
                 f"{count} {what}; at most {self.max_documents} per request "
                 "(RANKSTREAM_GATEWAY_MAX_TEXTS, RANKSTREAM_MAX_DEPTH)",
             )
@@ -90,18 +93,18 @@ class GatewayService:
             route: the HTTP route asking (the `route` label of the documents histogram).
 
         Raises:
-            ApiError: 413 for too many texts; 422 for a request the wire schema or the
+            RequestTooLargeError: too many texts (413).
+            InvalidRequestError: a request the wire schema or the
                 workers' limits refuse (a blank or over-long query, `top_n` over the
                 documents a request may bring), refused here rather than dead-lettered by a
-                worker; 504 `expired` for an answer the workers could not score in time.
+                worker (422).
+            ExpiredError: the workers could not score the documents in time (504).
             QueryFailedError, QueryTimeoutError, RankstreamError: from the client; the
                 routes turn them into API errors (errors.problem_for).
         """
         self.check_count(len(texts))
         if top_n is not None and top_n > self.max_documents:
-            raise ApiError(
-                422,
-                "invalid_request",
+            raise InvalidRequestError(
                 f"top_n {top_n} is over the {self.max_documents} documents a request may "
                 f"bring: ask for at most {self.max_documents}",
             )
@@ -111,7 +114,7 @@ class GatewayService:
                 query, documents, top_n=top_n, max_doc_tokens=max_doc_tokens, priority=priority
             )
         except ValidationError as error:
-            raise ApiError(422, "invalid_request", _first_error(error)) from error
+            raise InvalidRequestError(_first_error(error)) from error
         self.planner.check_bounds(request)
         self.metrics.documents.labels(route=route).observe(len(texts))
         reply = await self.client.send(request)
@@ -120,9 +123,7 @@ class GatewayService:
         if reply.degraded:
             # Documents brought by the caller have no retrieval score to fall back on: a
             # degraded answer would be their input order under made-up scores.
-            raise ApiError(
-                504,
-                ErrorCode.EXPIRED.value,
+            raise ExpiredError(
                 f"the rerank workers could not score {len(texts)} documents within "
                 f"{request.timeout_ms} ms (RANKSTREAM_DEFAULT_TIMEOUT_MS): send fewer or "
                 "shorter documents, or raise the timeout",

@@ -11,7 +11,7 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from rankstream.workers.gateway.errors import ApiError
+from rankstream.errors import InvalidRequestError
 from rankstream.workers.gateway.service import GatewayService, sigmoid
 
 
@@ -54,9 +54,7 @@ def build_tei_router(service: GatewayService) -> APIRouter:
     )
     async def rerank(body: TeiRerankRequest) -> list[TeiRank]:
         if body.truncation_direction.lower() == "left":
-            raise ApiError(
-                422, "invalid_request", "truncation_direction Left is not supported: use Right"
-            )
+            raise InvalidRequestError("truncation_direction Left is not supported: use Right")
         service.check_count(len(body.texts), "texts")
         ranked = await service.rerank("/rerank", body.query, body.texts)
         return [
