@@ -34,8 +34,8 @@ from rankstream.workers.context import WorkerContext
 from rankstream.workers.delivery import DeliveryGuard, watch_max_deliveries
 from rankstream.workers.gateway.app import running_gateway
 from rankstream.workers.health import Health, health_endpoints
-from rankstream.workers.local import READY_LINE, EmbeddedNatsServer, NatsCluster
-from rankstream.workers.logs import quiet_faststream_logger
+from rankstream.workers.local import EmbeddedNatsServer, NatsCluster
+from rankstream.workers.logs import READY_LINE, quiet_faststream_logger
 from rankstream.workers.rerank import RerankWorker
 from rankstream.workers.retrieval import RetrievalWorker
 
