@@ -8,6 +8,7 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 from functools import partial
+from typing import TYPE_CHECKING
 
 from faststream.nats.annotations import NatsMessage
 
@@ -15,7 +16,6 @@ from rankstream.errors import ExpiredError
 from rankstream.models import CrossEncoderBackend, load_cross_encoder
 from rankstream.models.registry import MAXSIM_SCORER, load_token_embedder, scorer_model
 from rankstream.ranking import Scored, ranked_result, rerank_top, retrieval_order
-from rankstream.retrieval.late_interaction import MaxSimStage
 from rankstream.scheduling.admission import PairBudget
 from rankstream.scheduling.batcher import BatchStats, DeadlineExceededError
 from rankstream.scheduling.budgets import DocumentBudget
@@ -39,6 +39,9 @@ from rankstream.workers.context import WorkerContext
 from rankstream.workers.delivery import work_queue_subscription
 from rankstream.workers.heartbeat import in_progress_heartbeats
 from rankstream.workers.replies import ReplySender
+
+if TYPE_CHECKING:  # the MaxSim stage needs LanceDB and torch: imported when first loaded
+    from rankstream.retrieval.late_interaction import MaxSimStage
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +136,8 @@ class RerankWorker:
         """The late-interaction stage, its token model loaded on first use."""
         async with self._loading:
             if self._maxsim is None:
+                from rankstream.retrieval.late_interaction import MaxSimStage
+
                 embedder = await asyncio.to_thread(load_token_embedder, self._settings)
                 self._maxsim = MaxSimStage(embedder, self._settings.lancedb_uri)
         return self._maxsim

@@ -372,7 +372,7 @@ async def test_up_with_a_cluster_points_every_process_at_all_nodes_and_three_rep
     settings: Settings,
 ) -> None:
     """`rankstream up --cluster 3`'s NATS: three healthy nodes, their URLs, three replicas."""
-    from rankstream.workers.app import local_nats
+    from rankstream.workers.stack import local_nats
 
     unset = settings.model_copy(update={"nats_url": None})
     async with local_nats(unset, port=None, cluster=3) as clustered:
