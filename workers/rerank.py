@@ -9,6 +9,7 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 from functools import partial
+from typing import TYPE_CHECKING
 
 from faststream.nats.annotations import NatsMessage
 
@@ -19,7 +20,6 @@ from rankstream.planning.admission import Planner
 from rankstream.planning.plan import StagePlan
 from rankstream.planning.scorers import MAXSIM_SCORER, scorer_model
 from rankstream.ranking import Scored, ranked_result, rerank_top, retrieval_order
-from rankstream.retrieval.late_interaction import MaxSimStage
 from rankstream.scheduling.admission import PairBudget
 from rankstream.scheduling.batcher import BatchStats
 from rankstream.scheduling.budgets import DocumentBudget
@@ -33,6 +33,9 @@ from rankstream.workers.context import WorkerContext
 from rankstream.workers.delivery import work_queue_subscription
 from rankstream.workers.heartbeat import in_progress_heartbeats
 from rankstream.workers.replies import ReplySender
+
+if TYPE_CHECKING:  # the MaxSim stage needs LanceDB and torch: imported when first loaded
+    from rankstream.retrieval.late_interaction import MaxSimStage
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,8 @@ class RerankWorker:
         """The late-interaction stage, its token model loaded on first use."""
         async with self._loading:
             if self._maxsim is None:
+                from rankstream.retrieval.late_interaction import MaxSimStage
+
                 embedder = await asyncio.to_thread(load_token_embedder, self._settings)
                 self._maxsim = MaxSimStage(embedder, self._settings.lancedb_uri)
         return self._maxsim

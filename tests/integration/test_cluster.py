@@ -25,14 +25,9 @@ from rankstream.config import Settings
 from rankstream.wire.contract import ErrorResult, RankedResult
 from rankstream.wire.streams import cache_stream_config, ensure_streams, stream_configs
 from rankstream.wire.subjects import Subjects
-from rankstream.workers.local import (
-    READY_LINE,
-    ConsumerLag,
-    NatsCluster,
-    WorkerProcess,
-    free_port,
-    metric_samples,
-)
+from rankstream.workers.local import WorkerProcess, free_port, metric_samples
+from rankstream.workers.logs import READY_LINE
+from tests.integration.cluster import ConsumerLag, FaultyCluster
 from tests.integration.ledger import ask_many, until, watched_client
 
 pytestmark = pytest.mark.integration
@@ -42,14 +37,14 @@ KEDA_OBJECTS = Path(__file__).parents[2] / "infra" / "k8s" / "keda-scaledobjects
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+def cluster(tmp_path: Path) -> Iterator[FaultyCluster]:
     """Three JetStream nodes of this test's own, routes and monitoring on loopback."""
-    with NatsCluster(tmp_path / "nats") as cluster:
+    with FaultyCluster(tmp_path / "nats") as cluster:
         yield cluster
 
 
 @pytest.fixture
-def cluster_settings(settings: Settings, cluster: NatsCluster) -> Settings:
+def cluster_settings(settings: Settings, cluster: FaultyCluster) -> Settings:
     """Every server in RANKSTREAM_NATS_URL, three replicas per stream, and a short ack wait so
     that work whose ack was lost with a node comes back within seconds (heartbeats keep
     held work from redelivery meanwhile). A replica holds at most 8 messages: on this
@@ -96,7 +91,7 @@ def all_ranked(replies: list[RankedResult | ErrorResult]) -> bool:
 
 
 async def test_every_stream_and_the_cache_bucket_get_three_replicas_and_a_second_start_keeps_them(
-    cluster: NatsCluster, cluster_settings: Settings
+    cluster: FaultyCluster, cluster_settings: Settings
 ) -> None:
     """`RANKSTREAM_STREAM_REPLICAS=3`: each stream (the cache's key-value bucket too) is
     created with three copies, one on every node; a second start (another replica) finds
@@ -117,7 +112,7 @@ async def test_every_stream_and_the_cache_bucket_get_three_replicas_and_a_second
 
 
 async def test_kill_9_of_the_queries_leader_then_of_the_results_leader_loses_nothing(
-    cluster: NatsCluster, cluster_settings: Settings
+    cluster: FaultyCluster, cluster_settings: Settings
 ) -> None:
     """The node leading the queries stream dies under load, comes back, then the node leading
     the results stream dies: JetStream elects new leaders among the survivors, the workers and
@@ -216,7 +211,7 @@ async def test_two_replicas_of_each_worker_share_the_load_and_a_sigterm_loses_no
 
 
 async def test_a_partitioned_node_is_routed_around_and_catches_up_when_it_returns(
-    cluster: NatsCluster, cluster_settings: Settings
+    cluster: FaultyCluster, cluster_settings: Settings
 ) -> None:
     """SIGSTOP of the node leading the candidates stream: its peers stop hearing from it (as
     across a network partition), elect another leader, and connections to it move to the
@@ -288,7 +283,7 @@ def rerank_lag_threshold() -> int:
 
 
 async def test_the_lag_keda_reads_passes_the_manifests_threshold_and_a_second_replica_drains_it(
-    cluster: NatsCluster, cluster_settings: Settings
+    cluster: FaultyCluster, cluster_settings: Settings
 ) -> None:
     """A burst of requests; the rerank consumer's lag read as KEDA reads it (`/jsz` on the
     consumer's leader, num_pending + num_ack_pending). When it passes the rerank
@@ -377,7 +372,7 @@ async def test_up_with_a_cluster_points_every_process_at_all_nodes_and_three_rep
     settings: Settings,
 ) -> None:
     """`rankstream up --cluster 3`'s NATS: three healthy nodes, their URLs, three replicas."""
-    from rankstream.workers.app import local_nats
+    from rankstream.workers.stack import local_nats
 
     unset = settings.model_copy(update={"nats_url": None})
     async with local_nats(unset, port=None, cluster=3) as clustered:

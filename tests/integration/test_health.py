@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rankstream.workers.local import RANKSTREAM, READY_LINE, EmbeddedNatsServer, free_port
+from rankstream.workers.local import RANKSTREAM, EmbeddedNatsServer, free_port
+from rankstream.workers.logs import READY_LINE
 
 pytestmark = pytest.mark.integration
 

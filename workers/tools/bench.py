@@ -21,8 +21,8 @@ from rankstream.models import CrossEncoderBackend, Pair, PairEncoding, load_cros
 from rankstream.retrieval.corpus import sample_corpus_path, sample_queries
 from rankstream.scheduling.pair_scheduler import PairScheduler, rerank_batch_limits
 from rankstream.wire.contract import RankedResult, StageTimings
-from rankstream.workers.app import local_nats
 from rankstream.workers.local import PEAK_RSS_METRIC, WorkerProcess, free_port, metric_samples
+from rankstream.workers.stack import local_nats
 from rankstream.workers.tools.bench_transport import jetstream_hop_ms
 from rankstream.workers.tools.evaluation import read_queries
 from rankstream.workers.tools.indexing import ensure_indexed

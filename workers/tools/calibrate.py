@@ -28,7 +28,8 @@ from rankstream.errors import RankstreamError
 from rankstream.planning.adaptive_depth import DepthPolicy, DepthRule
 from rankstream.wire.contract import ErrorResult, RankedResult
 from rankstream.wire.pipeline import PipelineSpec
-from rankstream.workers.app import local_nats, running_workers
+from rankstream.workers.app import running_workers
+from rankstream.workers.stack import local_nats
 from rankstream.workers.tools.evaluation import Qrels, per_query_metrics, read_qrels, read_queries
 from rankstream.workers.tools.indexing import ensure_indexed
 

@@ -14,7 +14,8 @@ from rankstream.models import load_embedder
 from rankstream.retrieval.corpus import SampleQuery, sample_queries
 from rankstream.wire.connection import loggable_url
 from rankstream.wire.contract import RankedResult
-from rankstream.workers.app import index_sample, local_nats, running_workers
+from rankstream.workers.app import running_workers
+from rankstream.workers.stack import index_sample, local_nats
 
 DEMO_TABLE = "rankstream_demo"
 SHOWN = 5

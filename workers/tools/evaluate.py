@@ -24,8 +24,8 @@ from rankstream.wire.connection import connect_kwargs
 from rankstream.wire.contract import ErrorResult, QueryRequest
 from rankstream.wire.pipeline import PipelineSpec
 from rankstream.wire.subjects import Subjects
-from rankstream.workers.app import local_nats
 from rankstream.workers.local import WorkerProcess
+from rankstream.workers.stack import local_nats
 from rankstream.workers.tools.eval_report import (
     ConfigRun,
     QueryOutcome,
