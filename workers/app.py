@@ -24,8 +24,8 @@ from faststream.nats.prometheus import NatsPrometheusMiddleware
 from rankstream.cache import result_cache
 from rankstream.config import Settings
 from rankstream.metrics import Metrics
-from rankstream.models import CrossEncoderBackend, Embedder, load_embedder
-from rankstream.models.registry import load_reranker_tokenizer
+from rankstream.models.base import CrossEncoderBackend, Embedder
+from rankstream.models.registry import load_embedder, load_reranker_tokenizer
 from rankstream.retrieval.corpus import read_documents, sample_corpus_path
 from rankstream.retrieval.store import DocumentStore
 from rankstream.wire.connection import broker_kwargs, loggable_url

@@ -11,9 +11,8 @@ from faststream.nats import JStream
 
 from rankstream.cache import cache_key, context_digest, normalise_query
 from rankstream.errors import ExpiredError, InvalidRequestError
-from rankstream.models import Embedder, load_embedder
-from rankstream.models.base import Vectors
-from rankstream.models.registry import scorer_model
+from rankstream.models.base import Embedder, Vectors
+from rankstream.models.registry import load_embedder, scorer_model
 from rankstream.ranking import ranked_result, retrieval_order
 from rankstream.retrieval.fusion import SearchMode
 from rankstream.retrieval.store import DocumentStore, Retriever, SearchResult
@@ -41,6 +40,7 @@ from rankstream.wire.messages import (
 )
 from rankstream.workers.context import WorkerContext
 from rankstream.workers.delivery import work_queue_subscription
+from rankstream.workers.model_runner import ModelRunner
 from rankstream.workers.replies import ReplySender
 
 WORKER = "retrieval"
@@ -74,7 +74,7 @@ class RetrievalWorker:
         self._store: Retriever = store or DocumentStore.from_settings(settings)
         self._other_stores: dict[str, Retriever] = {}
         self._policy: DepthPolicy = load_depth_policy(settings.auto_depth_policy)
-        self._batcher: MicroBatcher[str, Vectors] | None = None
+        self._runner: ModelRunner[str, Vectors] | None = None
         broker.subscriber(
             **work_queue_subscription(
                 settings,
@@ -101,7 +101,7 @@ class RetrievalWorker:
 
     async def start(self) -> None:
         """Load the embedder (in a thread: it takes seconds) unless one was given, and start
-        the embedding batcher."""
+        the embedding batcher and its model runner."""
         if self._embedder is None:
             self._embedder = await asyncio.to_thread(load_embedder, self._settings)
         limits = BatchLimits(
@@ -109,15 +109,16 @@ class RetrievalWorker:
             max_padded_tokens=self._settings.max_embed_batch,
             max_wait_s=self._settings.max_embed_wait_ms / 1000,
         )
-        self._batcher = MicroBatcher(
-            self._embed, limits, on_batch=self._metrics.observe_embed_batch
+        batcher: MicroBatcher[str, Vectors] = MicroBatcher(
+            limits, on_batch=self._metrics.observe_embed_batch
         )
-        await self._batcher.__aenter__()
-        await self._embed(["warm-up"])
+        self._runner = ModelRunner(batcher, self._embed, "retrieval:embed")
+        await self._runner.__aenter__()
+        await asyncio.to_thread(self._embed, ["warm-up"])
 
     async def stop(self) -> None:
-        if self._batcher is not None:
-            await self._batcher.__aexit__(None, None, None)
+        if self._runner is not None:
+            await self._runner.__aexit__(None, None, None)
 
     async def handle(self, request: QueryRequest) -> None:
         started = now_ms()
@@ -332,12 +333,11 @@ class RetrievalWorker:
             raise ExpiredError(f"deadline passed {-deadline.remaining_s():.1f} s ago")
 
     async def _embedded(self, texts: list[str]) -> Ticket[Vectors]:
-        assert self._batcher is not None, "start() the worker first"
-        return await self._batcher.submit(texts, [1] * len(texts))
+        assert self._runner is not None, "start() the worker first"
+        return await self._runner.batcher.submit(texts, [1] * len(texts))
 
-    async def _embed(self, texts: list[str]) -> list[Vectors]:
-        vectors = await asyncio.to_thread(self.embedder.embed_queries, texts)
-        return list(np.asarray(vectors))
+    def _embed(self, texts: list[str]) -> list[Vectors]:
+        return list(np.asarray(self.embedder.embed_queries(texts)))
 
 
 def _ms_since(started: float) -> float:

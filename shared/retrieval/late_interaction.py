@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+from rankstream.models.budgets import PairPlan
 from rankstream.models.late_interaction import TokenEmbedder
 from rankstream.retrieval.token_store import TokenStore
 from rankstream.scheduling.batcher import DeadlineExceededError, Ticket
-from rankstream.scheduling.budgets import PairPlan
-from rankstream.scheduling.stages import StageInput, StageOutcome
+from rankstream.stages import StageInput, StageOutcome
 
 
 class MaxSimStage:

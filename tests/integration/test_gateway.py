@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from rankstream.config import Settings
 from rankstream.metrics import Metrics
-from rankstream.models import load_embedder
+from rankstream.models.registry import load_embedder
 from rankstream.retrieval.corpus import read_documents
 from rankstream.retrieval.store import DocumentStore
 from rankstream.workers.app import running_workers

@@ -10,8 +10,13 @@ import pytest
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.errors import QueryFailedError, QueryTimeoutError
-from rankstream.models import load_cross_encoder, score_pairs
-from rankstream.models.registry import MINILM_RERANKER_FP32, MINILM_RERANKER_INT8, PACKAGED_PREFIX
+from rankstream.models.base import score_pairs
+from rankstream.models.registry import (
+    MINILM_RERANKER_FP32,
+    MINILM_RERANKER_INT8,
+    PACKAGED_PREFIX,
+    load_cross_encoder,
+)
 from rankstream.retrieval.corpus import read_documents, sample_corpus_path, sample_queries
 from rankstream.wire.messages import ErrorCode, ErrorResult, RankedResult, now_ms
 from rankstream.wire.subjects import Subjects

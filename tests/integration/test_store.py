@@ -16,7 +16,7 @@ import pytest
 
 from rankstream.config import Settings
 from rankstream.errors import StoreError
-from rankstream.models import load_embedder
+from rankstream.models.registry import load_embedder
 from rankstream.retrieval.ann import outgrown
 from rankstream.retrieval.corpus import read_documents, sample_corpus_path, sample_queries
 from rankstream.retrieval.store import DocumentStore

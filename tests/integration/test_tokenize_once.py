@@ -12,13 +12,14 @@ from sentence_transformers import CrossEncoder
 from tokenizers import Tokenizer
 
 from rankstream.config import Settings
-from rankstream.models import Pair, load_cross_encoder, score_pairs
+from rankstream.models.base import Pair, score_pairs
 from rankstream.models.onnx_cross_encoder import OnnxCrossEncoder
 from rankstream.models.registry import (
     MINILM_RERANKER_FP32,
     MINILM_RERANKER_INT8,
     PACKAGED_PREFIX,
     fp32_reranker_dir,
+    load_cross_encoder,
     packaged_int8_reranker_dir,
 )
 from rankstream.retrieval.corpus import read_documents, sample_corpus_path, sample_queries

@@ -12,10 +12,10 @@ import pytest
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.metrics import Metrics
-from rankstream.models import load_embedder
 from rankstream.models.registry import (
     MINILM_RERANKER_FP32,
     PACKAGED_PREFIX,
+    load_embedder,
     load_reranker_tokenizer,
 )
 from rankstream.retrieval.corpus import Document, read_documents, sample_corpus_path

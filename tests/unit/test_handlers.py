@@ -29,7 +29,7 @@ from rankstream import (
     StageTimings,
 )
 from rankstream.metrics import Metrics
-from rankstream.models import TokenIds
+from rankstream.models.base import TokenIds
 from rankstream.wire.messages import REPLY_ADAPTER, Candidate, DeadLetter, RerankStage, now_ms
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.app import build_broker
