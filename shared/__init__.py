@@ -14,8 +14,8 @@ live in `rankstream.workers`, which this library never imports.
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.errors import (
     DeadlineExceededError,
@@ -45,6 +45,9 @@ from rankstream.wire.contract import (
     StageTimings,
 )
 from rankstream.wire.pipeline import PipelineSpec
+
+if TYPE_CHECKING:
+    from rankstream.client import RankstreamClient
 
 try:
     __version__ = version("rankstream")
@@ -80,3 +83,13 @@ __all__ = [
     "UnavailableError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`RankstreamClient` is imported on first use: it brings in nats-py, which the library's
+    other modules (scheduling, models) must not load by being imported."""
+    if name == "RankstreamClient":
+        from rankstream.client import RankstreamClient
+
+        return RankstreamClient
+    raise AttributeError(f"module 'rankstream' has no attribute {name!r}")

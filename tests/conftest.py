@@ -48,8 +48,7 @@ def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sample_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The sample corpus, indexed once per session with the packaged bi-encoder."""
-    from rankstream.models import load_embedder
-    from rankstream.models.registry import load_reranker_tokenizer
+    from rankstream.models.registry import load_embedder, load_reranker_tokenizer
     from rankstream.retrieval.store import DocumentStore
 
     uri = str(tmp_path_factory.mktemp("lancedb"))

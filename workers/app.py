@@ -26,7 +26,7 @@ from faststream.nats.prometheus import NatsPrometheusMiddleware
 from rankstream.cache.store import result_cache
 from rankstream.config import Settings
 from rankstream.metrics import Metrics
-from rankstream.models import CrossEncoderBackend, Embedder
+from rankstream.models.base import CrossEncoderBackend, Embedder
 from rankstream.wire.connection import broker_kwargs, loggable_url
 from rankstream.wire.streams import ensure_streams
 from rankstream.workers.context import WorkerContext

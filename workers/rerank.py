@@ -14,24 +14,25 @@ from typing import TYPE_CHECKING
 from faststream.nats.annotations import NatsMessage
 
 from rankstream.errors import DeadlineExceededError, ExpiredError
-from rankstream.models import CrossEncoderBackend, load_cross_encoder
-from rankstream.models.registry import load_token_embedder
+from rankstream.models.base import CrossEncoderBackend, PairEncoding
+from rankstream.models.budgets import DocumentBudget
+from rankstream.models.registry import load_cross_encoder, load_token_embedder
 from rankstream.planning.admission import Planner
 from rankstream.planning.plan import StagePlan
 from rankstream.planning.scorers import MAXSIM_SCORER, scorer_model
 from rankstream.ranking import Scored, ranked_result, rerank_top, retrieval_order
 from rankstream.scheduling.admission import PairBudget
 from rankstream.scheduling.batcher import BatchStats
-from rankstream.scheduling.budgets import DocumentBudget
 from rankstream.scheduling.deadlines import Deadline
 from rankstream.scheduling.lanes import LANES, lane_name, priority_lane
 from rankstream.scheduling.pair_scheduler import rerank_batch_limits
-from rankstream.scheduling.stages import CrossEncoderStage, StageInput, StageOutcome
+from rankstream.stages import CrossEncoderStage, StageInput, StageOutcome
 from rankstream.wire.contract import RankedResult, RerankRequest, StageReport, StageTimings, now_ms
 from rankstream.wire.handoff import CandidateSet, brought_candidates
 from rankstream.workers.context import WorkerContext
 from rankstream.workers.delivery import work_queue_subscription
 from rankstream.workers.heartbeat import in_progress_heartbeats
+from rankstream.workers.model_runner import ModelRunner
 from rankstream.workers.replies import ReplySender
 
 if TYPE_CHECKING:  # the MaxSim stage needs LanceDB and torch: imported when first loaded
@@ -64,6 +65,7 @@ class RerankWorker:
             settings.max_inflight_pairs, on_change=metrics.rerank_inflight_pairs.set
         )
         self._stages: dict[str, CrossEncoderStage] = {}
+        self._runners: dict[str, ModelRunner[PairEncoding, float]] = {}
         self._maxsim: MaxSimStage | None = None
         self._loading = asyncio.Lock()
         self._exit = AsyncExitStack()
@@ -124,7 +126,9 @@ class RerankWorker:
                     partial(self._on_batch, scorer),
                     self._settings.shed_load,
                 )
-                self._stages[scorer] = await self._exit.enter_async_context(stage)
+                runner = ModelRunner(stage.scheduler.batcher, model.score, f"rerank:{scorer}")
+                self._runners[scorer] = await self._exit.enter_async_context(runner)
+                self._stages[scorer] = stage
         return self._stages[scorer]
 
     async def _maxsim_stage(self) -> MaxSimStage:

@@ -12,8 +12,8 @@ from nats.errors import MaxPayloadError
 
 from rankstream.cache.store import CachedAnswer
 from rankstream.errors import ExpiredError, InvalidRequestError, RequestTooLargeError
-from rankstream.models import Embedder, load_embedder
-from rankstream.models.base import Vectors
+from rankstream.models.base import Embedder, Vectors
+from rankstream.models.registry import load_embedder
 from rankstream.planning.adaptive_depth import DepthPolicy, load_depth_policy, retrieval_features
 from rankstream.planning.admission import Planner
 from rankstream.planning.plan import QueryPlan, RetrievalPlan
@@ -27,6 +27,7 @@ from rankstream.wire.filters import parse_filter
 from rankstream.wire.handoff import Candidate, CandidateSet, dedup_id
 from rankstream.workers.context import WorkerContext
 from rankstream.workers.delivery import work_queue_subscription
+from rankstream.workers.model_runner import ModelRunner
 from rankstream.workers.replies import ReplySender
 
 WORKER = "retrieval"
@@ -61,7 +62,7 @@ class RetrievalWorker:
         self._other_stores: dict[str, Retriever] = {}
         self._policy: DepthPolicy = load_depth_policy(settings.auto_depth_policy)
         self._planner = Planner(settings, self._policy)
-        self._batcher: MicroBatcher[str, Vectors] | None = None
+        self._runner: ModelRunner[str, Vectors] | None = None
         broker.subscriber(
             **work_queue_subscription(
                 settings,
@@ -88,7 +89,7 @@ class RetrievalWorker:
 
     async def start(self) -> None:
         """Load the embedder (in a thread: it takes seconds) unless one was given, and start
-        the embedding batcher."""
+        the embedding batcher and its model runner."""
         if self._embedder is None:
             self._embedder = await asyncio.to_thread(load_embedder, self._settings)
         limits = BatchLimits(
@@ -96,15 +97,16 @@ class RetrievalWorker:
             max_padded_tokens=self._settings.max_embed_batch,
             max_wait_s=self._settings.max_embed_wait_ms / 1000,
         )
-        self._batcher = MicroBatcher(
-            self._embed, limits, on_batch=self._metrics.observe_embed_batch
+        batcher: MicroBatcher[str, Vectors] = MicroBatcher(
+            limits, on_batch=self._metrics.observe_embed_batch
         )
-        await self._batcher.__aenter__()
-        await self._embed(["warm-up"])
+        self._runner = ModelRunner(batcher, self._embed, "retrieval:embed")
+        await self._runner.__aenter__()
+        await asyncio.to_thread(self._embed, ["warm-up"])
 
     async def stop(self) -> None:
-        if self._batcher is not None:
-            await self._batcher.__aexit__(None, None, None)
+        if self._runner is not None:
+            await self._runner.__aexit__(None, None, None)
 
     async def handle(self, request: QueryRequest) -> None:
         received = now_ms()
@@ -272,12 +274,11 @@ class RetrievalWorker:
         return store
 
     async def _embedded(self, texts: list[str]) -> Ticket[Vectors]:
-        assert self._batcher is not None, "start() the worker first"
-        return await self._batcher.submit(texts, [1] * len(texts))
+        assert self._runner is not None, "start() the worker first"
+        return await self._runner.batcher.submit(texts, [1] * len(texts))
 
-    async def _embed(self, texts: list[str]) -> list[Vectors]:
-        vectors = await asyncio.to_thread(self.embedder.embed_queries, texts)
-        return list(np.asarray(vectors))
+    def _embed(self, texts: list[str]) -> list[Vectors]:
+        return list(np.asarray(self.embedder.embed_queries(texts)))
 
 
 async def _search(

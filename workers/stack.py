@@ -16,8 +16,8 @@ from pathlib import Path
 
 from rankstream.config import Settings
 from rankstream.metrics import Metrics
-from rankstream.models import Embedder, load_embedder
-from rankstream.models.registry import load_reranker_tokenizer
+from rankstream.models.base import Embedder
+from rankstream.models.registry import load_embedder, load_reranker_tokenizer
 from rankstream.retrieval.corpus import read_documents, sample_corpus_path
 from rankstream.retrieval.store import DocumentStore
 from rankstream.workers.app import BOTH, serve_until_signal

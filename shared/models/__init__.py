@@ -1,31 +1,12 @@
-"""Model runtimes behind two small protocols; `registry` picks and loads them.
+"""Model runtimes behind small protocols.
 
-One module per runtime is the only importer of its library: `onnx_*` of onnxruntime,
-`torch_*` of torch and sentence-transformers; `dequantize` exports the packaged int8
-reranker as an fp32 checkpoint.
+`base` holds the protocols and the types that cross module boundaries (pair encodings, token
+ids, vectors); it imports nothing heavier than numpy, so the scheduler and the store can name
+them without loading a runtime. `registry` picks and loads the runtimes
+(`load_embedder`, `load_cross_encoder`). One module per runtime is the only importer of its
+library: `onnx_*` of onnxruntime, `torch_*` of torch and sentence-transformers; `tokenization`
+of tokenizers; `dequantize` exports the packaged int8 reranker as an fp32 checkpoint;
+`budgets` plans the pairs a rerank stage sends under a token budget.
+
+This package imports none of them itself: import the module you need.
 """
-
-from rankstream.models.base import (
-    CrossEncoderBackend,
-    DocumentTokenizer,
-    Embedder,
-    Pair,
-    PairCodec,
-    PairEncoding,
-    TokenIds,
-    score_pairs,
-)
-from rankstream.models.registry import load_cross_encoder, load_embedder
-
-__all__ = [
-    "CrossEncoderBackend",
-    "DocumentTokenizer",
-    "Embedder",
-    "Pair",
-    "PairCodec",
-    "PairEncoding",
-    "TokenIds",
-    "load_cross_encoder",
-    "load_embedder",
-    "score_pairs",
-]

@@ -1,5 +1,8 @@
-"""The small interfaces every model runtime implements. Runtimes are synchronous: callers
-run them in a thread so the event loop never blocks on a forward pass."""
+"""The small interfaces every model runtime implements, and the types that cross module
+boundaries. A leaf: it imports numpy and nothing of a runtime (no tokenizers, onnxruntime or
+torch), so scheduling and the store can name these types for free. Runtimes are synchronous:
+callers run them in a thread (a model runner) so the event loop never blocks on a forward
+pass."""
 
 from __future__ import annotations
 

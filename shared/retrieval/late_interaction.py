@@ -7,11 +7,11 @@ import asyncio
 import time
 
 from rankstream.errors import DeadlineExceededError
+from rankstream.models.budgets import PairPlan
 from rankstream.models.late_interaction import TokenEmbedder
 from rankstream.retrieval.token_store import TokenStore
 from rankstream.scheduling.batcher import Ticket
-from rankstream.scheduling.budgets import PairPlan
-from rankstream.scheduling.stages import StageInput, StageOutcome
+from rankstream.stages import StageInput, StageOutcome
 
 
 class MaxSimStage:

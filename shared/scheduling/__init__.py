@@ -1,2 +1,4 @@
-"""Scheduling, with no transport and no model: the micro-batcher, admission (a pair
-budget), request limits, deadlines, and the pair scheduler the rerank worker runs."""
+"""Scheduling, with no transport and no model: the micro-batcher (a queue a model runner
+pulls batches from), admission (a pair budget), request limits, deadlines, lanes, and the
+pair scheduler of the rerank worker. Queue entries carry their encodings; nothing here
+tokenizes or calls a model."""

@@ -1,7 +1,10 @@
-"""The micro-batcher: pools items from concurrent requests into one call of a batch function.
+"""The micro-batcher: a queue that pools items from concurrent requests into batches.
 
-It knows nothing of NATS or models: it is handed `process(items) -> outputs` and a cost per
-item (its token count). How a batch is chosen:
+It knows nothing of NATS or models, and never calls one. Requests queue their items, each
+with its cost (its token count); a runner (the worker's inference loop) pulls the next batch
+when it is due (`next_batch`), runs the model on it and hands the outputs back (`complete`)
+or the error (`fail`), as text-embeddings-inference's queue and its batching task do. How a
+batch is chosen:
 
 - the oldest queued item of the most urgent lane is always in the next batch, so every
   request makes progress and none waits behind a large one indefinitely; a request's lane
@@ -13,7 +16,7 @@ item (its token count). How a batch is chosen:
   at `yield_padded_tokens` while urgent requests are about, because a batch cannot be
   interrupted: an urgent request that arrives mid-batch waits for at most that much;
 - a request is answered as soon as its last item is scored; one whose caller has gone, or
-  whose deadline has passed, is dropped before its remaining items reach `process`.
+  whose deadline has passed, is dropped before its remaining items are handed out.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar, cast
 
@@ -64,7 +67,7 @@ class BatchLimits:
 
 @dataclass(frozen=True)
 class BatchStats:
-    """What one call of the batch function looked like."""
+    """What one batch looked like; `seconds` from its hand-out to its outputs."""
 
     items: int
     requests: int
@@ -120,46 +123,58 @@ class _Item(Generic[T, R]):
     cost: int
 
 
+@dataclass(eq=False)
+class Batch(Generic[T, R]):
+    """A batch handed out by `MicroBatcher.next_batch`: run the model on `items` and give
+    the outputs back with `complete`, or the error with `fail`."""
+
+    items: list[T]
+    handed_out_at: float
+    _entries: list[_Item[T, R]]
+
+    @property
+    def requests(self) -> list[_Request[T, R]]:
+        return list(dict.fromkeys(entry.request for entry in self._entries))
+
+
 class MicroBatcher(Generic[T, R]):
-    """Run as `async with MicroBatcher(process, limits) as batcher: await batcher.submit(...)`.
+    """Open it (`async with`, which a runner does), queue requests with `enqueue` or
+    `submit`, and pull batches with `next_batch`.
 
     Args:
-        process: scores one batch: items in, one output per item out, in order. What it
-            raises fails every request with an item in that batch.
         limits: when a batch closes.
-        on_batch: called with each batch's figures (for metrics).
+        on_batch: called with each completed batch's figures (for metrics).
         clock: `time.monotonic` unless a test drives time.
     """
 
     def __init__(
         self,
-        process: Callable[[list[T]], Awaitable[list[R]]],
         limits: BatchLimits,
         on_batch: Callable[[BatchStats], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._process = process
         self._limits = limits
         self._on_batch = on_batch
         self._clock = clock
         self._queue: deque[_Item[T, R]] = deque()
+        self._in_flight: list[Batch[T, R]] = []
         self._arrived = asyncio.Event()
-        self._loop_task: asyncio.Task[None] | None = None
+        self._open = False
         self._last_urgent_at = -float("inf")  # when a lane-0 request was last submitted
 
     async def __aenter__(self) -> MicroBatcher[T, R]:
-        self._loop_task = asyncio.create_task(self._run(), name="micro-batcher")
+        self._open = True
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-        for item in self._queue:
-            if not item.request.future.done():
-                item.request.future.set_exception(RuntimeError("micro-batcher stopped"))
+        """Close: every request still queued or in a batch not yet completed fails."""
+        self._open = False
+        stopped = RuntimeError("micro-batcher stopped")
+        self._fail([item.request for item in self._queue], stopped)
+        for batch in self._in_flight:
+            self._fail(batch.requests, stopped)
         self._queue.clear()
+        self._in_flight.clear()
 
     @property
     def queued_items(self) -> int:
@@ -192,14 +207,17 @@ class MicroBatcher(Generic[T, R]):
         """Queue one request's items now; the future resolves to all their outputs.
 
         `deadline` is on this batcher's clock (`time.monotonic` by default). The future
-        raises DeadlineExceededError when it passes first, or whatever `process` raised for a
-        batch holding one of these items. Cancel it to withdraw the request: its items still
-        queued never reach `process`. `lane`: 0 is the most urgent.
+        raises DeadlineExceededError when it passes first, or the error a batch holding one of
+        these items failed with. Cancel it to withdraw the request: its items still queued are
+        never handed out. `lane`: 0 is the most urgent.
+
+        Raises:
+            ValueError: `items` and `costs` differ in length.
+            RuntimeError: the batcher is not open (nothing would ever pull its batches).
         """
         if len(items) != len(costs):
             raise ValueError(f"{len(items)} items but {len(costs)} costs")
-        if self._loop_task is None or self._loop_task.done():
-            raise RuntimeError("micro-batcher is not running: use it as an async context manager")
+        self._require_open()
         future: asyncio.Future[Ticket[R]] = asyncio.get_running_loop().create_future()
         if not items:
             future.set_result(Ticket([], 0.0, 0.0, 0, 0))
@@ -213,15 +231,56 @@ class MicroBatcher(Generic[T, R]):
         self._arrived.set()
         return future
 
-    async def _run(self) -> None:
+    async def next_batch(self) -> Batch[T, R]:
+        """Wait until a batch is due under the limits, and take it out of the queue.
+
+        Raises:
+            RuntimeError: the batcher is not open.
+        """
         while True:
+            self._require_open()
             await self._arrived.wait()
             await self._wait_for_fuller_batch()
-            batch = self._take_batch()
+            chosen = self._take_batch()
             if not self._queue:
                 self._arrived.clear()
-            if batch:
-                await self._execute(batch)
+            if chosen:
+                items = [item.request.items[item.index] for item in chosen]
+                batch = Batch(items, self._clock(), chosen)
+                self._in_flight.append(batch)
+                return batch
+
+    def complete(self, batch: Batch[T, R], outputs: Sequence[R]) -> None:
+        """Hand back one output per item of `batch`, in order: each request whose last item
+        this was is answered. The wrong number of outputs fails the batch instead."""
+        if len(outputs) != len(batch.items):
+            self.fail(batch, RuntimeError(f"model returned {len(outputs)} for {len(batch.items)}"))
+            return
+        self._forget(batch)
+        seconds = self._clock() - batch.handed_out_at
+        requests = batch.requests
+        self._report(batch._entries, len(requests), seconds)
+        for item, output in zip(batch._entries, outputs, strict=True):
+            item.request.outputs[item.index] = output
+            item.request.scored += 1
+        self._settle(requests, len(batch.items), seconds)
+
+    def fail(self, batch: Batch[T, R], error: Exception) -> None:
+        """The model failed on `batch`: every request with an item in it fails with `error`;
+        the rest of the queue is untouched."""
+        self._forget(batch)
+        self._fail(batch.requests, error)
+        self._drop_unwanted()
+
+    def _require_open(self) -> None:
+        if not self._open:
+            raise RuntimeError(
+                "micro-batcher is not running: open it (async with) and start a runner on it"
+            )
+
+    def _forget(self, batch: Batch[T, R]) -> None:
+        if batch in self._in_flight:
+            self._in_flight.remove(batch)
 
     async def _wait_for_fuller_batch(self) -> None:
         self._drop_unwanted()
@@ -302,23 +361,6 @@ class MicroBatcher(Generic[T, R]):
             low, high = (low - 1, high) if direction < 0 else (low, high + 1)
         return window[low : high + 1]
 
-    async def _execute(self, batch: list[_Item[T, R]]) -> None:
-        requests = list(dict.fromkeys(item.request for item in batch))
-        started = self._clock()
-        try:
-            outputs = await self._process([item.request.items[item.index] for item in batch])
-            if len(outputs) != len(batch):
-                raise RuntimeError(f"batch function returned {len(outputs)} for {len(batch)}")
-        except Exception as error:
-            self._fail(requests, error)
-            return
-        seconds = self._clock() - started
-        self._report(batch, len(requests), seconds)
-        for item, output in zip(batch, outputs, strict=True):
-            item.request.outputs[item.index] = output
-            item.request.scored += 1
-        self._settle(requests, len(batch), seconds)
-
     def _report(self, batch: list[_Item[T, R]], requests: int, seconds: float) -> None:
         if self._on_batch is None:
             return
@@ -349,4 +391,3 @@ class MicroBatcher(Generic[T, R]):
         for request in requests:
             if not request.future.done():
                 request.future.set_exception(error)
-        self._drop_unwanted()

@@ -22,8 +22,8 @@ from nats.js import JetStreamContext
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.errors import ErrorCode
-from rankstream.models import PairEncoding, load_embedder
-from rankstream.models.base import finite_scores
+from rankstream.models.base import PairEncoding, finite_scores
+from rankstream.models.registry import load_embedder
 from rankstream.retrieval.corpus import read_documents
 from rankstream.retrieval.store import DocumentStore
 from rankstream.wire.contract import REPLY_ADAPTER, ErrorResult, QueryRequest, RankedResult
@@ -244,15 +244,15 @@ async def test_a_model_that_returns_nan_gives_a_model_error_and_the_worker_recov
     wire: Wire,
 ) -> None:
     rerank = next(w for w in wire.workers if isinstance(w, RerankWorker))
-    scheduler = rerank._stages["ce"].scheduler
-    real = scheduler.model
-    scheduler.model = NanModel(real)
+    runner = rerank._runners["ce"]
+    real = runner.run
+    runner.run = NanModel(rerank.model).score
     await wire.send(wire.subjects.queries, wire.query())
     reply = await wire.reply()
     assert isinstance(reply, ErrorResult)
     assert reply.code == ErrorCode.MODEL_ERROR
     assert "non-finite" in reply.message
     assert (await wire.dead_letter()).code == ErrorCode.MODEL_ERROR
-    scheduler.model = real
+    runner.run = real
     await asyncio.sleep(0)
     await assert_still_serving(wire)

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.metrics import Metrics
-from rankstream.models import load_embedder
+from rankstream.models.registry import load_embedder
 from rankstream.retrieval.corpus import read_documents
 from rankstream.retrieval.store import DocumentStore
 from rankstream.wire.contract import REPLY_ADAPTER, RankedResult

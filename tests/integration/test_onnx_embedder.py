@@ -11,9 +11,8 @@ import pytest
 
 from rankstream.config import Settings
 from rankstream.errors import ModelError
-from rankstream.models import load_embedder
 from rankstream.models.onnx_bi_encoder import OnnxEmbedder, export_onnx_embedder
-from rankstream.models.registry import MINILM_EMBEDDER, package_dir
+from rankstream.models.registry import MINILM_EMBEDDER, load_embedder, package_dir
 from rankstream.models.torch_bi_encoder import SentenceTransformerEmbedder
 from rankstream.retrieval.corpus import read_documents, sample_corpus_path, sample_queries
 

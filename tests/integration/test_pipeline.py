@@ -10,7 +10,8 @@ import pytest
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.errors import ErrorCode, QueryFailedError, QueryTimeoutError
-from rankstream.models import load_cross_encoder, score_pairs
+from rankstream.models.base import score_pairs
+from rankstream.models.registry import load_cross_encoder
 from rankstream.planning.scorers import MINILM_RERANKER_FP32, MINILM_RERANKER_INT8, PACKAGED_PREFIX
 from rankstream.retrieval.corpus import read_documents, sample_corpus_path, sample_queries
 from rankstream.wire.contract import (

@@ -17,7 +17,7 @@ import pytest
 
 from rankstream.config import Settings
 from rankstream.errors import InvalidRequestError, StoreError
-from rankstream.models import load_embedder
+from rankstream.models.registry import load_embedder
 from rankstream.retrieval.ann import outgrown
 from rankstream.retrieval.corpus import (
     Document,

@@ -12,10 +12,11 @@ from sentence_transformers import CrossEncoder
 from tokenizers import Tokenizer
 
 from rankstream.config import Settings
-from rankstream.models import Pair, load_cross_encoder, score_pairs
+from rankstream.models.base import Pair, score_pairs
 from rankstream.models.onnx_cross_encoder import OnnxCrossEncoder
 from rankstream.models.registry import (
     fp32_reranker_dir,
+    load_cross_encoder,
     packaged_int8_reranker_dir,
 )
 from rankstream.planning.scorers import MINILM_RERANKER_FP32, MINILM_RERANKER_INT8, PACKAGED_PREFIX

@@ -12,8 +12,8 @@ import pytest
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.metrics import Metrics
-from rankstream.models import load_embedder
 from rankstream.models.registry import (
+    load_embedder,
     load_reranker_tokenizer,
 )
 from rankstream.planning.scorers import MINILM_RERANKER_FP32, PACKAGED_PREFIX

@@ -17,8 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rankstream.errors import InvalidRequestError
-from rankstream.models import Pair, PairEncoding, TokenIds
-from rankstream.models.base import Vectors, normalise
+from rankstream.models.base import Pair, PairEncoding, TokenIds, Vectors, normalise
 from rankstream.retrieval.fusion import SearchMode, reciprocal_rank_fusion
 from rankstream.retrieval.store import SearchHit, SearchResult
 from rankstream.wire.filters import ParsedFilter

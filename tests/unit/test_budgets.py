@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rankstream.scheduling.budgets import DocumentBudget, plan_pairs
+from rankstream.models.budgets import DocumentBudget, plan_pairs
 from tests.unit.fakes import WordCodec
 
 QUERY = (1, 2, 3)

@@ -28,7 +28,7 @@ from rankstream import (
     StageTimings,
 )
 from rankstream.metrics import Metrics
-from rankstream.models import TokenIds
+from rankstream.models.base import TokenIds
 from rankstream.planning.admission import Planner
 from rankstream.wire.contract import REPLY_ADAPTER, Depth, LongDocuments, RerankStage, now_ms
 from rankstream.wire.handoff import Candidate, CandidateSet

@@ -17,11 +17,13 @@ from typing import Any, TypeVar
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.errors import RankstreamError
-from rankstream.models import CrossEncoderBackend, Pair, PairEncoding, load_cross_encoder
+from rankstream.models.base import CrossEncoderBackend, Pair, PairEncoding
+from rankstream.models.registry import load_cross_encoder
 from rankstream.retrieval.corpus import sample_corpus_path, sample_queries
 from rankstream.scheduling.pair_scheduler import PairScheduler, rerank_batch_limits
 from rankstream.wire.contract import RankedResult, StageTimings
 from rankstream.workers.local import PEAK_RSS_METRIC, WorkerProcess, free_port, metric_samples
+from rankstream.workers.model_runner import ModelRunner
 from rankstream.workers.stack import local_nats
 from rankstream.workers.tools.bench_transport import jetstream_hop_ms
 from rankstream.workers.tools.evaluation import read_queries
@@ -364,11 +366,11 @@ async def scheduler_pairs_per_s(
     clients: int,
     seconds: float,
 ) -> float:
-    """Pairs/s of the rerank worker's scheduler and model in this process, fed by `clients`
-    closed-loop requesters replaying `requests` (tokenized on submit, as the worker does): no
-    NATS, no retrieval, no other process. Between it and the limit is what the scheduler
-    loses; between it and the pipeline, what the work around the model costs it (decoding,
-    transport, and sharing the cores)."""
+    """Pairs/s of the rerank worker's scheduler, model runner and model in this process, fed
+    by `clients` closed-loop requesters replaying `requests` (tokenized in a thread before
+    they are queued, as the worker does): no NATS, no retrieval, no other process. Between it
+    and the limit is what the scheduler loses; between it and the pipeline, what the work
+    around the model costs it (decoding, transport, and sharing the cores)."""
     requests = [pairs for pairs in requests if pairs]
     if not requests:
         return 0.0
@@ -381,12 +383,14 @@ async def scheduler_pairs_per_s(
         position = offset
         while time.perf_counter() < stop_at:
             pairs = requests[position % len(requests)]
-            await scheduler.submit(pairs)
+            encodings = await asyncio.to_thread(model.tokenizer.encode, pairs)
+            await scheduler.submit(encodings)
             scored += len(pairs)
             position += clients
 
     started = time.perf_counter()
-    async with PairScheduler(model, rerank_batch_limits(settings)) as scheduler:
+    scheduler = PairScheduler(rerank_batch_limits(settings))
+    async with ModelRunner(scheduler.batcher, model.score, "bench:scheduler"):
         await asyncio.gather(*(one_client(i) for i in range(clients)))
     return scored / (time.perf_counter() - started)
 

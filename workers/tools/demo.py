@@ -10,7 +10,7 @@ from rich.table import Table
 
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
-from rankstream.models import load_embedder
+from rankstream.models.registry import load_embedder
 from rankstream.retrieval.corpus import SampleQuery, sample_queries
 from rankstream.wire.connection import loggable_url
 from rankstream.wire.contract import RankedResult

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.progress import Progress
 
 from rankstream.config import Settings
-from rankstream.models import Embedder, load_embedder
-from rankstream.models.registry import load_reranker_tokenizer, load_token_embedder
+from rankstream.models.base import Embedder
+from rankstream.models.registry import load_embedder, load_reranker_tokenizer, load_token_embedder
 from rankstream.retrieval.corpus import corpus_file, read_documents
 from rankstream.retrieval.store import TABLE_LAYOUT, DocumentStore
 from rankstream.retrieval.token_store import VECTOR_BYTES, TokenStore

@@ -1,10 +1,13 @@
-"""A rerank stage's runtime, without transport: a cross-encoder behind its own pair
-scheduler, scoring one request's candidates under a token budget and a deadline.
+"""A rerank stage, without transport: one request's candidates tokenized and planned into
+pairs under a token budget, then queued on the stage's pair scheduler, whose batches the
+worker's model runner scores.
 
-Documents arrive as text, or as the token ids computed at index time (used only when they
-come from this model's tokenizer); only the query, and documents without ids, are tokenized
-here. Admission (the worker's pair budget) and load shedding happen here too, just before
-the pairs are queued, so the check sees the queue they join.
+This is the caller side of scheduling, as text-embeddings-inference tokenizes before its
+queue: documents arrive as text, or as the token ids computed at index time (used only when
+they come from this model's tokenizer); only the query, and documents without ids, are
+tokenized here, and the scheduler sees only the encodings and their costs. Admission (the
+worker's pair budget) and load shedding happen here too, just before the pairs are queued,
+so the check sees the queue they join.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from dataclasses import dataclass
 
 from rankstream.errors import DeadlineExceededError, OverloadedError
 from rankstream.models.base import CrossEncoderBackend, TokenIds
+from rankstream.models.budgets import DocumentBudget, PairPlan, plan_pairs
 from rankstream.scheduling.admission import PairBudget
 from rankstream.scheduling.batcher import BatchLimits, BatchStats, Ticket
-from rankstream.scheduling.budgets import DocumentBudget, PairPlan, plan_pairs
 from rankstream.scheduling.deadlines import Deadline
 from rankstream.scheduling.pair_scheduler import PairScheduler
 
@@ -47,10 +50,11 @@ class StageOutcome:
 
 
 class CrossEncoderStage:
-    """Run as `async with CrossEncoderStage(...) as stage: await stage.score(...)`.
+    """Scores candidates once a model runner pulls from `scheduler.batcher` with `model`.
 
     Args:
-        model: the cross-encoder.
+        model: the cross-encoder: its tokenizer encodes the pairs here; the runner scores
+            them with it.
         limits: its batches' limits.
         budget: the worker's pair budget, shared by all its stages (admission).
         on_batch: called with each model call's figures.
@@ -69,14 +73,7 @@ class CrossEncoderStage:
         self.model_id = model.model_id
         self._budget = budget
         self._shed_load = shed_load
-        self.scheduler = PairScheduler(model, limits, on_batch)
-
-    async def __aenter__(self) -> CrossEncoderStage:
-        await self.scheduler.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.scheduler.__aexit__(*exc_info)
+        self.scheduler = PairScheduler(limits, on_batch)
 
     async def score(self, stage: StageInput) -> StageOutcome:
         """Scores for `stage.documents`, in order.
