@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import nats
 import pytest
@@ -148,6 +149,65 @@ async def test_a_client_with_a_short_timeout_gets_the_degraded_answer_not_a_time
     assert result.degraded
     assert result.reranked == 0
     assert result.timings_ms.total < 800
+
+
+async def test_a_client_clock_far_ahead_does_not_disable_the_deadline(settings: Settings) -> None:
+    """A `created_at_ms` in the far future would put the deadline out of reach (no load
+    shedding, no degrading): the workers count from when they received it instead, so the
+    same slow request as above is still cut short at its 0.8 s."""
+    long_query = "how do the seasons change over the course of a year " * 18
+    async with running_workers(settings), RankstreamClient(settings) as client:
+        request = client.request(long_query, top_k=5, depth=100, timeout_s=0.8)
+        ahead = request.model_copy(update={"created_at_ms": 1e15})
+        started = time.monotonic()
+        reply = await client.send(ahead, wait_s=30)
+    assert isinstance(reply, RankedResult)
+    assert reply.degraded
+    assert time.monotonic() - started < 5
+
+
+async def test_a_cascade_over_the_pair_cap_is_refused_at_once(settings: Settings) -> None:
+    settings = settings.model_copy(update={"max_request_pairs": 16})
+    documents = [f"passage {i} on the seasons" for i in range(20)]
+    async with running_workers(settings), RankstreamClient(settings) as client:
+        started = time.monotonic()
+        with pytest.raises(QueryFailedError, match="MAX_REQUEST_PAIRS") as failure:
+            await client.rerank("seasons", documents)
+        with pytest.raises(QueryFailedError, match="MAX_REQUEST_PAIRS"):
+            await client.query("seasons", pipeline="dense+ce@10/maxp64")  # 4 windows each
+    assert failure.value.code == ErrorCode.INVALID_REQUEST
+    assert time.monotonic() - started < 5
+
+
+async def test_a_large_request_is_served_among_a_stream_of_small_ones(settings: Settings) -> None:
+    """The pair budget admits first come, first served: a request for all of it waits for
+    the small requests ahead of it, not for every small request that arrives after it."""
+    budget = 48
+    settings = settings.model_copy(
+        update={"max_inflight_pairs": budget, "max_request_pairs": budget, "shed_load": False}
+    )
+    documents = [f"passage {i}: the tilt of the earth makes the seasons" for i in range(budget)]
+    async with running_workers(settings), RankstreamClient(settings) as client:
+        stop = asyncio.Event()
+
+        async def small_requests() -> int:
+            answered = 0
+            while not stop.is_set():
+                await client.rerank("seasons", documents[:8], timeout_s=60)
+                answered += 1
+            return answered
+
+        streams = [asyncio.create_task(small_requests()) for _ in range(8)]
+        await asyncio.sleep(2.0)  # eight small requests at a time keep the budget full
+        started = time.monotonic()
+        large = await client.rerank("seasons", documents, timeout_s=20)
+        waited = time.monotonic() - started
+        stop.set()
+        answered = await asyncio.gather(*streams)
+    assert not large.degraded, "the large request starved behind the small ones"
+    assert large.reranked == budget
+    assert waited < 20
+    assert sum(answered) > 8, "small requests kept coming while the large one waited"
 
 
 async def test_a_request_past_its_deadline_gets_an_expired_error(settings: Settings) -> None:
