@@ -161,9 +161,9 @@ class Settings(BaseSettings):
 
     @field_validator("max_request_pairs")
     @classmethod
-    def _request_fits_the_worker(cls, pairs: int, info: ValidationInfo) -> int:
+    def _request_fits_the_worker(cls, pairs: int | None, info: ValidationInfo) -> int | None:
         inflight = info.data.get("max_inflight_pairs")
-        if inflight is not None and pairs > inflight:
+        if pairs is not None and inflight is not None and pairs > inflight:
             raise ValueError(
                 f"RANKSTREAM_MAX_REQUEST_PAIRS ({pairs}) exceeds RANKSTREAM_MAX_INFLIGHT_PAIRS "
                 f"({inflight}): a request that large could never be admitted"
@@ -199,8 +199,9 @@ class Settings(BaseSettings):
     # Pairs a rerank worker holds at once (queued + in the model); past it, it stops pulling.
     max_inflight_pairs: int = Field(default=2048, ge=1)
     # Pairs one request's cascade may score, every stage and MaxP window counted; a plan over
-    # it is refused at admission. At most max_inflight_pairs, so any admitted request fits.
-    max_request_pairs: int = Field(default=2048, ge=1, validate_default=True)
+    # it is refused at admission. At most max_inflight_pairs, so any admitted request fits
+    # (None: max_inflight_pairs; see `request_pair_cap`).
+    max_request_pairs: int | None = Field(default=None, ge=1)
     # Priority lanes: a request waiting this long moves up a lane, so batch work never starves
     # behind interactive traffic (0: never).
     priority_ageing_s: float = Field(default=5.0, ge=0)
@@ -311,6 +312,12 @@ class Settings(BaseSettings):
         """The configured URL (one server or several, comma-separated), else the embedded
         server's."""
         return self.nats_url or f"nats://127.0.0.1:{self.embedded_nats_port}"
+
+    @property
+    def request_pair_cap(self) -> int:
+        """The most pairs one request may have scored (`max_request_pairs`, by default
+        `max_inflight_pairs`)."""
+        return min(self.max_request_pairs or self.max_inflight_pairs, self.max_inflight_pairs)
 
     @property
     def nats_servers(self) -> list[str]:

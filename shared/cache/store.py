@@ -45,6 +45,10 @@ from rankstream.wire.subjects import Subjects
 log = logging.getLogger(__name__)
 
 
+# What a cached answer keeps of a ranked result (the rest belongs to the request it answered).
+KEPT_FIELDS = ("results", "reranked", "model_id", "embedder_model", "stages", "retrieval")
+
+
 class CachedAnswer(WireModel):
     """An answer as the result cache keeps it (this module): what a hit replays."""
 
@@ -61,22 +65,21 @@ class CachedAnswer(WireModel):
     )
     cached_at_ms: float = Field(default_factory=now_ms)
 
+    @classmethod
+    def of(
+        cls, key: CacheKey, result: RankedResult, query_vector: list[float] | None
+    ) -> CachedAnswer:
+        """`result` as the cache keeps it under `key`."""
+        kept = {name: getattr(result, name) for name in KEPT_FIELDS}
+        return cls(query=key.query, context=key.context, query_vector=query_vector, **kept)
+
     def as_result(self, request_id: str, query: str, timings: StageTimings) -> RankedResult:
         """The answer replayed for a request that hit it."""
+        kept = {name: getattr(self, name) for name in KEPT_FIELDS}
         return RankedResult(
-            request_id=request_id,
-            query=query,
-            results=self.results,
-            timings_ms=timings,
-            batch_pairs=0,
-            batch_requests=0,
-            reranked=self.reranked,
-            model_id=self.model_id,
-            embedder_model=self.embedder_model,
-            stages=self.stages,
-            retrieval=self.retrieval,
-            cached=True,
-        )
+            request_id=request_id, query=query, timings_ms=timings, batch_pairs=0,
+            batch_requests=0, cached=True, **kept,
+        )  # fmt: skip
 
 
 @dataclass
@@ -186,17 +189,7 @@ class ResultCache:
         still sent."""
         if result.degraded:
             return
-        answer = CachedAnswer(
-            query=key.query,
-            context=key.context,
-            results=result.results,
-            reranked=result.reranked,
-            model_id=result.model_id,
-            embedder_model=result.embedder_model,
-            stages=result.stages,
-            retrieval=result.retrieval,
-            query_vector=query_vector,
-        )
+        answer = CachedAnswer.of(key, result, query_vector)
         try:
             await self._kv.put(key.key, answer.model_dump_json().encode())
         except Exception as error:  # a full or unreachable bucket must not fail a request

@@ -70,20 +70,7 @@ class Planner:
             if (request.retrieval or settings.default_retrieval) == "hybrid"
             else None,
         )
-        plan = QueryPlan(
-            kind="query",
-            request_id=request.request_id,
-            query=request.query,
-            reply_to=request.reply_to,
-            top_k=request.top_k,
-            priority=request.priority,
-            return_documents=request.return_documents,
-            created_at_ms=self._created_at(request.created_at_ms, received_at_ms),
-            timeout_ms=self._timeout(request.timeout_ms),
-            retrieval=retrieval,
-            stages=stages,
-        )
-        self._check_pairs(plan)
+        plan = self._plan(request, received_at_ms, request.top_k, retrieval, stages)
         if request.cache and settings.cache_ttl_s > 0:
             plan = plan.model_copy(update={"cache": key_for(plan)})
         return plan
@@ -103,21 +90,7 @@ class Planner:
         stages = tuple(
             s.model_copy(update={"depth": min(s.depth, count)}) for s in self._stages(asked)
         )
-        plan = QueryPlan(
-            kind="rerank",
-            request_id=request.request_id,
-            query=request.query,
-            reply_to=request.reply_to,
-            top_k=request.top_n or count,
-            priority=request.priority,
-            return_documents=request.return_documents,
-            created_at_ms=self._created_at(request.created_at_ms, received_at_ms),
-            timeout_ms=self._timeout(request.timeout_ms),
-            retrieval=None,
-            stages=stages,
-        )
-        self._check_pairs(plan)
-        return plan
+        return self._plan(request, received_at_ms, request.top_n or count, None, stages)
 
     def check_bounds(self, request: QueryRequest | RerankRequest) -> None:
         """The bounds a request can be checked against without a table or a model: its query,
@@ -167,6 +140,31 @@ class Planner:
                 )
             if stage.auto:
                 raise InvalidRequestError(f"stage {stage.name}: depth `auto` was not resolved")
+
+    def _plan(
+        self,
+        request: QueryRequest | RerankRequest,
+        received_at_ms: float,
+        top_k: int,
+        retrieval: RetrievalPlan | None,
+        stages: tuple[StagePlan, ...],
+    ) -> QueryPlan:
+        """The plan of `request`, its deadline and its pairs bounded."""
+        plan = QueryPlan(
+            kind="query" if retrieval is not None else "rerank",
+            request_id=request.request_id,
+            query=request.query,
+            reply_to=request.reply_to,
+            top_k=top_k,
+            priority=request.priority,
+            return_documents=request.return_documents,
+            created_at_ms=self._created_at(request.created_at_ms, received_at_ms),
+            timeout_ms=self._timeout(request.timeout_ms),
+            retrieval=retrieval,
+            stages=stages,
+        )
+        self._check_pairs(plan)
+        return plan
 
     def _cascade(self, asked: list[RerankStage] | None) -> list[RerankStage]:
         """The stages asked for, or the default cascade (`default_depth`; 0: none)."""
@@ -244,7 +242,7 @@ class Planner:
             )
 
     def _check_pairs(self, plan: QueryPlan) -> None:
-        limit = self.settings.max_request_pairs
+        limit = self.settings.request_pair_cap
         if plan.max_pairs > limit:
             raise RequestTooLargeError(
                 f"the cascade may score {plan.max_pairs} pairs; at most {limit} per request "

@@ -203,3 +203,9 @@ def test_no_cache_key_when_the_request_or_the_workers_turn_the_cache_off() -> No
     assert plan_of(query(), cache_ttl_s=0).cache is None
     plan = plan_of(query())
     assert plan.cache == key_for(plan.model_copy(update={"cache": None}))
+
+
+def test_the_pair_cap_follows_a_smaller_worker_budget_unless_set() -> None:
+    assert Settings(max_inflight_pairs=64).request_pair_cap == 64
+    assert Settings(max_inflight_pairs=64, max_request_pairs=16).request_pair_cap == 16
+    assert Settings().request_pair_cap == Settings().max_inflight_pairs
