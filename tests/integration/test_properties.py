@@ -383,7 +383,7 @@ def fresh_token() -> str:
 @dataclass(frozen=True)
 class Address:
     """What a message says about where to answer it: the request_id and reply_to strings in
-    it (an object, or the object under its "request" key), or None where there are none."""
+    it (an object, or the object under its "plan" key: a candidate set), or None where there are none."""
 
     request_id: str | None
     reply_to: str | None
@@ -429,7 +429,7 @@ def address_in(payload: bytes) -> Address:
         data = json.loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return Address(None, None)
-    request = data.get("request", data) if isinstance(data, dict) else None
+    request = data.get("plan", data) if isinstance(data, dict) else None
     if not isinstance(request, dict):
         return Address(None, None)
     request_id, reply_to = request.get("request_id"), request.get("reply_to")
