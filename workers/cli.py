@@ -227,6 +227,7 @@ def evaluate(
 ) -> None:  # fmt: skip
     """Is reranking worth its cost? Quality, latency, pairs and CPU per configuration."""
     _require_extra("eval", "ir_measures", "scipy", "matplotlib")
+    from rankstream.workers.tools.errors import UsageError
     from rankstream.workers.tools.evaluate import (
         DEFAULT_CONFIGS,
         EvalOptions,
@@ -236,7 +237,7 @@ def evaluate(
 
     try:
         specs = parse_configs(configs or DEFAULT_CONFIGS)
-    except RankstreamError as error:
+    except (RankstreamError, UsageError) as error:
         raise typer.BadParameter(str(error), param_hint="--configs") from error
     options = EvalOptions(
         data_dir=data_dir,

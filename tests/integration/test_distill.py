@@ -11,7 +11,6 @@ import pytest
 from rich.console import Console
 
 from rankstream.config import Settings
-from rankstream.errors import InvalidRequestError
 from rankstream.models.registry import load_cross_encoder
 from rankstream.retrieval.corpus import sample_corpus_path, sample_queries
 from rankstream.workers.tools.distill import (
@@ -19,6 +18,7 @@ from rankstream.workers.tools.distill import (
     run_distill,
     student_start,
 )
+from rankstream.workers.tools.errors import UsageError
 
 pytestmark = pytest.mark.integration
 
@@ -147,6 +147,6 @@ def test_a_loss_that_cannot_train_is_refused_before_any_work(
 ) -> None:
     settings = Settings(lancedb_uri=str(tmp_path / "db"))
     options = DistillOptions(beir_sample, tmp_path / "student", **change)  # type: ignore[arg-type]
-    with pytest.raises(InvalidRequestError, match=message):
+    with pytest.raises(UsageError, match=message):
         run_distill(settings, options, Console(quiet=True))
     assert not (tmp_path / "db").exists(), "nothing was indexed"

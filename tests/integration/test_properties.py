@@ -383,7 +383,8 @@ def fresh_token() -> str:
 @dataclass(frozen=True)
 class Address:
     """What a message says about where to answer it: the request_id and reply_to strings in
-    it (an object, or the object under its "plan" key: a candidate set), or None where there are none."""
+    it (an object, or the object under its "plan" key: a candidate set), or None where there
+    are none."""
 
     request_id: str | None
     reply_to: str | None

@@ -24,12 +24,12 @@ from rich.progress import Progress
 
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
-from rankstream.errors import RankstreamError
 from rankstream.planning.adaptive_depth import DepthPolicy, DepthRule
 from rankstream.wire.contract import ErrorResult, RankedResult
 from rankstream.wire.pipeline import PipelineSpec
 from rankstream.workers.app import running_workers
 from rankstream.workers.stack import local_nats
+from rankstream.workers.tools.errors import UsageError
 from rankstream.workers.tools.evaluation import Qrels, per_query_metrics, read_qrels, read_queries
 from rankstream.workers.tools.indexing import ensure_indexed
 
@@ -73,7 +73,7 @@ async def calibrate(
     qrels = read_qrels(options.data_dir, options.split)
     query_ids = [qid for qid in queries if qid in qrels][: options.limit]
     if not query_ids:
-        raise RankstreamError(f"no query of {options.data_dir} has {options.split} judgments")
+        raise UsageError(f"no query of {options.data_dir} has {options.split} judgments")
     deepest = max(options.grid)
     spec = PipelineSpec.parse(f"{options.mode}+{options.scorer}@{deepest}")
     settings = await asyncio.to_thread(ensure_indexed, settings, options.data_dir, console)
@@ -148,7 +148,7 @@ def fit_policy(
         for feature in sorted({f for o in observed for f in o.features})
     ]
     if not candidates:
-        raise RankstreamError("the answers carry no confidence feature to calibrate on")
+        raise UsageError("the answers carry no confidence feature to calibrate on")
     best = min(candidates, key=lambda pair: pair[1])[0]
     return _described(best, observed, ndcg, grid, options)
 

@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from rankstream.config import Settings
-from rankstream.errors import InvalidRequestError, ModelError
+from rankstream.errors import ModelError
 from rankstream.models.base import CrossEncoderBackend
 from rankstream.models.onnx_cross_encoder import INT8_SUBFOLDER, export_int8_cross_encoder
 from rankstream.models.registry import (
@@ -49,6 +49,7 @@ from rankstream.models.registry import (
 from rankstream.planning.scorers import MINILM_RERANKER_FP32, MINILM_RERANKER_INT8, PACKAGED_PREFIX
 from rankstream.retrieval.fusion import SearchMode
 from rankstream.retrieval.store import DocumentStore
+from rankstream.workers.tools.errors import UsageError
 from rankstream.workers.tools.evaluation import read_qrels, read_queries
 from rankstream.workers.tools.indexing import ensure_indexed
 
@@ -162,7 +163,7 @@ class TeacherScores:
 def run_distill(settings: Settings, options: DistillOptions, console: Console) -> DistillReport:
     """Candidates, teacher scores, training and export; see the module docstring.
 
-    Raises InvalidRequestError for a data folder without the split, an unknown student kind
+    Raises UsageError for a data folder without the split, an unknown student kind
     or a loss it cannot train with, ModelError for a teacher or starting point that cannot
     be loaded or trimmed."""
     _check(options)
@@ -212,18 +213,18 @@ def run_distill(settings: Settings, options: DistillOptions, console: Console) -
 
 def _check(options: DistillOptions) -> None:
     if options.student not in (CROSS_ENCODER, LATE_INTERACTION):
-        raise InvalidRequestError(
+        raise UsageError(
             f"unknown student {options.student!r}: {CROSS_ENCODER} or {LATE_INTERACTION}"
         )
     if options.loss not in (MSE, MARGIN_MSE):
-        raise InvalidRequestError(f"unknown loss {options.loss!r}: {MSE} or {MARGIN_MSE}")
+        raise UsageError(f"unknown loss {options.loss!r}: {MSE} or {MARGIN_MSE}")
     if options.loss == MARGIN_MSE and options.student != CROSS_ENCODER:
-        raise InvalidRequestError(
+        raise UsageError(
             f"--loss {MARGIN_MSE} trains a cross-encoder student; a late-interaction one "
             "always learns each list's score distribution (KL divergence)"
         )
     if options.loss == MARGIN_MSE and options.depth < 2:
-        raise InvalidRequestError(f"--loss {MARGIN_MSE} needs --depth 2 or more (a margin)")
+        raise UsageError(f"--loss {MARGIN_MSE} needs --depth 2 or more (a margin)")
 
 
 def split_queries(data_dir: Path, split: str, limit: int | None) -> dict[str, str]:
@@ -231,7 +232,7 @@ def split_queries(data_dir: Path, split: str, limit: int | None) -> dict[str, st
     texts = read_queries(data_dir)
     judged = [query_id for query_id in read_qrels(data_dir, split) if query_id in texts]
     if not judged:
-        raise InvalidRequestError(f"no query of {data_dir}/queries.jsonl is in split {split}")
+        raise UsageError(f"no query of {data_dir}/queries.jsonl is in split {split}")
     return {query_id: texts[query_id] for query_id in judged[:limit]}
 
 
@@ -460,5 +461,5 @@ def _list_columns(
         for position, (_, doc) in enumerate(ranked):
             columns[f"document_{position}"].append(doc)
     if not columns["query"]:
-        raise InvalidRequestError(f"no query has {depth} candidates to learn from")
+        raise UsageError(f"no query has {depth} candidates to learn from")
     return columns

@@ -26,6 +26,7 @@ from rankstream.wire.pipeline import PipelineSpec
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.local import WorkerProcess
 from rankstream.workers.stack import local_nats
+from rankstream.workers.tools.errors import UsageError
 from rankstream.workers.tools.eval_report import (
     ConfigRun,
     QueryOutcome,
@@ -57,11 +58,12 @@ class EvalOptions:
 
 
 def parse_configs(text: str) -> tuple[PipelineSpec, ...]:
-    """Comma-separated pipelines (see rankstream.wire.pipeline); raises InvalidRequestError."""
+    """Comma-separated pipelines (see rankstream.wire.pipeline); raises InvalidRequestError for
+    one that does not parse, UsageError for a configuration named twice."""
     specs = tuple(PipelineSpec.parse(part) for part in text.split(",") if part.strip())
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
-        raise RankstreamError(f"--configs names a configuration twice: {names}")
+        raise UsageError(f"--configs names a configuration twice: {names}")
     return specs
 
 
@@ -71,10 +73,10 @@ async def run_eval(settings: Settings, options: EvalOptions, console: Console) -
     qrels = read_qrels(options.data_dir, options.split)
     query_ids = [qid for qid in queries if qid in qrels][: options.limit]
     if not query_ids:
-        raise RankstreamError(f"no query of {options.data_dir} has {options.split} judgments")
+        raise UsageError(f"no query of {options.data_dir} has {options.split} judgments")
     baseline = options.baseline or options.configs[0].name
     if baseline not in {spec.name for spec in options.configs}:
-        raise RankstreamError(f"--baseline {baseline!r} is not one of --configs")
+        raise UsageError(f"--baseline {baseline!r} is not one of --configs")
     settings = await asyncio.to_thread(ensure_indexed, settings, options.data_dir, console)
     scorers = sorted({stage.scorer for spec in options.configs for stage in spec.stages} - {"ce"})
     settings = settings.model_copy(

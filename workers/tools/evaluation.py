@@ -17,7 +17,7 @@ import numpy as np
 from ir_measures import RR, R, nDCG
 from scipy.stats import permutation_test
 
-from rankstream.errors import InvalidRequestError
+from rankstream.workers.tools.errors import UsageError
 
 Qrels = dict[str, dict[str, int]]
 RankedRun = dict[str, list[str]]  # query id -> document ids, best first
@@ -27,7 +27,7 @@ METRIC_NAMES = ("nDCG@10", "MRR@10", "Recall@10", "Recall@100")
 def read_queries(data_dir: Path) -> dict[str, str]:
     path = data_dir / "queries.jsonl"
     if not path.is_file():
-        raise InvalidRequestError(f"{data_dir} has no queries.jsonl (BEIR layout expected)")
+        raise UsageError(f"{data_dir} has no queries.jsonl (BEIR layout expected)")
     with path.open(encoding="utf-8") as lines:
         rows = (json.loads(line) for line in lines if line.strip())
         return {str(row["_id"]): str(row["text"]) for row in rows}
@@ -37,7 +37,7 @@ def read_qrels(data_dir: Path, split: str) -> Qrels:
     """`qrels/<split>.tsv` with a header `query-id corpus-id score`; grades kept as given."""
     path = data_dir / "qrels" / f"{split}.tsv"
     if not path.is_file():
-        raise InvalidRequestError(f"{data_dir} has no qrels/{split}.tsv")
+        raise UsageError(f"{data_dir} has no qrels/{split}.tsv")
     qrels: Qrels = {}
     with path.open(encoding="utf-8") as file:
         for row in csv.DictReader(file, delimiter="\t"):
