@@ -92,44 +92,11 @@ def build_search_router(service: GatewayService) -> APIRouter:
         "`timings_ms` gives each stage. Errors: `{error: {code, message}}`.",
     )
     async def search(body: SearchRequest) -> SearchResponse:
-        request = service.client.request(
-            body.query,
-            top_k=body.top_k,
-            depth=body.depth,
-            retrieval=body.retrieval,
-            pipeline=body.pipeline,
-            priority=body.priority,
-            table=body.table,
-            filter=body.filter,
-            cache=body.cache,
-            return_documents=body.return_documents,
-        )
+        request = service.client.request(body.query, **body.model_dump(exclude={"query"}))
         service.planner.check_bounds(request)  # refused here, not dead-lettered by a worker
         reply = await service.client.send(request)
         if reply.kind == "error":
             raise QueryFailedError(reply.code, reply.message, reply.worker)
-        return SearchResponse(
-            request_id=reply.request_id,
-            query=reply.query,
-            results=[
-                SearchHit(
-                    doc_id=d.doc_id,
-                    text=d.text if body.return_documents else None,
-                    score=d.score,
-                    stage=d.stage,
-                    retrieval_rank=d.retrieval_rank,
-                    retrieval_score=d.retrieval_score,
-                )
-                for d in reply.results
-            ],
-            timings_ms=reply.timings_ms,
-            reranked=reply.reranked,
-            degraded=reply.degraded,
-            cached=reply.cached,
-            model_id=reply.model_id,
-            embedder_model=reply.embedder_model,
-            stages=reply.stages,
-            retrieval=reply.retrieval,
-        )
+        return SearchResponse.model_validate(reply, from_attributes=True)
 
     return router
