@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from rankstream.config import Settings
+from rankstream.config import NATS_SYNC_INTERVAL_PATTERN, Settings
 from rankstream.errors import RankstreamError
 
 # Packaged models load from site-packages; never wait on an unreachable model hub.
@@ -409,6 +410,57 @@ def _print_bench(report: dict[str, Any]) -> None:
         rows.append((f"model alone, batches of {size} (pairs/s)", f"{pairs_per_s:.1f}"))
     for name, value in rows:
         table.add_row(name, value)
+    console.print(table)
+
+
+@app.command("bench-sync")
+def bench_sync(
+    ctx: typer.Context,
+    sync_intervals: Annotated[
+        str,
+        typer.Option(
+            help="JetStream sync_interval values, comma-separated: always, default (the "
+            "server's, 2 min) or a duration like 10s"
+        ),
+    ] = "always,default",
+    depths: Annotated[str, typer.Option(help="Rerank depths, comma-separated; 0: none")] = "0,10",
+    concurrency: Annotated[int, typer.Option(min=1, help="Closed-loop clients")] = 32,
+    duration: Annotated[float, typer.Option(help="Seconds of each load phase")] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON list on stdout")] = False,
+) -> None:
+    """What `sync_interval: always` costs: p50/p99 latency and queries/s of the same
+    closed-loop load at each depth, against an embedded server with each sync_interval."""
+    from rich.table import Table
+
+    from rankstream.workers.tools.bench import BenchOptions, run_sync_bench
+
+    intervals = [value.strip() for value in sync_intervals.split(",") if value.strip()]
+    for interval in intervals:
+        if not re.fullmatch(NATS_SYNC_INTERVAL_PATTERN, interval):
+            raise typer.BadParameter(f"{interval!r}: always, default or a duration like 10s")
+    try:
+        parsed = [int(depth) for depth in depths.split(",") if depth.strip()]
+    except ValueError as error:
+        raise typer.BadParameter("--depths takes integers like 0,10") from error
+    options = BenchOptions(concurrency=concurrency, duration_s=duration)
+    say = Console(stderr=True)
+    rows = _run(
+        run_sync_bench(
+            ctx.obj, intervals, parsed, options, lambda line: say.print(f"[dim]{line}[/dim]")
+        )
+    )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"rankstream bench-sync: {concurrency} closed-loop clients")
+    for column in ("sync_interval", "depth", "p50 (ms)", "p99 (ms)", "queries/s", "errors"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        latency = row["latency_ms"]
+        table.add_row(
+            row["sync_interval"], str(row["depth"]), f"{latency['p50']:.1f}",
+            f"{latency['p99']:.1f}", f"{row['queries_per_s']:.1f}", str(row["errors"]),
+        )  # fmt: skip
     console.print(table)
 
 

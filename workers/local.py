@@ -31,7 +31,12 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from rankstream.config import NATS_MAX_PAYLOAD_BYTES, Settings
+from rankstream.config import (
+    NATS_MAX_PAYLOAD_BYTES,
+    NATS_SYNC_ALWAYS,
+    NATS_SYNC_SERVER_DEFAULT,
+    Settings,
+)
 from rankstream.workers.logs import READY_LINE
 
 NATS_STARTUP_TIMEOUT_S = 15.0
@@ -124,6 +129,9 @@ class EmbeddedNatsServer(ChildProcess):
     Args:
         max_payload: the largest message it carries (default NATS_MAX_PAYLOAD_BYTES, the
             size every shipped server config sets; nats-server's own default is 1 MiB).
+        sync_interval: JetStream's fsync policy: `always` (the default, as in every shipped
+            config: an acknowledged message is on disk), `default` (nats-server's own, every
+            2 minutes) or a duration such as `10s`.
     """
 
     def __init__(
@@ -132,8 +140,10 @@ class EmbeddedNatsServer(ChildProcess):
         store_dir: Path | None = None,
         extra_args: tuple[str, ...] = (),
         max_payload: int = NATS_MAX_PAYLOAD_BYTES,
+        sync_interval: str = NATS_SYNC_ALWAYS,
     ) -> None:
         self.port = port or free_port()
+        self.sync_interval = sync_interval
         self._store_dir = store_dir
         self._extra_args = extra_args
         self.max_payload = max_payload
@@ -185,7 +195,11 @@ class EmbeddedNatsServer(ChildProcess):
         flags given after `-c` override the file."""
         store_dir.mkdir(parents=True, exist_ok=True)
         config = store_dir / "rankstream-nats.conf"
-        config.write_text(f"max_payload: {self.max_payload}\n")
+        sync = self.sync_interval
+        jetstream = (
+            "" if sync == NATS_SYNC_SERVER_DEFAULT else f"jetstream {{ sync_interval: {sync} }}\n"
+        )
+        config.write_text(f"max_payload: {self.max_payload}\n{jetstream}")
         return config
 
     def _stderr(self) -> str:

@@ -47,7 +47,7 @@ async def local_nats(
             replicas = min(cluster, 5)
             yield settings.model_copy(update={"nats_url": nodes.url, "stream_replicas": replicas})
         return
-    with EmbeddedNatsServer(port) as server:
+    with EmbeddedNatsServer(port, sync_interval=settings.nats_sync_interval) as server:
         log.info("embedded nats-server with JetStream on %s", server.url)
         yield settings.model_copy(update={"nats_url": server.url})
 

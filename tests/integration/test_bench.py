@@ -104,3 +104,31 @@ def test_times_each_priority_lane_unloaded_and_under_batch_traffic(
         lanes["interactive"]["loaded"] / lanes["interactive"]["unloaded"]
     )
     assert report["priority_batch_completed"] > 0, "the batch lane starved"
+
+
+def test_bench_sync_reports_latency_and_throughput_per_sync_interval_and_depth(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "RANKSTREAM_LANCEDB_URI": str(tmp_path / "lancedb")}
+    command = [RANKSTREAM, "bench-sync", "--json", "--sync-intervals", "always,default",
+               "--depths", "0,2", "--duration", "1", "--concurrency", "2"]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows: list[dict[str, Any]] = json.loads(done.stdout)
+    assert [(row["sync_interval"], row["depth"]) for row in rows] == [
+        ("always", 0), ("always", 2), ("default", 0), ("default", 2),
+    ]  # fmt: skip
+    for row in rows:
+        assert row["errors"] == 0
+        assert row["queries"] > 0
+        assert row["queries_per_s"] > 0
+        assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
+
+
+def test_bench_sync_refuses_an_unknown_sync_interval() -> None:
+    done = subprocess.run(
+        [RANKSTREAM, "bench-sync", "--sync-intervals", "sometimes"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "sometimes" in done.stderr

@@ -22,7 +22,13 @@ from rankstream.models.registry import load_cross_encoder
 from rankstream.retrieval.corpus import sample_corpus_path, sample_queries
 from rankstream.scheduling.pair_scheduler import PairScheduler, rerank_batch_limits
 from rankstream.wire.contract import RankedResult, StageTimings
-from rankstream.workers.local import PEAK_RSS_METRIC, WorkerProcess, free_port, metric_samples
+from rankstream.workers.local import (
+    PEAK_RSS_METRIC,
+    EmbeddedNatsServer,
+    WorkerProcess,
+    free_port,
+    metric_samples,
+)
 from rankstream.workers.model_runner import ModelRunner
 from rankstream.workers.stack import local_nats
 from rankstream.workers.tools.bench_transport import jetstream_hop_ms
@@ -40,6 +46,7 @@ PRIORITY_BATCH_CLIENTS = 8  # enough queued pairs to saturate, few enough to dra
 PRIORITY_PROBES = 5  # unloaded requests per lane
 RERANKER_MODEL_SECONDS = "rankstream_model_batch_seconds_sum"  # labelled model="ce"
 TOKEN_BUDGET_SHAPE = "token budget"
+RETRIEVAL_ONLY_TOP_K = 10  # results a depth-0 (no rerank) query returns
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,44 @@ async def run_bench(
     }
 
 
+async def run_sync_bench(
+    settings: Settings,
+    sync_intervals: Sequence[str],
+    depths: Sequence[int],
+    options: BenchOptions,
+    progress: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """The cost of JetStream's fsync policy: the same closed-loop load at each depth against
+    a fresh embedded server per `sync_interval` (`always`, `default`, a duration), one after
+    the other; one row per (sync_interval, depth) with latency percentiles and throughput."""
+    settings, texts = await _prepare_data(settings, options, progress)
+    rows = []
+    for sync_interval in sync_intervals:
+        with EmbeddedNatsServer(sync_interval=sync_interval) as server:
+            base = settings.model_copy(
+                update={"nats_url": server.url, "subject_prefix": f"bench{uuid.uuid4().hex[:8]}"}
+            )
+            with (
+                WorkerProcess("retrieval", base.model_copy(update={"metrics_port": free_port()})),
+                WorkerProcess("rerank", base.model_copy(update={"metrics_port": free_port()})),
+            ):
+                async with RankstreamClient(base) as client:
+                    await closed_loop(client, texts, max(depths), options.concurrency, 3.0)
+                    for depth in depths:
+                        progress(f"sync_interval {sync_interval}, depth {depth}")
+                        run = await closed_loop(
+                            client, texts, depth, options.concurrency, options.duration_s
+                        )
+                        summary = run.summary()
+                        figures = ("queries", "errors", "queries_per_s", "latency_ms")
+                        rows.append({
+                            "sync_interval": sync_interval, "depth": depth,
+                            "concurrency": options.concurrency,
+                            **{figure: summary[figure] for figure in figures},
+                        })  # fmt: skip
+    return rows
+
+
 async def priority_phase(
     client: RankstreamClient, texts: Sequence[str], depth: int, duration_s: float
 ) -> dict[str, Any]:
@@ -264,7 +309,12 @@ async def _ask(
     started = time.perf_counter()
     try:
         reply = await client.query(
-            text, top_k=depth, depth=depth, timeout_s=120, cache=False, priority=priority
+            text,
+            top_k=depth or RETRIEVAL_ONLY_TOP_K,
+            depth=depth,
+            timeout_s=120,
+            cache=False,
+            priority=priority,
         )
     except RankstreamError:
         run.errors += 1
