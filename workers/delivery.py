@@ -8,6 +8,7 @@
 | other RankstreamError (expired, store missing) | error result       | ack             |
 | anything else, deliveries left                 | nothing yet        | nak with backoff |
 | anything else, last delivery                   | `internal` error   | dead letter, term |
+| delivered again, its answer already published  | nothing more       | ack, no work    |
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ class DeliveryGuard(BaseMiddleware):
                     f"message of {len(body)} bytes exceeds max_message_bytes "
                     f"{self._settings.max_message_bytes}"
                 )
+            if await self._answered_before(msg):
+                return None
             return await call_next(msg)
         except NEVER_SUCCEEDS as error:
             await self._give_up(msg, _code(error), _describe(error))
@@ -140,6 +143,21 @@ class DeliveryGuard(BaseMiddleware):
         except Exception as error:
             await self._retry_or_give_up(msg, error)
         return None
+
+    async def _answered_before(self, msg: NatsMessage) -> bool:
+        """A request delivered again whose answer was published already (its worker stopped,
+        or its ack was lost, after answering) is acknowledged without being worked on again;
+        a first delivery is not looked up."""
+        address = reply_address(msg.body) if _deliveries(msg) > 1 else None
+        if address is None:
+            return False
+        replies = self._replies(msg)
+        if not await replies.answered.contains(address[0]):
+            return False
+        log.info("request %s was answered already; acknowledging its redelivery", address[0])
+        self._metrics.redeliveries_answered.labels(worker=replies.worker).inc()
+        await msg.ack()
+        return True
 
     async def _retry_or_give_up(self, msg: NatsMessage, error: Exception) -> None:
         deliveries = _deliveries(msg)
