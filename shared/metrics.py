@@ -123,6 +123,20 @@ class Metrics:
             ["tier", "outcome"],
             registry=r,
         )
+        self.cache_errors = Counter(
+            "rankstream_cache_errors",
+            "Result-cache reads and writes that failed (the bucket unreachable or missing), by "
+            "operation (read|write); a failed read is served as a miss.",
+            ["operation"],
+            registry=r,
+        )
+        self.redeliveries_answered = Counter(
+            "rankstream_redeliveries_answered",
+            "Requests JetStream delivered again after their answer was published: "
+            "acknowledged without being worked on again.",
+            ["worker"],
+            registry=r,
+        )
         self.cache_writes, self.cache_evictions = (
             Counter(name, text, labels, registry=r)
             for name, text, labels in (

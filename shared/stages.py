@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rankstream.errors import DeadlineExceededError, OverloadedError
-from rankstream.models.base import CrossEncoderBackend, TokenIds
+from rankstream.models.base import CrossEncoderBackend, TokenIds, finite_scores
 from rankstream.models.budgets import DocumentBudget, PairPlan, plan_pairs
 from rankstream.scheduling.admission import PairBudget
 from rankstream.scheduling.batcher import BatchLimits, BatchStats, Ticket
@@ -80,6 +80,8 @@ class CrossEncoderStage:
 
         Raises:
             InvalidRequestError: the query leaves a document too little room.
+            ModelError: the model scored one of these pairs NaN or inf (others' requests in
+                the same batch are answered).
             OverloadedError: the pairs queued ahead would not be scored in time.
             DeadlineExceededError: the deadline passed while they waited for room in the pair
                 budget, were queued or were scored.
@@ -96,7 +98,10 @@ class CrossEncoderStage:
                 ticket = await asyncio.wait_for(scored, max(0.0, stage.deadline.remaining_s()))
             except TimeoutError as error:
                 raise DeadlineExceededError("deadline passed during scoring") from error
-        return StageOutcome(plan.candidate_scores(ticket.outputs), plan, ticket, tokenized)
+        # Checked here, per request: a batch mixes requests, and a pair that scored NaN
+        # fails only the request that owns it.
+        scores = finite_scores(ticket.outputs, self.model_id)
+        return StageOutcome(plan.candidate_scores(scores), plan, ticket, tokenized)
 
     def _tokens(self, stage: StageInput) -> tuple[TokenIds, list[TokenIds], int]:
         """The query's ids, and each document's: stored ones where they are this model's,

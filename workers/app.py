@@ -30,7 +30,7 @@ from rankstream.models.base import CrossEncoderBackend, Embedder
 from rankstream.wire.connection import broker_kwargs, loggable_url
 from rankstream.wire.streams import ensure_streams
 from rankstream.workers.context import WorkerContext
-from rankstream.workers.delivery import DeliveryGuard, watch_max_deliveries
+from rankstream.workers.delivery import DeliveryGuard, HeldMessages, watch_max_deliveries
 from rankstream.workers.health import Health, health_endpoints
 from rankstream.workers.logs import READY_LINE, quiet_faststream_logger
 
@@ -115,8 +115,10 @@ async def running_workers(
         for worker in workers:
             await worker.start()
             stack.push_async_callback(worker.stop)
+        held = HeldMessages(broker, settings.fetch_wait_ms / 1000)
         await broker.start()
         stack.push_async_callback(broker.stop)
+        stack.push_async_callback(held.hand_back)  # first: what has not started goes back
         log.info(
             "workers %s serving on %s",
             [k.value for k in kinds],

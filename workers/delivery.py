@@ -8,10 +8,13 @@
 | other RankstreamError (expired, store missing) | error result       | ack             |
 | anything else, deliveries left                 | nothing yet        | nak with backoff |
 | anything else, last delivery                   | `internal` error   | dead letter, term |
+| delivered again, its answer already published  | nothing more       | ack, no work    |
+| fetched but not started when the worker stops  | (another replica)  | nak at once     |
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -24,7 +27,11 @@ import nats.errors
 from faststream import AckPolicy, BaseMiddleware, ContextRepo, StreamMessage
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
 from faststream.nats.message import NatsMessage
+from faststream.nats.subscriber.usecases.stream_pull_subscriber import (
+    ConcurrentPullStreamSubscriber,
+)
 from faststream.types import AsyncFuncAny
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy as ConsumerAckPolicy
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -131,6 +138,8 @@ class DeliveryGuard(BaseMiddleware):
                     f"message of {len(body)} bytes exceeds max_message_bytes "
                     f"{self._settings.max_message_bytes}"
                 )
+            if await self._answered_before(msg):
+                return None
             return await call_next(msg)
         except NEVER_SUCCEEDS as error:
             await self._give_up(msg, _code(error), _describe(error))
@@ -140,6 +149,21 @@ class DeliveryGuard(BaseMiddleware):
         except Exception as error:
             await self._retry_or_give_up(msg, error)
         return None
+
+    async def _answered_before(self, msg: NatsMessage) -> bool:
+        """A request delivered again whose answer was published already (its worker stopped,
+        or its ack was lost, after answering) is acknowledged without being worked on again;
+        a first delivery is not looked up."""
+        address = reply_address(msg.body) if _deliveries(msg) > 1 else None
+        if address is None:
+            return False
+        replies = self._replies(msg)
+        if not await replies.answered.contains(address[0]):
+            return False
+        log.info("request %s was answered already; acknowledging its redelivery", address[0])
+        self._metrics.redeliveries_answered.labels(worker=replies.worker).inc()
+        await msg.ack()
+        return True
 
     async def _retry_or_give_up(self, msg: NatsMessage, error: Exception) -> None:
         deliveries = _deliveries(msg)
@@ -172,6 +196,75 @@ class DeliveryGuard(BaseMiddleware):
     def _worker_of(self, msg: NatsMessage) -> str:
         """The worker whose subject delivered `msg` (`retrieval`, `rerank`)."""
         return self._subjects.worker_for(_subject(msg))
+
+
+class HeldMessages:
+    """What the work-queue subscribers of `broker` fetched and have not started, handed back
+    to JetStream (nak) the moment the worker stops, so another replica takes it at once.
+
+    FastStream 0.7.8's concurrent pull subscriber fetches ahead of its handlers: a fetched
+    message waits in a buffer, or for a free handler. On stop it neither acks nor naks those:
+    one handed to `consume` after the stop began returns unhandled, the rest go with the
+    cancelled tasks; JetStream redelivers them only after `ack_wait_s` (60 s by default, past
+    the default 30 s deadline). This wraps each subscriber's two hand-over points (`_put_msg`:
+    fetched; `consume`: about to start) to know what is held. Build it after the subscribers
+    are registered and before the broker starts; call `hand_back` before the broker stops.
+
+    Args:
+        fetch_wait_s: how long a fetch waits for messages (`fetch_wait_ms`): `hand_back`
+            waits as long, so what a fetch in flight brings is handed back too.
+    """
+
+    def __init__(self, broker: NatsBroker, fetch_wait_s: float) -> None:
+        self._fetch_wait_s = fetch_wait_s
+        self._held: dict[int, Msg] = {}
+        self._stopping = False
+        self._subscribers = [
+            s for s in broker.subscribers if isinstance(s, ConcurrentPullStreamSubscriber)
+        ]
+        for subscriber in self._subscribers:
+            self._watch(subscriber)
+
+    def _watch(self, subscriber: ConcurrentPullStreamSubscriber) -> None:
+        queue, consume = subscriber._put_msg, subscriber.consume
+
+        async def fetched(msg: Msg) -> None:
+            if self._stopping:
+                await _nak(msg)
+                return
+            self._held[id(msg)] = msg
+            await queue(msg)
+
+        async def starting(msg: Msg) -> Any:
+            held = self._held.pop(id(msg), None)
+            if not self._stopping:
+                return await consume(msg)
+            if held is not None:
+                await _nak(msg)
+            return None
+
+        subscriber._put_msg = fetched  # type: ignore[method-assign]
+        subscriber.consume = starting  # type: ignore[method-assign]
+
+    async def hand_back(self) -> None:
+        """Stop fetching and starting messages; nak at once every message held unstarted,
+        and those a fetch in flight brings. Handlers already running go on: the broker's
+        stop waits for them (`shutdown_grace_s`)."""
+        self._stopping = True
+        for subscriber in self._subscribers:
+            subscriber.running = False  # FastStream's own flag: no new fetch, no new start
+        held, self._held = list(self._held.values()), {}
+        for msg in held:
+            await _nak(msg)
+        log.info("stopping: handed back %d messages fetched but not started", len(held))
+        await asyncio.sleep(self._fetch_wait_s)
+
+
+async def _nak(msg: Msg) -> None:
+    try:
+        await msg.nak()
+    except (TimeoutError, nats.errors.Error) as error:  # it comes back after its ack wait
+        log.warning("could not hand a message back: %r", error)
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,20 @@
-"""Sending a request its answer (a ranked result or an error, to its `reply_to` subject) and
-keeping a dead letter; each counted under the worker that sent it."""
+"""Sending a request its answer (a ranked result or an error, to its `reply_to` subject):
+cached first, published until JetStream confirms it, then recorded as answered; and keeping
+a dead letter. Each answer is counted under the worker that sent it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import nats
 from faststream.nats import NatsBroker
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, KeyNotFoundError
+from nats.js.kv import KeyValue
 
+from rankstream.cache.store import ResultCache
 from rankstream.errors import ErrorCode
 from rankstream.metrics import Metrics
 from rankstream.planning.plan import QueryPlan
@@ -20,9 +24,74 @@ from rankstream.wire.subjects import Subjects
 
 log = logging.getLogger(__name__)
 
-# How long a worker keeps publishing an answer JetStream does not confirm: a stream leader
-# election on a NATS cluster takes ~5-9 s.
-RESULT_PATIENCE_S = 10.0
+# How long a worker keeps publishing what JetStream does not confirm (an answer, a candidate
+# set): a stream leader election on a NATS cluster takes ~5-9 s.
+PUBLISH_PATIENCE_S = 10.0
+
+
+async def publish_until_confirmed(
+    publish: Callable[[], Awaitable[object]], what: str, patience_s: float = PUBLISH_PATIENCE_S
+) -> None:
+    """Call `publish` (a JetStream publish carrying a `Nats-Msg-Id`, so a repeat lands once)
+    until JetStream confirms it, asking again for up to `patience_s` (on a NATS cluster: the
+    stream's leader died and a new one is being elected). Giving up on the first error would
+    send the whole request back to be worked on again.
+
+    Raises:
+        BadRequestError, nats.errors.MaxPayloadError: at once: as bad, or as large, on every
+            try (the request cannot be served as it is).
+        TimeoutError, nats.errors.Error: still unconfirmed after `patience_s`.
+    """
+    give_up, delay = time.monotonic() + patience_s, 0.25
+    while True:
+        try:
+            await publish()
+            return
+        except (BadRequestError, nats.errors.MaxPayloadError):
+            raise
+        except (TimeoutError, nats.errors.Error) as error:
+            if time.monotonic() + delay > give_up:
+                raise
+            log.info("%s not confirmed (%r); publishing again", what, error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+class AnsweredRequests:
+    """The record of requests answered lately (the `{PREFIX}_ANSWERED` bucket), on the
+    broker's connection: written after each answer is published, read when JetStream
+    delivers a request again, so one already answered is not worked on twice. Neither
+    failure fails a request: a record not written, or not read, costs only the repeated work
+    the results stream's deduplication then drops."""
+
+    def __init__(self, broker: NatsBroker, subjects: Subjects) -> None:
+        self._broker = broker
+        self._bucket = subjects.answered_bucket
+
+    async def record(self, request_id: str, worker: str) -> None:
+        try:
+            await (await self._kv()).put(_key(request_id), worker.encode())
+        except Exception as error:  # the answer is out: nothing may send it back to be redone
+            log.warning("could not record request %s as answered: %r", request_id, error)
+
+    async def contains(self, request_id: str) -> bool:
+        try:
+            await (await self._kv()).get(_key(request_id))
+        except KeyNotFoundError:
+            return False
+        except Exception as error:  # unknown: do the work (a second answer is deduplicated)
+            log.warning("could not read whether %s was answered: %r", request_id, error)
+            return False
+        return True
+
+    async def _kv(self) -> KeyValue:
+        # Looked up once per broker (FastStream keeps it), created by `ensure_streams`.
+        return await self._broker.key_value(self._bucket, declare=False)
+
+
+def _key(request_id: str) -> str:
+    # A key-value key allows [-/_=.a-zA-Z0-9]; the dedup id is a digest and a stage name.
+    return dedup_id(request_id, "answered").replace(":", ".")
 
 
 class ReplySender:
@@ -32,51 +101,54 @@ class ReplySender:
     Args:
         worker: the worker that answers (`retrieval`, `rerank`): the `worker` label of
             `rankstream_requests_total`.
+        cache: where `answer` stores a result before sending it (None: nowhere).
     """
 
     def __init__(
-        self, broker: NatsBroker, subjects: Subjects, worker: str, metrics: Metrics
+        self,
+        broker: NatsBroker,
+        subjects: Subjects,
+        worker: str,
+        metrics: Metrics,
+        cache: ResultCache | None = None,
     ) -> None:
         self._broker = broker
         self._subjects = subjects
         self.worker = worker
         self._metrics = metrics
+        self._cache = cache
+        self.answered = AnsweredRequests(broker, subjects)
 
     async def send(self, reply_to: str, reply: RankedResult | ErrorResult) -> None:
+        """Send `reply`, then record its request as answered."""
         if reply_to.startswith(self._subjects.results_root + "."):
-            await self._publish_result(reply_to, reply)
-        else:
-            await self._broker.publish(reply, subject=reply_to)
-        self._metrics.requests.labels(worker=self.worker, outcome=_outcome(reply)).inc()
-
-    async def answer(self, plan: QueryPlan, result: RankedResult) -> None:
-        """Send the request `plan` was made from its result as it asked for it
-        (`RankedResult.as_asked`)."""
-        await self.send(plan.reply_to, result.as_asked(plan.return_documents))
-
-    async def _publish_result(self, reply_to: str, reply: RankedResult | ErrorResult) -> None:
-        """Publish through the results stream, asking again for up to RESULT_PATIENCE_S while
-        JetStream does not confirm (on a NATS cluster: the stream's leader died and a new one
-        is being elected). The `Nats-Msg-Id` makes a repeated publish land once; giving up
-        on the first error would send the whole request back to be scored again."""
-        give_up, delay = time.monotonic() + RESULT_PATIENCE_S, 0.25
-        while True:
-            try:
-                await self._broker.publish(
+            await publish_until_confirmed(
+                lambda: self._broker.publish(
                     reply,
                     subject=reply_to,
                     stream=self._subjects.streams.results,
                     headers={"Nats-Msg-Id": dedup_id(reply.request_id, "reply")},
-                )
-                return
-            except (BadRequestError, nats.errors.MaxPayloadError):
-                raise  # as large, or as bad, on every try
-            except (TimeoutError, nats.errors.Error) as error:
-                if time.monotonic() + delay > give_up:
-                    raise
-                log.info("%s: result not confirmed (%r); publishing again", self.worker, error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                ),
+                f"{self.worker}: the answer to {reply.request_id}",
+            )
+        else:
+            await self._broker.publish(reply, subject=reply_to)
+        await self.answered.record(reply.request_id, self.worker)
+        self._metrics.requests.labels(worker=self.worker, outcome=_outcome(reply)).inc()
+
+    async def answer(
+        self, plan: QueryPlan, result: RankedResult, query_vector: list[float] | None = None
+    ) -> None:
+        """Store `result` in the cache (unless it came from there), then send the request
+        `plan` was made from its result as it asked for it (`RankedResult.as_asked`): a repeat
+        sent the moment the answer arrives finds it cached.
+
+        Args:
+            query_vector: the query's embedding, kept for the semantic tier.
+        """
+        if plan.cache is not None and self._cache is not None and not result.cached:
+            await self._cache.remember(plan.cache, result, query_vector)
+        await self.send(plan.reply_to, result.as_asked(plan.return_documents))
 
     async def send_error(
         self, reply_to: str, request_id: str, code: ErrorCode, message: str

@@ -56,11 +56,11 @@ class RerankWorker:
 
     def __init__(self, context: WorkerContext, model: CrossEncoderBackend | None = None) -> None:
         settings, metrics = context.settings, context.metrics
-        self._settings, self._metrics, self._cache = settings, metrics, context.cache
+        self._settings, self._metrics = settings, metrics
         self._planner = Planner(settings)
         self._given: dict[str, CrossEncoderBackend] = {} if model is None else {"ce": model}
         subjects = context.subjects
-        self._replies = ReplySender(context.broker, subjects, WORKER, metrics)
+        self._replies = ReplySender(context.broker, subjects, WORKER, metrics, context.cache)
         self._budget = PairBudget(
             settings.max_inflight_pairs, on_change=metrics.rerank_inflight_pairs.set
         )
@@ -170,9 +170,7 @@ class RerankWorker:
             async with in_progress_heartbeats(message, self._settings.ack_wait_s / 3):
                 reply = await self._rerank(candidate_set, received)
             self._metrics.observe_timings(reply.timings_ms)
-            await self._replies.answer(plan, reply)
-        if plan.cache is not None and self._cache is not None:
-            await self._cache.remember(plan.cache, reply, candidate_set.query_vector)
+            await self._replies.answer(plan, reply, candidate_set.query_vector)
 
     async def handle_rerank_request(self, request: RerankRequest, message: NatsMessage) -> None:
         plan = self._planner.plan_rerank(request, received_at_ms=now_ms())

@@ -28,7 +28,7 @@ from rankstream.wire.handoff import Candidate, CandidateSet, dedup_id
 from rankstream.workers.context import WorkerContext
 from rankstream.workers.delivery import work_queue_subscription
 from rankstream.workers.model_runner import ModelRunner
-from rankstream.workers.replies import ReplySender
+from rankstream.workers.replies import ReplySender, publish_until_confirmed
 
 WORKER = "retrieval"
 # Tables other than the configured one a worker keeps open (the oldest is closed first).
@@ -56,7 +56,7 @@ class RetrievalWorker:
         settings, metrics, broker = context.settings, context.metrics, context.broker
         self._settings, self._metrics, self._cache = settings, metrics, context.cache
         self._subjects = context.subjects
-        self._replies = ReplySender(broker, self._subjects, WORKER, metrics)
+        self._replies = ReplySender(broker, self._subjects, WORKER, metrics, context.cache)
         self._embedder = embedder
         self._store: Retriever = store or DocumentStore.from_settings(settings)
         self._other_stores: dict[str, Retriever] = {}
@@ -198,17 +198,25 @@ class RetrievalWorker:
                 candidate_set, retrieval_order(candidate_set.candidates), timings, model_id="none"
             )
             self._metrics.observe_timings(answer.timings_ms)
-            await self._replies.answer(plan, answer)
-            if plan.cache is not None and self._cache is not None:
-                await self._cache.remember(plan.cache, answer, candidate_set.query_vector)
+            await self._replies.answer(plan, answer, candidate_set.query_vector)
             return
         await self._forward(candidate_set)
 
     async def _forward(self, candidate_set: CandidateSet) -> None:
+        """Publish the candidate set for the rerank worker, asking again while JetStream does
+        not confirm it (not failing the request, which would embed and search it again).
+
+        Raises:
+            RequestTooLargeError: the candidate set is over the server's max_payload.
+        """
         plan = candidate_set.plan
         try:
-            await self._candidates.publish(
-                candidate_set, headers={"Nats-Msg-Id": dedup_id(plan.request_id, "candidates")}
+            await publish_until_confirmed(
+                lambda: self._candidates.publish(
+                    candidate_set,
+                    headers={"Nats-Msg-Id": dedup_id(plan.request_id, "candidates")},
+                ),
+                f"{WORKER}: the candidate set of {plan.request_id}",
             )
         except MaxPayloadError as error:
             raise RequestTooLargeError(

@@ -3,8 +3,11 @@ other store), with an optional semantic tier. Keys come from the plan (`rankstre
 
 - **Exact tier.** The retrieval worker looks the plan's key up before any model runs; the
   worker that answers (rerank, or retrieval when nothing is reranked) writes the answer with
-  `remember`, the one write path. Degraded answers are never written; old entries expire
-  with the bucket's TTL.
+  `remember`, the one write path, before sending it (a repeat sent the moment the answer
+  arrives is a hit). Degraded answers are never written; old entries expire with the
+  bucket's TTL. A bucket that cannot be read or written (a key-value leader election, a
+  missing bucket) is logged and counted (`rankstream_cache_errors_total`), a read as a miss:
+  the cache never fails a request.
 - **Semantic tier** (`semantic_cache_threshold`). Each replica keeps the cached queries'
   embeddings in memory, fed by a watch on the bucket (so an answer one replica writes is
   found by all); a query embedded within the threshold's cosine of a cached query with the
@@ -149,12 +152,9 @@ class ResultCache:
             self._watcher = None
 
     async def get(self, key: str) -> CachedAnswer | None:
-        """The answer cached under `key`, or None (a miss)."""
-        try:
-            entry = await self._kv.get(key)
-        except KeyNotFoundError:
-            return self._miss("exact")
-        answer = self._parse(entry.value)
+        """The answer cached under `key`, or None (a miss; a bucket that cannot be read is
+        one too, logged and counted in `rankstream_cache_errors_total`)."""
+        answer = await self.get_quietly(key)
         if answer is None:
             return self._miss("exact")
         self._metrics.cache_requests.labels(tier="exact", outcome="hit").inc()
@@ -176,9 +176,16 @@ class ResultCache:
         return answer
 
     async def get_quietly(self, key: str) -> CachedAnswer | None:
+        """The answer cached under `key`, or None, without counting a hit or a miss. A read
+        that fails (a timeout during a key-value leader election, a missing bucket) is
+        logged and counted, and returns None: a cache must never fail a request."""
         try:
             return self._parse((await self._kv.get(key)).value)
         except KeyNotFoundError:
+            return None
+        except (TimeoutError, nats.errors.Error) as error:
+            log.warning("could not read the result cache, serving a miss: %r", error)
+            self._metrics.cache_errors.labels(operation="read").inc()
             return None
 
     async def remember(
@@ -194,6 +201,7 @@ class ResultCache:
             await self._kv.put(key.key, answer.model_dump_json().encode())
         except Exception as error:  # a full or unreachable bucket must not fail a request
             log.warning("could not cache an answer: %r", error)
+            self._metrics.cache_errors.labels(operation="write").inc()
             return
         self._metrics.cache_writes.inc()
 

@@ -82,13 +82,19 @@ class CrossEncoderBackend(Protocol):
     def tokenizer(self) -> PairCodec: ...
 
     def score(self, batch: Sequence[PairEncoding]) -> list[float]:
-        """One score per encoding, in order. Raises ModelError on non-finite output."""
+        """One score per encoding, in order. A non-finite score (NaN, inf) is returned as it
+        is: a batch mixes requests, and only the request that owns the pair must fail
+        (`finite_scores` where its scores are read)."""
         ...
 
 
 def score_pairs(model: CrossEncoderBackend, pairs: Sequence[Pair]) -> list[float]:
-    """Encode and score in one call: for tools and tests that hold text, not encodings."""
-    return model.score(model.tokenizer.encode(pairs))
+    """Encode and score in one call: for tools and tests that hold text, not encodings.
+
+    Raises:
+        ModelError: the model returned a non-finite score.
+    """
+    return finite_scores(model.score(model.tokenizer.encode(pairs)), model.model_id)
 
 
 class Embedder(Protocol):
@@ -109,8 +115,14 @@ def normalise(vectors: Vectors) -> Vectors:
     return normalised
 
 
-def finite_scores(scores: npt.NDArray[np.floating], model_id: str) -> list[float]:
-    """Refuse NaN/inf: a broken model must produce an error, not a silently wrong ranking."""
-    if not np.all(np.isfinite(scores)):
+def finite_scores(scores: Sequence[float], model_id: str) -> list[float]:
+    """One request's scores, refusing NaN/inf: a broken model must produce an error, not a
+    silently wrong ranking.
+
+    Raises:
+        ModelError: a score is not finite (the input that produced it fails again: do not
+            retry it).
+    """
+    if not np.all(np.isfinite(np.asarray(scores, dtype=np.float64))):
         raise ModelError(f"model {model_id} returned non-finite scores")
     return [float(s) for s in scores]

@@ -15,7 +15,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from rankstream.errors import ModelError
-from rankstream.models.base import PairEncoding, finite_scores
+from rankstream.models.base import PairEncoding
 from rankstream.models.onnx_export import export_bert
 from rankstream.models.staging import staged_dir
 from rankstream.models.tokenization import PairTokenizer
@@ -60,7 +60,7 @@ class OnnxCrossEncoder:
             if name in self._input_names
         }
         (logits,) = self._session.run(None, feeds)[:1]
-        return finite_scores(np.asarray(logits).reshape(len(batch), -1)[:, 0], self.model_id)
+        return [float(s) for s in np.asarray(logits).reshape(len(batch), -1)[:, 0]]
 
 
 INT8_SUBFOLDER = "onnx-int8"

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from sentence_transformers import CrossEncoder
 
-from rankstream.models.base import PairEncoding, finite_scores
+from rankstream.models.base import PairEncoding
 from rankstream.models.tokenization import PairTokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -62,5 +61,5 @@ class TorchCrossEncoder:
         with torch.inference_mode():
             # Raw logits, as the ONNX runtime returns: rank by score, never by a sigmoid cut.
             logits = self._model(features)["scores"]
-        scores = logits.float().reshape(len(batch), -1)[:, 0].cpu().numpy()
-        return finite_scores(np.asarray(scores, dtype=np.float64), self.model_id)
+        scores: list[float] = logits.float().reshape(len(batch), -1)[:, 0].cpu().tolist()
+        return scores

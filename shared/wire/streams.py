@@ -11,6 +11,9 @@
 - KV_<PREFIX>_CACHE is the result cache's key-value bucket (rankstream/cache.py): one
   entry a key, entries expire after `cache_ttl_s` (with a marker the watchers see), the
   oldest are dropped first when it is full.
+- KV_<PREFIX>_ANSWERED records, for the results stream's duplicate window, which requests
+  were answered (keyed by request): a request JetStream delivers again after its answer was
+  published is acknowledged without being worked on again (rankstream/workers/replies.py).
 
 Workers create the streams that are missing and never change one that exists: an operator
 may have set its replicas, limits or retention on purpose. What differs from the settings
@@ -72,6 +75,25 @@ def cache_stream_config(subjects: Subjects, ttl_s: float, max_bytes: int) -> Str
     )
 
 
+def answered_stream_config(subjects: Subjects) -> StreamConfig:
+    """The record of answered requests: a key-value bucket (`js.key_value()` opens it) whose
+    entries live as long as the results stream's duplicate window, past which a second
+    answer would not be dropped either."""
+    return StreamConfig(
+        name=f"KV_{subjects.answered_bucket}",
+        subjects=[f"$KV.{subjects.answered_bucket}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        deny_delete=True,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        max_age=DUPLICATE_WINDOW_S,
+        max_msgs_per_subject=1,
+    )
+
+
 def work_queue_streams(subjects: Subjects) -> tuple[str, ...]:
     """The work-queue streams: whatever JetStream gives up on in them is dead-lettered."""
     streams = subjects.streams
@@ -111,6 +133,7 @@ def stream_configs(
             max_age=DEAD_LETTERS_MAX_AGE_S,
             duplicate_window=DUPLICATE_WINDOW_S,
         ),
+        answered_stream_config(subjects),
     ]
     if cache is not None:
         configs.append(cache)

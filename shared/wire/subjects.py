@@ -3,8 +3,8 @@
 For prefix `p`: subjects `p.queries`, `p.candidates`, `p.rerank` (bring your own
 candidates), `p.results.<client>`, `p.dead_letters`; streams `P_QUERIES`, `P_CANDIDATES`,
 `P_RERANK`, `P_RESULTS`, `P_DEAD_LETTERS`, `P_ADVISORIES`; the result cache's key-value bucket
-`P_CACHE` (stream `KV_P_CACHE`); durable consumers `p-retrieval`, `p-rerank`,
-`p-rerank-direct`.
+`P_CACHE` (stream `KV_P_CACHE`), the record of answered requests `P_ANSWERED`; durable
+consumers `p-retrieval`, `p-rerank`, `p-rerank-direct`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class Subjects:
     dead_letters: str = field(init=False)
     streams: Streams = field(init=False)
     cache_bucket: str = field(init=False)
+    answered_bucket: str = field(init=False)
 
     def __post_init__(self) -> None:
         base = self.prefix.upper().replace("-", "_")
@@ -52,6 +53,7 @@ class Subjects:
             "dead_letters": f"{self.prefix}.dead_letters",
             "streams": Streams.named(base),
             "cache_bucket": f"{base}_CACHE",
+            "answered_bucket": f"{base}_ANSWERED",
         }
         for name, value in names.items():
             object.__setattr__(self, name, value)

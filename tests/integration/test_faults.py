@@ -163,6 +163,33 @@ async def test_sigterm_finishes_and_acknowledges_what_the_worker_holds_then_exit
     assert info.num_redelivered == 0, info
 
 
+async def test_sigterm_hands_back_at_once_what_the_worker_fetched_but_had_not_started(
+    fault_settings: Settings,
+) -> None:
+    """Two rerank replicas under a backlog, each holding (fetched, buffered) more than it
+    runs; one is stopped. What it had fetched but not started is naked on the spot, so the
+    other replica answers it within seconds, not after the ack wait (two minutes here)."""
+    settings = fault_settings.model_copy(
+        update={"ack_wait_s": 120.0, "shutdown_grace_s": 20.0, "max_inflight_requests": 2}
+    )
+    with WorkerProcess("retrieval", settings), WorkerProcess("rerank", settings):
+        stopped = WorkerProcess("rerank", settings).start()
+        async with watched_client(settings) as (client, ledger):
+            answers = asyncio.ensure_future(ask_many(client, ledger, 60, depth=5))
+            await until(lambda: len(ledger.seen) >= 5)
+            exit_code = stopped.stop(timeout_s=40)
+            stopped_at = time.monotonic()
+            replies = await answers
+            last_answer_after_stop_s = max(ledger.seen_at) - stopped_at
+            await ledger.settle()
+    figures = ledger.figures(f"SIGTERM; last answer {last_answer_after_stop_s:.1f} s after exit")
+    assert exit_code == 0
+    assert figures["lost"] == 0
+    assert figures["duplicated"] == 0
+    assert all(isinstance(r, RankedResult) for r in replies)
+    assert last_answer_after_stop_s < 30, "held messages came back only after the ack wait"
+
+
 async def test_messages_whose_worker_dies_on_their_last_delivery_become_dead_letters(
     fault_settings: Settings,
 ) -> None:
