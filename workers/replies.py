@@ -9,7 +9,7 @@ import time
 
 import nats
 from faststream.nats import NatsBroker
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError, BadRequestError
 
 from rankstream.errors import ErrorCode
 from rankstream.metrics import Metrics
@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 # How long a worker keeps publishing an answer JetStream does not confirm: a stream leader
 # election on a NATS cluster takes ~5-9 s.
 RESULT_PATIENCE_S = 10.0
+# JetStream's error code for a publish a full stream refuses (discard new):
+# "maximum bytes exceeded", with status 503.
+STREAM_FULL = 10077
 
 
 class ReplySender:
@@ -38,12 +41,12 @@ class ReplySender:
         self, broker: NatsBroker, subjects: Subjects, worker: str, metrics: Metrics
     ) -> None:
         self._broker = broker
-        self._subjects = subjects
+        self.subjects = subjects
         self.worker = worker
         self._metrics = metrics
 
     async def send(self, reply_to: str, reply: RankedResult | ErrorResult) -> None:
-        if reply_to.startswith(self._subjects.results_root + "."):
+        if self.subjects.is_results_subject(reply_to):
             await self._publish_result(reply_to, reply)
         else:
             await self._broker.publish(reply, subject=reply_to)
@@ -65,7 +68,7 @@ class ReplySender:
                 await self._broker.publish(
                     reply,
                     subject=reply_to,
-                    stream=self._subjects.streams.results,
+                    stream=self.subjects.streams.results,
                     headers={"Nats-Msg-Id": dedup_id(reply.request_id, "reply")},
                 )
                 return
@@ -86,9 +89,21 @@ class ReplySender:
         await self.send(reply_to, error)
 
     async def dead_letter(self, letter: WireModel) -> None:
-        await self._broker.publish(
-            letter, self._subjects.dead_letters, stream=self._subjects.streams.dead_letters
-        )
+        """Keep `letter`; when the dead-letter stream is full (dead_letters_max_bytes, discard
+        new), log and count it instead: the message is still given up on, never redelivered."""
+        try:
+            await self._broker.publish(
+                letter, self.subjects.dead_letters, stream=self.subjects.streams.dead_letters
+            )
+        except APIError as error:
+            if error.err_code != STREAM_FULL:
+                raise
+            self._metrics.dead_letters_dropped.labels(worker=self.worker).inc()
+            log.error(
+                "%s: dead-letter stream %s is full (%s); this dead letter is dropped: raise "
+                "RANKSTREAM_DEAD_LETTERS_MAX_BYTES or purge the stream",
+                self.worker, self.subjects.streams.dead_letters, error.description,
+            )  # fmt: skip
 
 
 def _outcome(reply: RankedResult | ErrorResult) -> str:
