@@ -52,7 +52,15 @@ API_PATIENCE_S = 30.0  # how long a start waits on a JetStream API that does not
 
 
 # What a stream an operator made may differ in without a warning being worth it.
-CHECKED_FIELDS = ("retention", "storage", "num_replicas", "max_age", "duplicate_window")
+CHECKED_FIELDS = (
+    "retention",
+    "storage",
+    "num_replicas",
+    "max_age",
+    "duplicate_window",
+    "max_bytes",
+    "discard",
+)
 # ... and what it may not differ in at all: delivery depends on it.
 REQUIRED_FIELDS = ("retention",)
 
@@ -233,6 +241,8 @@ SERVER_DEFAULTS = {
     "num_replicas": 1,
     "max_age": 0.0,
     "duplicate_window": DEFAULT_DUPLICATE_WINDOW_S,
+    "max_bytes": -1,  # unbounded
+    "discard": DiscardPolicy.OLD,
 }
 
 
