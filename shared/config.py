@@ -281,6 +281,13 @@ class Settings(BaseSettings):
     # --- result cache (a NATS JetStream key-value bucket shared by every replica) ---
     cache_ttl_s: float = Field(default=600.0, ge=0)  # 0 turns the cache off
     cache_max_bytes: int = Field(default=256 << 20, ge=1 << 20)
+
+    # --- stream bounds (rankstream.wire.streams): disk a flood of requests can take ---
+    # Results: the oldest answers (long delivered) are dropped when full.
+    results_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    # Dead letters: new ones are refused when full (the first ones, the evidence, are kept);
+    # each refused one is logged and counted in rankstream_dead_letters_dropped_total.
+    dead_letters_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
     # Semantic tier: reuse the answer of a cached query whose embedding is at least this
     # cosine-similar (same table, models and pipeline); None turns it off.
     semantic_cache_threshold: float | None = Field(default=None, gt=0, le=1)
@@ -295,7 +302,9 @@ class Settings(BaseSettings):
     read_consistency_s: float = Field(default=5.0, ge=0)
 
     # --- HTTP gateway (`rankstream gateway`): Cohere, Jina/vLLM and TEI rerank APIs ---
-    gateway_host: str = "0.0.0.0"
+    # Loopback unless told otherwise: set RANKSTREAM_GATEWAY_HOST=0.0.0.0 (with
+    # RANKSTREAM_GATEWAY_TOKENS) to serve other machines.
+    gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8080, ge=0, le=65535)
     # Bearer tokens the gateway accepts (a JSON list in the environment); empty: no auth.
     gateway_tokens: list[SecretStr] = Field(default_factory=list)
@@ -303,6 +312,17 @@ class Settings(BaseSettings):
     gateway_max_body_bytes: int = Field(default=4 << 20, ge=1024)
     # TEI's `POST /rerank` refuses more texts than this with 413 (TEI's own default is 32).
     gateway_max_texts: int = Field(default=32, ge=1)
+
+    @field_validator("gateway_tokens")
+    @classmethod
+    def _tokens_not_blank(cls, tokens: list[SecretStr]) -> list[SecretStr]:
+        # A blank token would let `Authorization: Bearer ` (nothing after it) through.
+        if any(not token.get_secret_value().strip() for token in tokens):
+            raise ValueError(
+                "a gateway token is empty or blank: remove it from RANKSTREAM_GATEWAY_TOKENS "
+                "(e.g. '[\"s3cret\"]'), or leave the list empty to run without auth"
+            )
+        return tokens
 
     @field_validator("gateway_max_body_bytes")
     @classmethod

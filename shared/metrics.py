@@ -117,6 +117,12 @@ class Metrics:
                 ),
             )
         )
+        self.dead_letters_dropped = Counter(
+            "rankstream_dead_letters_dropped",
+            "Dead letters the full dead-letter stream refused (dead_letters_max_bytes).",
+            ["worker"],
+            registry=r,
+        )
         self.cache_requests = Counter(
             "rankstream_cache_requests",
             "Result-cache lookups by tier (exact|semantic) and outcome (hit|miss).",

@@ -154,7 +154,7 @@ class DeliveryGuard(BaseMiddleware):
         """A request delivered again whose answer was published already (its worker stopped,
         or its ack was lost, after answering) is acknowledged without being worked on again;
         a first delivery is not looked up."""
-        address = reply_address(msg.body) if _deliveries(msg) > 1 else None
+        address = reply_address(msg.body, self._subjects) if _deliveries(msg) > 1 else None
         if address is None:
             return False
         replies = self._replies(msg)
@@ -280,7 +280,7 @@ async def give_up(
 ) -> None:
     """Keep the message as a dead letter, then answer its requester with an error."""
     body = failed.body
-    address = reply_address(body)
+    address = reply_address(body, replies.subjects)
     kept = body[:MAX_KEPT_PAYLOAD]
     letter = DeadLetter(
         worker=failed.worker,
@@ -309,7 +309,7 @@ async def give_up(
 
 
 async def answer_error(replies: ReplySender, body: bytes, code: ErrorCode, message: str) -> None:
-    address = reply_address(body)
+    address = reply_address(body, replies.subjects)
     if address is None:
         log.warning("cannot answer a message without request_id/reply_to: %s", message)
         return
@@ -359,8 +359,10 @@ def watch_max_deliveries(broker: NatsBroker, settings: Settings, metrics: Metric
         )(on_max_deliveries)
 
 
-def reply_address(body: bytes) -> tuple[str, str] | None:
-    """(request_id, reply_to) from a request or a candidate set, even a malformed one."""
+def reply_address(body: bytes, subjects: Subjects) -> tuple[str, str] | None:
+    """(request_id, reply_to) from a request or a candidate set, even a malformed one; None
+    when there is no safe place to answer, e.g. a reply_to outside the results subjects (a
+    worker publishes nothing, not even an error, where a requester merely asked it to)."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -373,6 +375,8 @@ def reply_address(body: bytes) -> tuple[str, str] | None:
     if not (isinstance(request_id, str) and isinstance(reply_to, str)):
         return None
     if not request_id or len(reply_to) > 255 or not SUBJECT.fullmatch(reply_to):
+        return None
+    if not subjects.is_results_subject(reply_to):
         return None
     if not (_encodable(request_id) and _encodable(reply_to)):
         return None

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import nats
 from faststream.nats import NatsBroker
-from nats.js.errors import BadRequestError, KeyNotFoundError
+from nats.js.errors import APIError, BadRequestError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from rankstream.cache.store import ResultCache
@@ -94,6 +94,11 @@ def _key(request_id: str) -> str:
     return dedup_id(request_id, "answered").replace(":", ".")
 
 
+# JetStream's error code for a publish a full stream refuses (discard new):
+# "maximum bytes exceeded", with status 503.
+STREAM_FULL = 10077
+
+
 class ReplySender:
     """Replies under the results subject go through JetStream with a `Nats-Msg-Id`, so a
     request processed twice (after a redelivery) is answered once; others go over core NATS.
@@ -113,7 +118,7 @@ class ReplySender:
         cache: ResultCache | None = None,
     ) -> None:
         self._broker = broker
-        self._subjects = subjects
+        self.subjects = subjects
         self.worker = worker
         self._metrics = metrics
         self._cache = cache
@@ -121,12 +126,12 @@ class ReplySender:
 
     async def send(self, reply_to: str, reply: RankedResult | ErrorResult) -> None:
         """Send `reply`, then record its request as answered."""
-        if reply_to.startswith(self._subjects.results_root + "."):
+        if self.subjects.is_results_subject(reply_to):
             await publish_until_confirmed(
                 lambda: self._broker.publish(
                     reply,
                     subject=reply_to,
-                    stream=self._subjects.streams.results,
+                    stream=self.subjects.streams.results,
                     headers={"Nats-Msg-Id": dedup_id(reply.request_id, "reply")},
                 ),
                 f"{self.worker}: the answer to {reply.request_id}",
@@ -158,9 +163,21 @@ class ReplySender:
         await self.send(reply_to, error)
 
     async def dead_letter(self, letter: WireModel) -> None:
-        await self._broker.publish(
-            letter, self._subjects.dead_letters, stream=self._subjects.streams.dead_letters
-        )
+        """Keep `letter`; when the dead-letter stream is full (dead_letters_max_bytes, discard
+        new), log and count it instead: the message is still given up on, never redelivered."""
+        try:
+            await self._broker.publish(
+                letter, self.subjects.dead_letters, stream=self.subjects.streams.dead_letters
+            )
+        except APIError as error:
+            if error.err_code != STREAM_FULL:
+                raise
+            self._metrics.dead_letters_dropped.labels(worker=self.worker).inc()
+            log.error(
+                "%s: dead-letter stream %s is full (%s); this dead letter is dropped: raise "
+                "RANKSTREAM_DEAD_LETTERS_MAX_BYTES or purge the stream",
+                self.worker, self.subjects.streams.dead_letters, error.description,
+            )  # fmt: skip
 
 
 def _outcome(reply: RankedResult | ErrorResult) -> str:

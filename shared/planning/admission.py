@@ -4,8 +4,10 @@ before any work is done.
 Bounds (all settings): the query's length; `top_k` and every depth at most `max_depth`; the
 pairs all stages may score together, MaxP windows included, at most `max_request_pairs`;
 `timeout_ms` at most `max_timeout_ms`; a stage after `auto` at most the fewest candidates
-the depth policy can choose. A client clock ahead of the worker's by more than
-`CLOCK_SKEW_MS` is not trusted: the deadline counts from when the request was received.
+the depth policy can choose; `reply_to` under `{prefix}.results.` (anywhere else, a request
+could make a worker publish on the cache bucket or a work queue). A client clock ahead of the
+worker's by more than `CLOCK_SKEW_MS` is not trusted: the deadline counts from when the
+request was received.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from rankstream.cache.keys import key_for
 from rankstream.config import Settings
 from rankstream.errors import InvalidRequestError, RequestTooLargeError
 from rankstream.planning.adaptive_depth import DepthPolicy
-from rankstream.planning.plan import Fusion, QueryPlan, RetrievalPlan, StagePlan
+from rankstream.planning.plan import Fusion, QueryPlan, RetrievalPlan, StagePlan, store_identity
 from rankstream.planning.scorers import scorer_model
 from rankstream.wire.contract import AUTO, QueryRequest, RerankRequest, RerankStage
 from rankstream.wire.filters import parse_filter
 from rankstream.wire.handoff import CandidateSet
+from rankstream.wire.subjects import Subjects
 
 # How far ahead of a worker's clock a client's `created_at_ms` may be.
 CLOCK_SKEW_MS = 60_000.0
@@ -61,6 +64,7 @@ class Planner:
         mode = request.retrieval or settings.default_retrieval
         retrieval = RetrievalPlan(
             mode=mode,
+            store=store_identity(settings.lancedb_uri),
             table=request.table or settings.table,
             table_version=table_version,
             filter=parse_filter(request.filter).sql if request.filter is not None else None,
@@ -120,6 +124,7 @@ class Planner:
             InvalidRequestError: what is wrong, and what to change.
         """
         plan = candidate_set.plan
+        self._check_reply_to(plan.reply_to)
         self._check_query(plan.query)
         self._check_depth("top_k", plan.top_k)
         self._timeout(plan.timeout_ms)
@@ -149,7 +154,8 @@ class Planner:
         retrieval: RetrievalPlan | None,
         stages: tuple[StagePlan, ...],
     ) -> QueryPlan:
-        """The plan of `request`, its deadline and its pairs bounded."""
+        """The plan of `request`, its reply subject, deadline and pairs bounded."""
+        self._check_reply_to(request.reply_to)
         plan = QueryPlan(
             kind="query" if retrieval is not None else "rerank",
             request_id=request.request_id,
@@ -218,6 +224,14 @@ class Planner:
             bm25_weight=settings.hybrid_bm25_weight,
             depth=settings.hybrid_fusion_depth,
         )
+
+    def _check_reply_to(self, reply_to: str) -> None:
+        subjects = Subjects.from_settings(self.settings)
+        if not subjects.is_results_subject(reply_to):
+            raise InvalidRequestError(
+                f"reply_to {reply_to!r} is not under {subjects.results_root}.: answers go only "
+                f"to results subjects ({subjects.results_for('<client id>')})"
+            )
 
     def _check_query(self, query: str) -> None:
         if not query.strip():

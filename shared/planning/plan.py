@@ -8,6 +8,7 @@ candidates are the caller's documents in their order.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,11 +36,22 @@ class Fusion(_Frozen):
     depth: int = Field(ge=1)
 
 
+def store_identity(lancedb_uri: str) -> str:
+    """A short name for the LanceDB store a table lives in (a digest: a URI may name a
+    bucket or carry a path an operator would not put on the wire)."""
+    return hashlib.sha256(lancedb_uri.encode()).hexdigest()[:16]
+
+
 class RetrievalPlan(_Frozen):
-    """The first stage: search `table` (as of `table_version`) in `mode` for `count`
-    candidates, through `filter` (its canonical SQL), embedding the query with `embedder`."""
+    """The first stage: search `table` of `store` (as of `table_version`) in `mode` for
+    `count` candidates, through `filter` (its canonical SQL), embedding the query with
+    `embedder`."""
 
     mode: RetrievalMode
+    store: str = Field(
+        description="The LanceDB store (store_identity of its URI): part of the cache key, so "
+        "deployments sharing a NATS prefix but not a store never serve each other's answers."
+    )
     table: str
     table_version: int | None = None
     filter: str | None = None

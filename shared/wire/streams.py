@@ -5,9 +5,14 @@
   durable consumer, and removed once acknowledged.
 - ADVISORIES keeps JetStream's "gave up on this message" advisories for our two work
   queues until a worker has dead-lettered the message they name.
-- DEAD_LETTERS keeps, for two weeks, every message that will never be answered normally.
+- DEAD_LETTERS keeps, for two weeks, every message that will never be answered normally,
+  up to `dead_letters_max_bytes`: when full, a new dead letter is refused (discard new: the
+  first ones are kept), and the worker logs and counts it
+  (`rankstream_dead_letters_dropped_total`); the requester still gets its error.
 - RESULTS keeps answers for a while, with a duplicate window: a result published twice
-  under the same `Nats-Msg-Id` (after a redelivery) is stored once.
+  under the same `Nats-Msg-Id` (after a redelivery) is stored once. At most
+  `results_max_bytes`: when full, the oldest answers are dropped (discard old), so an answer
+  is never refused.
 - KV_<PREFIX>_CACHE is the result cache's key-value bucket (rankstream/cache.py): one
   entry a key, entries expire after `cache_ttl_s` (with a marker the watchers see), the
   oldest are dropped first when it is full.
@@ -26,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 import nats
 from nats.errors import NoRespondersError
@@ -49,7 +55,15 @@ API_PATIENCE_S = 30.0  # how long a start waits on a JetStream API that does not
 
 
 # What a stream an operator made may differ in without a warning being worth it.
-CHECKED_FIELDS = ("retention", "storage", "num_replicas", "max_age", "duplicate_window")
+CHECKED_FIELDS = (
+    "retention",
+    "storage",
+    "num_replicas",
+    "max_age",
+    "duplicate_window",
+    "max_bytes",
+    "discard",
+)
 # ... and what it may not differ in at all: delivery depends on it.
 REQUIRED_FIELDS = ("retention",)
 
@@ -100,11 +114,27 @@ def work_queue_streams(subjects: Subjects) -> tuple[str, ...]:
     return (streams.queries, streams.candidates, streams.rerank)
 
 
+@dataclass(frozen=True)
+class StreamBounds:
+    """Bytes the results and dead-letter streams may hold (settings `results_max_bytes`,
+    `dead_letters_max_bytes`)."""
+
+    results_max_bytes: int = 1 << 30
+    dead_letters_max_bytes: int = 1 << 30
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StreamBounds:
+        return cls(settings.results_max_bytes, settings.dead_letters_max_bytes)
+
+
 def stream_configs(
-    subjects: Subjects, replicas: int = 1, cache: StreamConfig | None = None
+    subjects: Subjects,
+    replicas: int = 1,
+    cache: StreamConfig | None = None,
+    bounds: StreamBounds = StreamBounds(),
 ) -> list[StreamConfig]:
     """The streams rankstream needs, each with `replicas` copies (3 on a NATS cluster);
-    `cache`: the result cache's bucket too."""
+    `cache`: the result cache's bucket too; `bounds`: the results' and dead letters' size."""
     configs = [
         _work_queue(subjects.streams.queries, subjects.queries),
         _work_queue(subjects.streams.candidates, subjects.candidates),
@@ -115,6 +145,8 @@ def stream_configs(
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             max_age=RESULTS_MAX_AGE_S,
+            max_bytes=bounds.results_max_bytes,
+            discard=DiscardPolicy.OLD,
             duplicate_window=DUPLICATE_WINDOW_S,
         ),
         StreamConfig(
@@ -131,6 +163,8 @@ def stream_configs(
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             max_age=DEAD_LETTERS_MAX_AGE_S,
+            max_bytes=bounds.dead_letters_max_bytes,
+            discard=DiscardPolicy.NEW,
             duplicate_window=DUPLICATE_WINDOW_S,
         ),
         answered_stream_config(subjects),
@@ -157,11 +191,12 @@ async def ensure_streams_on(
     subjects: Subjects,
     replicas: int = 1,
     cache: StreamConfig | None = None,
+    bounds: StreamBounds = StreamBounds(),
 ) -> list[str]:
     """Create the missing streams; check the existing ones, keep them as they are, and
     return (and log) how they differ. Raises StreamConfigError when one cannot serve."""
     differences: list[str] = []
-    for wanted in stream_configs(subjects, replicas, cache):
+    for wanted in stream_configs(subjects, replicas, cache, bounds):
         differences += await _ensure_stream(js, wanted)
     for difference in differences:
         log.warning("%s; keeping the stream as it is", difference)
@@ -229,6 +264,8 @@ SERVER_DEFAULTS = {
     "num_replicas": 1,
     "max_age": 0.0,
     "duplicate_window": DEFAULT_DUPLICATE_WINDOW_S,
+    "max_bytes": -1,  # unbounded
+    "discard": DiscardPolicy.OLD,
 }
 
 
@@ -250,7 +287,11 @@ async def ensure_streams(settings: Settings) -> list[str]:
             else None
         )
         return await ensure_streams_on(
-            connection.jetstream(), subjects, settings.stream_replicas, cache
+            connection.jetstream(),
+            subjects,
+            settings.stream_replicas,
+            cache,
+            StreamBounds.from_settings(settings),
         )
     finally:
         await connection.close()

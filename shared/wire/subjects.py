@@ -66,6 +66,12 @@ class Subjects:
         """The durable consumer every replica of `worker` (retrieval, rerank) shares."""
         return f"{self.prefix}-{worker}"
 
+    def is_results_subject(self, subject: str) -> bool:
+        """Whether `subject` lies under the results root: the only subjects a worker answers
+        on, so a request cannot make a worker publish anywhere else it may (the cache bucket,
+        the work queues)."""
+        return subject.startswith(self.results_root + ".")
+
     def results_for(self, client_id: str) -> str:
         """Each client listens on its own results subject."""
         return f"{self.results_root}.{client_id}"

@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.errors import ErrorCode
+from rankstream.metrics import Metrics
 from rankstream.models.base import PairEncoding
 from rankstream.models.registry import load_embedder
 from rankstream.retrieval.corpus import read_documents
@@ -255,3 +256,69 @@ async def test_a_model_that_returns_nan_gives_a_model_error_and_the_worker_recov
     runner.run = real
     await asyncio.sleep(0)
     await assert_still_serving(wire)
+
+
+async def test_a_reply_to_outside_the_results_subjects_is_refused_and_nothing_is_sent_there(
+    settings: Settings,
+) -> None:
+    # A cache entry's subject: a worker may write there, so a request must not make it.
+    settings = settings.model_copy(update={"cache_ttl_s": 600.0})
+    subjects = Subjects.from_settings(settings)
+    async with running_workers(settings):
+        connection = await nats.connect(settings.effective_nats_url)
+        try:
+            js = connection.jetstream()
+            bucket = await js.key_value(subjects.cache_bucket)
+            await bucket.put("victim", b"the cached answer")
+            elsewhere = f"{settings.subject_prefix}.inbox.someone"
+            watched = await connection.subscribe(elsewhere)
+            letters = await js.pull_subscribe(subjects.dead_letters, durable="test-dlq")
+            for target in (f"$KV.{subjects.cache_bucket}.victim", elsewhere):
+                body = {"request_id": "r1", "query": "What causes the seasons?", "top_k": 3,
+                        "stages": [], "reply_to": target}  # fmt: skip
+                await js.publish(subjects.queries, json.dumps(body).encode())
+                (message,) = await letters.fetch(1, timeout=30)
+                await message.ack()
+                letter = DeadLetter.model_validate_json(message.data)
+                assert letter.code == ErrorCode.INVALID_REQUEST
+                assert "reply_to" in letter.reason
+            with pytest.raises(nats.errors.TimeoutError):
+                await watched.next_msg(timeout=1)
+            assert (await bucket.get("victim")).value == b"the cached answer"
+        finally:
+            await connection.close()
+
+
+async def test_a_full_dead_letter_stream_drops_new_letters_counted_while_requesters_get_errors(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings.model_copy(update={"dead_letters_max_bytes": 1 << 20})
+    subjects = Subjects.from_settings(settings)
+    metrics = Metrics()
+    sent = 6  # each dead letter keeps ~400 KB (the bytes, base64): the third fills 1 MiB
+    async with running_workers(settings, metrics=metrics):
+        connection = await nats.connect(settings.effective_nats_url)
+        try:
+            replies = await connection.subscribe(subjects.results_for("flood"))
+            js = connection.jetstream()
+            for number in range(sent):
+                body = {"request_id": f"r{number}", "query": "x" * 300_000, "top_k": 3,
+                        "reply_to": subjects.results_for("flood")}  # fmt: skip
+                await js.publish(subjects.queries, json.dumps(body).encode())
+                reply = REPLY_ADAPTER.validate_json((await replies.next_msg(timeout=30)).data)
+                assert isinstance(reply, ErrorResult)
+                assert reply.code == ErrorCode.INVALID_REQUEST
+            kept = (await js.stream_info(subjects.streams.dead_letters)).state
+            assert kept.bytes <= 1 << 20
+            assert 0 < kept.messages < sent
+            dropped = metrics.registry.get_sample_value(
+                "rankstream_dead_letters_dropped_total", {"worker": "retrieval"}
+            )
+            assert dropped == sent - kept.messages
+            assert f"dead-letter stream {subjects.streams.dead_letters} is full" in caplog.text
+            queue = (await js.stream_info(subjects.streams.queries)).state
+            assert queue.messages == 0, "every refused request was taken off the queue"
+        finally:
+            await connection.close()
+        async with RankstreamClient(settings) as client:
+            assert (await client.query("How do vaccines train the immune system?", depth=3)).results

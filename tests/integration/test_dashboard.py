@@ -269,7 +269,7 @@ async def _send_past_deadline(client: RankstreamClient, settings: Settings) -> N
     subjects = Subjects.from_settings(settings)
     connection = await nats.connect(**connect_kwargs(settings))
     try:
-        reply_to = f"{settings.subject_prefix}.dashboard-test.{uuid.uuid4().hex}"
+        reply_to = subjects.results_for(f"dashboard-test.{uuid.uuid4().hex}")
         subscription = await connection.subscribe(reply_to)
         request = stale.model_copy(update={"request_id": uuid.uuid4().hex, "reply_to": reply_to})
         candidate_set = CandidateSet(

@@ -167,6 +167,15 @@ def test_compose_validation_refuses_a_broken_file() -> None:
         compose_validator().validate(broken)
 
 
+def test_compose_publishes_nats_and_the_gateway_on_the_hosts_loopback_only() -> None:
+    # Neither asks for credentials as shipped (no NATS auth, no gateway tokens).
+    (compose,) = documents(INFRA / "compose.yaml")
+    for service in ("nats", "gateway"):
+        ports = compose["services"][service]["ports"]
+        assert ports, service
+        assert all(str(port).startswith("127.0.0.1:") for port in ports), (service, ports)
+
+
 # --- Dockerfiles ---------------------------------------------------------------------------
 
 

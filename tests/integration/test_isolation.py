@@ -19,6 +19,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from rankstream.client import RankstreamClient, inbox_prefix
 from rankstream.config import Settings
 from rankstream.wire.connection import connect_kwargs
+from rankstream.wire.streams import ensure_streams
 from rankstream.workers.app import WorkerKind, running_workers
 from tests.integration.test_security import ACCOUNTS_CONF, nats_server
 
@@ -112,3 +113,41 @@ async def test_a_client_reads_only_its_own_answers(
             log, 'Publish Violation - Subject "$JS.API.CONSUMER.CREATE.RANKSTREAM_RESULTS"'
         )
         assert '"RANKSTREAM/user:client" - ' not in log(), "alice was refused something"
+
+
+async def test_a_client_cannot_delete_another_clients_results_consumer(tmp_path: Path) -> None:
+    shutil.copy(ACCOUNTS_CONF, tmp_path / "accounts.conf")
+    passwords = {role: "p" + secrets.token_urlsafe(16) for role in ROLES}
+    env = {f"NATS_{role.upper()}_PASSWORD": value for role, value in passwords.items()}
+    with nats_server(tmp_path, 'include "accounts.conf"', env) as server:
+        role = {
+            name: Settings(nats_url=server.url, nats_user=name, nats_password=password)
+            for name, password in passwords.items()
+        }
+        await ensure_streams(role["retrieval"])
+        alice = await nats.connect(
+            **connect_kwargs(role["client"]), inbox_prefix=inbox_prefix(role["client"])
+        )
+        mallory = await nats.connect(
+            **connect_kwargs(role["gateway"]), inbox_prefix=inbox_prefix(role["gateway"])
+        )
+        try:
+            # alice's consumer, as RankstreamClient makes one (named, filtered to her subject)
+            await alice.jetstream().subscribe(
+                "rankstream.results.client.alice",
+                stream="RANKSTREAM_RESULTS",
+                ordered_consumer=True,
+                config=ConsumerConfig(name="results_alice"),
+            )
+            with pytest.raises(nats.errors.TimeoutError):  # refused: no answer comes back
+                await mallory.jetstream(timeout=1.5).delete_consumer(
+                    "RANKSTREAM_RESULTS", "results_alice"
+                )
+        finally:
+            await mallory.close()
+            await alice.close()
+        assert await wait_for_log(
+            server.log,
+            "Publish Violation - Subject "
+            '"$JS.API.CONSUMER.DELETE.RANKSTREAM_RESULTS.results_alice"',
+        )

@@ -147,6 +147,7 @@ class Pipeline:
         self.settings = settings
         self.subjects = Subjects.from_settings(settings)
         self.results_reply_to = self.subjects.results_for("props")
+        # Outside the results subjects: a request naming it is refused, and never answered.
         self.core_reply_to = f"{settings.subject_prefix}.inbox.props"
         self.replies: list[Delivered] = []
         self.letters: list[DeadLetter] = []
@@ -383,21 +384,24 @@ def fresh_token() -> str:
 @dataclass(frozen=True)
 class Address:
     """What a message says about where to answer it: the request_id and reply_to strings in
-    it (an object, or the object under its "plan" key: a candidate set), or None where there
-    are none."""
+    it (an object, or the object under its "plan" key, where a candidate set carries its
+    request's address), or None where there are none; `results_root`: the only subjects the
+    workers answer on."""
 
     request_id: str | None
     reply_to: str | None
+    results_root: str
 
     @property
     def findable(self) -> bool:
         """Whether the workers answer an invalid message here (workers/delivery.py): a
-        non-empty request_id and a reply_to that looks like a subject."""
+        non-empty request_id and a reply_to that looks like a subject under the results root."""
         return (
             bool(self.request_id)
             and self.reply_to is not None
             and len(self.reply_to) <= 255
             and FINDABLE_SUBJECT.fullmatch(self.reply_to) is not None
+            and self.reply_to.startswith(self.results_root + ".")
         )
 
     @property
@@ -425,18 +429,19 @@ def _encodable(text: str) -> bool:
     return not any(0xD800 <= ord(character) <= 0xDFFF for character in text)
 
 
-def address_in(payload: bytes) -> Address:
+def address_in(payload: bytes, results_root: str) -> Address:
     try:
         data = json.loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        return Address(None, None)
+        return Address(None, None, results_root)
     request = data.get("plan", data) if isinstance(data, dict) else None
     if not isinstance(request, dict):
-        return Address(None, None)
+        return Address(None, None, results_root)
     request_id, reply_to = request.get("request_id"), request.get("reply_to")
     return Address(
         request_id if isinstance(request_id, str) else None,
         reply_to if isinstance(reply_to, str) else None,
+        results_root,
     )
 
 
@@ -668,8 +673,12 @@ KNOWN_FAILURES = [
     # transient, then dead-lettered `internal` instead of refused as `invalid_request`.
     RawMessage(False, a_query("", Listened(core=False, suffix="\n\n"))),
     # A valid request whose core reply_to has an empty token. The server drops the answer,
-    # and the message is acknowledged: no reply, no dead letter.
+    # and the message is acknowledged: no reply, no dead letter. (Now refused at admission:
+    # a reply_to outside the results subjects is never answered.)
     RawMessage(False, a_query("", Listened(core=True, suffix=".."))),
+    # A valid request whose reply_to is outside the results subjects: the worker answered
+    # there (any subject it may publish on, a cache entry's among them).
+    RawMessage(False, a_query("", Listened(core=True))),
 ]
 
 
@@ -680,7 +689,7 @@ def test_arbitrary_bytes_are_answered_or_dead_lettered_exactly(pipeline: Pipelin
     def every_message_is_accounted_for(message: RawMessage) -> None:
         sent = message.sent(pipeline)
         (outcome,) = pipeline.run(pipeline.exchange([sent], [None]))
-        check_accounted_for(outcome, address_in(sent.payload))
+        check_accounted_for(outcome, address_in(sent.payload, pipeline.subjects.results_root))
 
     every_message_is_accounted_for()
     pipeline.run(pipeline.still_serving())
@@ -701,7 +710,6 @@ class RequestSpec:
     timeout_ms: int
     created: float
     absolute: bool
-    core: bool
 
     def build(self, pipeline: Pipeline, token: str) -> QueryRequest:
         return QueryRequest(
@@ -711,7 +719,7 @@ class RequestSpec:
             stages=[RerankStage(depth=self.depth)] if self.depth else [],
             created_at_ms=self.created if self.absolute else now_ms() + self.created,
             timeout_ms=self.timeout_ms,
-            reply_to=pipeline.core_reply_to if self.core else pipeline.results_reply_to,
+            reply_to=pipeline.results_reply_to,
         )
 
 
@@ -759,9 +767,7 @@ def request_specs(draw: st.DrawFn) -> RequestSpec:
         created, absolute = draw(st.floats(-300_000, 300_000) | finite), draw(st.booleans())
         if absolute:  # the schema takes no time before 1970
             created = abs(created)
-    return RequestSpec(
-        stem, query, top_k, depth, timeout_ms, created, absolute, draw(st.booleans())
-    )
+    return RequestSpec(stem, query, top_k, depth, timeout_ms, created, absolute)
 
 
 WHITESPACE = ["", " ", "\t", "\n", "\r\n", "\u2028", "\ufeff"]
@@ -780,7 +786,7 @@ def request_batches(draw: st.DrawFn) -> list[RequestSpec]:
 
 def simple_request(stem: str) -> RequestSpec:
     return RequestSpec(stem, "0", top_k=1, depth=1, timeout_ms=30_000, created=0.0,
-                       absolute=False, core=False)  # fmt: skip
+                       absolute=False)  # fmt: skip
 
 
 KNOWN_BATCH_FAILURES = [

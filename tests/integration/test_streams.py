@@ -66,3 +66,25 @@ async def test_a_stream_that_cannot_serve_is_refused_with_a_clear_error(
 
     with pytest.raises(StreamConfigError, match="retention"):
         await ensure_streams(settings)
+
+
+async def test_an_unbounded_results_stream_from_before_the_bounds_is_warned_about(
+    settings: Settings,
+) -> None:
+    subjects = Subjects.from_settings(settings)
+    connection = await nats.connect(settings.effective_nats_url)
+    js = connection.jetstream()
+    await js.add_stream(
+        StreamConfig(
+            name=subjects.streams.results,
+            subjects=[f"{subjects.results_root}.>"],
+            max_age=600.0,
+            duplicate_window=120.0,
+        )
+    )
+    differences = await ensure_streams(settings)
+    await connection.close()
+    assert [d for d in differences if subjects.streams.results in d] == [
+        f"stream {subjects.streams.results}: max_bytes is -1, rankstream would set "
+        f"{settings.results_max_bytes}"
+    ]

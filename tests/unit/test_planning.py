@@ -24,7 +24,12 @@ def planner(**settings: object) -> Planner:
 
 def query(**fields: object) -> QueryRequest:
     return QueryRequest.model_validate(
-        {"query": "why is the sky blue", "reply_to": "r.c1", "created_at_ms": NOW, **fields}
+        {
+            "query": "why is the sky blue",
+            "reply_to": "rankstream.results.c1",
+            "created_at_ms": NOW,
+            **fields,
+        }
     )
 
 
@@ -146,7 +151,13 @@ def test_requests_over_a_bound_are_refused(fields: dict[str, object], match: str
 def rerank_request(count: int, **fields: object) -> RerankRequest:
     documents = [RerankDocument(text=f"document {i}") for i in range(count)]
     return RerankRequest.model_validate(
-        {"query": "q", "documents": documents, "reply_to": "r.c1", "created_at_ms": NOW, **fields}
+        {
+            "query": "q",
+            "documents": documents,
+            "reply_to": "rankstream.results.c1",
+            "created_at_ms": NOW,
+            **fields,
+        }
     )
 
 
@@ -179,7 +190,7 @@ def test_a_rerank_worker_refuses_a_plan_made_for_another_model() -> None:
 def test_the_cache_key_changes_with_what_changes_the_answer_only() -> None:
     base = plan_of(query(stages=stages("ce@10")))
     assert base.cache is not None
-    same = plan_of(query(stages=stages("ce@10"), priority=900, reply_to="r.c2",
+    same = plan_of(query(stages=stages("ce@10"), priority=900, reply_to="rankstream.results.c2",
                          return_documents=False, timeout_ms=1_000))  # fmt: skip
     assert same.cache == base.cache
     assert plan_of(query(query="WHY is the  sky blue?", stages=stages("ce@10"))).cache == base.cache
@@ -209,3 +220,42 @@ def test_the_pair_cap_follows_a_smaller_worker_budget_unless_set() -> None:
     assert Settings(max_inflight_pairs=64).request_pair_cap == 64
     assert Settings(max_inflight_pairs=64, max_request_pairs=16).request_pair_cap == 16
     assert Settings().request_pair_cap == Settings().max_inflight_pairs
+
+
+@pytest.mark.parametrize(
+    "reply_to",
+    [
+        "$KV.RANKSTREAM_CACHE.0123abcd",  # a cache entry: the worker would overwrite it
+        "rankstream.queries",  # a work queue: the answer would be taken for a request
+        "rankstream.results",  # the root itself, not a client's subject under it
+        "rankstream.resultsx.c1",
+        "other.results.c1",  # another deployment's prefix
+        "_INBOX.c1",
+    ],
+)
+def test_a_reply_to_outside_this_prefixs_results_subjects_is_refused(reply_to: str) -> None:
+    with pytest.raises(
+        InvalidRequestError, match=r"reply_to .* is not under rankstream\.results\."
+    ):
+        plan_of(query(reply_to=reply_to))
+    with pytest.raises(InvalidRequestError, match=r"not under rankstream\.results\."):
+        planner().plan_rerank(rerank_request(2, reply_to=reply_to), received_at_ms=NOW)
+    # A candidate set made elsewhere carries its plan: checked again before it is executed.
+    plan = planner().plan_rerank(rerank_request(2), received_at_ms=NOW)
+    forged = CandidateSet(
+        plan=plan.model_copy(update={"reply_to": reply_to}),
+        candidates=brought_candidates(rerank_request(2)),
+    )
+    with pytest.raises(InvalidRequestError, match=r"not under rankstream\.results\."):
+        planner().check_executable(forged)
+
+
+def test_two_stores_behind_one_prefix_never_share_a_cache_key() -> None:
+    here = plan_of(query(), lancedb_uri="/srv/a/lancedb")
+    there = plan_of(query(), lancedb_uri="s3://bucket/lancedb")
+    assert here.cache is not None
+    assert there.cache is not None
+    assert here.cache.key != there.cache.key
+    assert plan_of(query(), lancedb_uri="/srv/a/lancedb").cache == here.cache
+    assert here.retrieval is not None
+    assert "/srv" not in here.retrieval.store, "the plan names the store by a digest"
