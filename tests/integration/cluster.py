@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any
 
 import nats
 
-from rankstream.workers.local import ClusterNode, NatsCluster, free_port, http_json
+from rankstream.workers.local import ClusterNode, NatsCluster, http_json
 
 # Every write fsynced before its PubAck, as the shipped server configs have it: a kill -9 of
 # every node at once (the loopback stand-in for a power loss) then loses nothing acknowledged.
@@ -30,6 +31,11 @@ DURABLE_JETSTREAM = "jetstream {\n  sync_interval: always\n}\n"
 # Where each node says peers may reach its routes: a closed port, so that a node never
 # opens a route that bypasses the proxies (implicit routes to gossiped addresses).
 NO_DIRECT_ROUTE = "127.0.0.1:1"
+
+
+def _listening_socket() -> socket.socket:
+    """A socket bound to a free loopback port now, so that no node draws the same port."""
+    return socket.create_server(("127.0.0.1", 0))
 
 
 @dataclass
@@ -40,8 +46,12 @@ class _Link:
     source: str
     target: str
     target_port: int
-    listen_port: int = field(default_factory=free_port)
+    listening: socket.socket = field(default_factory=_listening_socket)
     sockets: set[asyncio.StreamWriter] = field(default_factory=set)
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listening.getsockname()[1])
 
 
 class RouteProxy:
@@ -70,9 +80,7 @@ class RouteProxy:
     def start(self) -> None:
         self._thread.start()
         for link in self.links:
-            server = self._call(
-                asyncio.start_server(self._forwarder(link), "127.0.0.1", link.listen_port)
-            )
+            server = self._call(asyncio.start_server(self._forwarder(link), sock=link.listening))
             self._servers.append(server)
 
     def stop(self) -> None:
