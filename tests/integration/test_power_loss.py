@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -31,6 +33,22 @@ cluster, cluster_settings = test_cluster.cluster, test_cluster.cluster_settings 
 
 EVERY_S, DEPTH = 0.3, 2
 SETTLE_S = 120.0  # redelivery after a lost ack comes after the 15 s ack wait, and may repeat
+
+
+@asynccontextmanager
+async def under_load(settings: Settings) -> AsyncIterator[tuple[Ledger, list[WorkerProcess]]]:
+    """A retrieval and a rerank worker process, and a client publishing a request every
+    `EVERY_S` from their first answers until the block ends; then every acknowledged request
+    is given `SETTLE_S` to be answered."""
+    workers = [WorkerProcess("retrieval", settings), WorkerProcess("rerank", settings)]
+    async with running(*workers), watched_client(settings) as (client, ledger):
+        load = asyncio.ensure_future(ledger.keep_sending(client, EVERY_S, DEPTH))
+        try:
+            await until(lambda: len(ledger.seen) >= 3, timeout_s=180, what="first answers")
+            yield ledger, workers
+        finally:
+            load.cancel()
+        await ledger.settle(SETTLE_S)
 
 
 async def acknowledged_more(ledger: Ledger, count: int, what: str) -> None:
@@ -61,25 +79,18 @@ async def test_a_power_loss_to_every_node_loses_no_acknowledged_request_and_answ
     workers reconnect by themselves, and every acknowledged request is answered once."""
     settings = cluster_settings
     assert all(cluster.syncs_always(node.name) for node in cluster.nodes)
-    retrieval, rerank = WorkerProcess("retrieval", settings), WorkerProcess("rerank", settings)
-    async with running(retrieval, rerank), watched_client(settings) as (client, ledger):
-        load = asyncio.ensure_future(ledger.keep_sending(client, EVERY_S, DEPTH))
-        try:
-            await until(lambda: len(ledger.seen) >= 3, timeout_s=180, what="first answers")
-            await acknowledged_more(ledger, 6, "requests in flight at the power loss")
-            await until(lambda: len(ledger.acknowledged) > len(ledger.seen), what="in flight")
-            cluster.kill_all()
-            lost_power_at = time.monotonic()
-            acknowledged_before = len(ledger.acknowledged)
-            answered_before = len(ledger.seen)
-            await asyncio.sleep(2.0)  # publishes into the dark
-            await asyncio.to_thread(cluster.restart_all)
-            back_s = time.monotonic() - lost_power_at
-            await acknowledged_more(ledger, 5, "publishes acknowledged after the restart")
-        finally:
-            load.cancel()
-        await ledger.settle(SETTLE_S)
-        workers_alive = retrieval.running and rerank.running
+    async with under_load(settings) as (ledger, workers):
+        await acknowledged_more(ledger, 6, "requests in flight at the power loss")
+        await until(lambda: len(ledger.acknowledged) > len(ledger.seen), what="in flight")
+        cluster.kill_all()
+        lost_power_at = time.monotonic()
+        acknowledged_before = len(ledger.acknowledged)
+        answered_before = len(ledger.seen)
+        await asyncio.sleep(2.0)  # publishes into the dark
+        await asyncio.to_thread(cluster.restart_all)
+        back_s = time.monotonic() - lost_power_at
+        await acknowledged_more(ledger, 5, "publishes acknowledged after the restart")
+        workers_alive = all(worker.running for worker in workers)
     figures = ledger.figures(
         f"power loss (kill -9 of all 3 nodes) after {acknowledged_before} acknowledged, "
         f"{answered_before} answered; cluster healthy again after {back_s:.1f} s"
@@ -99,27 +110,20 @@ async def test_a_node_whose_store_is_deleted_rejoins_empty_and_catches_up_losing
     as a current replica again, and every acknowledged request is answered once."""
     settings = cluster_settings
     queries = Subjects.from_settings(settings).streams.queries
-    retrieval, rerank = WorkerProcess("retrieval", settings), WorkerProcess("rerank", settings)
-    async with running(retrieval, rerank), watched_client(settings) as (client, ledger):
-        load = asyncio.ensure_future(ledger.keep_sending(client, EVERY_S, DEPTH))
-        try:
-            await until(lambda: len(ledger.seen) >= 3, timeout_s=180, what="first answers")
-            wiped = await cluster.stream_leader(queries)
-            cluster.kill(wiped)
-            cluster.wipe(wiped)
-            acknowledged_at_kill = len(ledger.acknowledged)
-            await acknowledged_more(ledger, 5, "publishes acknowledged by the two survivors")
-            down_at = time.monotonic()
-            await asyncio.to_thread(cluster.restart, wiped)
-            give_up = time.monotonic() + 60
-            while not all((current := await replicas_current(cluster, wiped)).values()):
-                assert time.monotonic() < give_up, f"{wiped} not current: {current}"
-                await asyncio.sleep(0.5)
-            caught_up_s = time.monotonic() - down_at
-            await acknowledged_more(ledger, 5, "publishes acknowledged after the rejoin")
-        finally:
-            load.cancel()
-        await ledger.settle(SETTLE_S)
+    async with under_load(settings) as (ledger, _):
+        wiped = await cluster.stream_leader(queries)
+        cluster.kill(wiped)
+        cluster.wipe(wiped)
+        acknowledged_at_kill = len(ledger.acknowledged)
+        await acknowledged_more(ledger, 5, "publishes acknowledged by the two survivors")
+        down_at = time.monotonic()
+        await asyncio.to_thread(cluster.restart, wiped)
+        give_up = time.monotonic() + 60
+        while not all((current := await replicas_current(cluster, wiped)).values()):
+            assert time.monotonic() < give_up, f"{wiped} not current: {current}"
+            await asyncio.sleep(0.5)
+        caught_up_s = time.monotonic() - down_at
+        await acknowledged_more(ledger, 5, "publishes acknowledged after the rejoin")
     figures = ledger.figures(
         f"store of {wiped} (queries leader) deleted after {acknowledged_at_kill} acknowledged; "
         f"restarted empty, current in all {len(current)} streams {caught_up_s:.1f} s later"
@@ -138,25 +142,18 @@ async def test_a_node_partitioned_from_its_peers_loses_nothing_acknowledged_once
     the partition heals every acknowledged request is answered once."""
     settings = cluster_settings
     queries = Subjects.from_settings(settings).streams.queries
-    retrieval, rerank = WorkerProcess("retrieval", settings), WorkerProcess("rerank", settings)
-    async with running(retrieval, rerank), watched_client(settings) as (client, ledger):
-        load = asyncio.ensure_future(ledger.keep_sending(client, EVERY_S, DEPTH))
-        try:
-            await until(lambda: len(ledger.seen) >= 3, timeout_s=180, what="first answers")
-            cut_off = await cluster.stream_leader(queries)
-            cluster.partition(cut_off)
-            cut_at = time.monotonic()
-            acknowledged_at_cut = len(ledger.acknowledged)
-            leader_during = await cluster.stream_leader(queries, other_than=cut_off)
-            routes_during = cluster.route_count(cut_off)
-            await asyncio.sleep(max(0.0, 15 - (time.monotonic() - cut_at)))
-            acknowledged_during = len(ledger.acknowledged) - acknowledged_at_cut
-            await asyncio.to_thread(cluster.heal, cut_off)
-            healed_s = time.monotonic() - cut_at
-            await acknowledged_more(ledger, 5, "publishes acknowledged after the healing")
-        finally:
-            load.cancel()
-        await ledger.settle(SETTLE_S)
+    async with under_load(settings) as (ledger, _):
+        cut_off = await cluster.stream_leader(queries)
+        cluster.partition(cut_off)
+        cut_at = time.monotonic()
+        acknowledged_at_cut = len(ledger.acknowledged)
+        leader_during = await cluster.stream_leader(queries, other_than=cut_off)
+        routes_during = cluster.route_count(cut_off)
+        await asyncio.sleep(max(0.0, 15 - (time.monotonic() - cut_at)))
+        acknowledged_during = len(ledger.acknowledged) - acknowledged_at_cut
+        await asyncio.to_thread(cluster.heal, cut_off)
+        healed_s = time.monotonic() - cut_at
+        await acknowledged_more(ledger, 5, "publishes acknowledged after the healing")
     figures = ledger.figures(
         f"partition of {cut_off} (queries leader) for 15 s after {acknowledged_at_cut} "
         f"acknowledged: {acknowledged_during} acknowledged meanwhile, {routes_during} routes "
