@@ -27,7 +27,6 @@ from rankstream.workers.local import ClusterNode, NatsCluster, http_json
 
 # Every write fsynced before its PubAck, as the shipped server configs have it: a kill -9 of
 # every node at once (the loopback stand-in for a power loss) then loses nothing acknowledged.
-DURABLE_JETSTREAM = "jetstream {\n  sync_interval: always\n}\n"
 # Where each node says peers may reach its routes: a closed port, so that a node never
 # opens a route that bypasses the proxies (implicit routes to gossiped addresses).
 NO_DIRECT_ROUTE = "127.0.0.1:1"
@@ -142,8 +141,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 class ProxiedNode(ClusterNode):
-    """A `ClusterNode` whose routes go through a `RouteProxy`, and whose JetStream fsyncs
-    every write (`sync_interval: always`)."""
+    """A `ClusterNode` whose routes go through a `RouteProxy` (its JetStream fsyncs every
+    write, `sync_interval: always`, as every node `rankstream.workers.local` starts)."""
 
     def __init__(
         self, name: str, store_dir: Path, route_ports: list[int], index: int, proxy: RouteProxy
@@ -155,11 +154,6 @@ class ProxiedNode(ClusterNode):
             "--routes", ",".join(proxy.routes_of(name)),
             "--cluster_advertise", NO_DIRECT_ROUTE,
         )  # fmt: skip
-
-    def _write_config(self, store_dir: Path) -> Path:
-        config = super()._write_config(store_dir)
-        config.write_text(config.read_text() + DURABLE_JETSTREAM)
-        return config
 
 
 @dataclass(frozen=True)
