@@ -90,6 +90,7 @@ class Planner:
         self._check_query(request.query)
         count = len(request.documents)
         self._check_documents(count)
+        self._check_depth("top_n", request.top_n or 0)
         asked = request.stages if request.stages is not None else [RerankStage(depth=count)]
         stages = tuple(
             s.model_copy(update={"depth": min(s.depth, count)}) for s in self._stages(asked)
@@ -97,23 +98,23 @@ class Planner:
         return self._plan(request, received_at_ms, request.top_n or count, None, stages)
 
     def check_bounds(self, request: QueryRequest | RerankRequest) -> None:
-        """The bounds a request can be checked against without a table or a model: its query,
-        `top_k` / `top_n`, documents, stage depths and timeout. For an edge (the gateway)
-        that refuses what no worker would take, before publishing it.
+        """Every bound a request can be checked against without a table, a depth policy or a
+        model: what `plan_query` / `plan_rerank` would refuse, but for an unknown table or
+        column. For an edge (the gateway) that refuses what no worker would take, before
+        publishing it.
 
         Raises:
-            InvalidRequestError: the first bound broken (RequestTooLargeError: documents).
+            InvalidRequestError: the first bound broken (RequestTooLargeError: documents,
+                pairs).
         """
+        if isinstance(request, RerankRequest):
+            self.plan_rerank(request, received_at_ms=request.created_at_ms)
+            return
         self._check_query(request.query)
         self._timeout(request.timeout_ms)
-        if isinstance(request, RerankRequest):
-            self._check_documents(len(request.documents))
-            self._check_depth("top_n", request.top_n or 0)
-        else:
-            self._check_depth("top_k", request.top_k)
-        for stage in request.stages or []:
-            if stage.depth != AUTO:
-                self._check_depth(f"stage {stage.name}", int(stage.depth))
+        self._check_depth("top_k", request.top_k)
+        stages = [self._stage(stage, at_edge=True) for stage in self._cascade(request.stages)]
+        self._check_pairs(sum(stage.max_pairs for stage in stages))
 
     def check_executable(self, candidate_set: CandidateSet) -> None:
         """Refuse a candidate set this worker cannot execute as planned: one over a bound
@@ -133,7 +134,7 @@ class Planner:
             raise RequestTooLargeError(
                 f"{count} candidates exceed max_depth {self.settings.max_depth}"
             )
-        self._check_pairs(plan)
+        self._check_pairs(plan.max_pairs)
         for stage in plan.stages:
             self._check_depth(f"stage {stage.name}", stage.depth)
             served = scorer_model(self.settings, stage.scorer)
@@ -169,7 +170,7 @@ class Planner:
             retrieval=retrieval,
             stages=stages,
         )
-        self._check_pairs(plan)
+        self._check_pairs(plan.max_pairs)
         return plan
 
     def _cascade(self, asked: list[RerankStage] | None) -> list[RerankStage]:
@@ -185,12 +186,13 @@ class Planner:
             self._check_after_auto(stages)
         return stages
 
-    def _stage(self, stage: RerankStage) -> StagePlan:
+    def _stage(self, stage: RerankStage, at_edge: bool = False) -> StagePlan:
+        """`stage` as planned; at the edge, `auto` is bounded but needs no policy."""
         settings = self.settings
         auto = stage.depth == AUTO
-        depth = settings.max_auto_depth if auto else int(stage.depth)
+        depth = min(settings.max_auto_depth, settings.max_depth) if auto else int(stage.depth)
         self._check_depth(f"stage {stage.name}", depth)
-        if auto and self.depth_policy is None:
+        if auto and self.depth_policy is None and not at_edge:
             raise InvalidRequestError(
                 f"stage {stage.name}: depth `auto` reads the retrieval's confidence; give a number"
             )
@@ -255,11 +257,11 @@ class Planner:
                 f"{name} {value} exceeds max_depth {self.settings.max_depth} (RANKSTREAM_MAX_DEPTH)"
             )
 
-    def _check_pairs(self, plan: QueryPlan) -> None:
+    def _check_pairs(self, pairs: int) -> None:
         limit = self.settings.request_pair_cap
-        if plan.max_pairs > limit:
+        if pairs > limit:
             raise RequestTooLargeError(
-                f"the cascade may score {plan.max_pairs} pairs; at most {limit} per request "
+                f"the cascade may score {pairs} pairs; at most {limit} per request "
                 "(RANKSTREAM_MAX_REQUEST_PAIRS): lower a depth, or cut documents (/docN) "
                 "instead of scoring windows (/maxpN)"
             )

@@ -24,7 +24,7 @@ from rankstream.wire.contract import AUTO, Depth, QueryRequest, RerankStage, Ret
 
 MODES = ("dense", "bm25", "hybrid")
 STAGE = re.compile(
-    r"^(?P<scorer>[a-z0-9][a-z0-9_-]*)@(?P<depth>\d+|auto)(?:/(?P<kind>doc|maxp)(?P<tokens>\d+))?$"
+    r"^(?P<scorer>[a-z0-9][a-z0-9_-]*)@(?P<depth>[0-9]+|auto)(?:/(?P<kind>doc|maxp)(?P<tokens>[0-9]+))?$"
 )
 
 

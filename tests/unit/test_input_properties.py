@@ -276,11 +276,6 @@ def test_any_valid_rerank_request_is_planned_or_refused_as_invalid(request: Rera
     assert all(stage.depth <= len(request.documents) for stage in plan.stages)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_bounds refuses top_n over max_depth, plan_rerank answers it (top_n 13 "
-    "with one document, max_depth 12): the edge refuses what a worker would answer",
-)
 @FUZZ
 @example(
     request=RerankRequest(query="q", reply_to="a.b", documents=[RerankDocument(text="d")], top_n=13)

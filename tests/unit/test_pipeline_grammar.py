@@ -48,3 +48,8 @@ def test_retrieval_alone_asks_for_no_stage() -> None:
 def test_a_bad_spec_is_refused_naming_what_is_wrong(text: str, complaint: str) -> None:
     with pytest.raises(InvalidRequestError, match=complaint):
         PipelineSpec.parse(text)
+
+
+def test_depths_and_budgets_are_ascii_digits() -> None:
+    with pytest.raises(InvalidRequestError):
+        PipelineSpec.parse("dense+ce@٣")

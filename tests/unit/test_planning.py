@@ -259,3 +259,22 @@ def test_two_stores_behind_one_prefix_never_share_a_cache_key() -> None:
     assert plan_of(query(), lancedb_uri="/srv/a/lancedb").cache == here.cache
     assert here.retrieval is not None
     assert "/srv" not in here.retrieval.store, "the plan names the store by a digest"
+
+
+def test_auto_never_asks_for_more_than_max_depth() -> None:
+    plan = plan_of(query(top_k=5, stages=stages("ce@auto")), max_auto_depth=50, max_depth=8)
+    assert plan.stages[0].depth == 8
+
+
+def test_the_edge_refuses_what_admission_would_without_a_table() -> None:
+    edge = Planner(Settings(max_request_pairs=24, max_inflight_pairs=24))
+    for asked in ("nope@2", "student@2"):
+        with pytest.raises(InvalidRequestError, match="scorer"):
+            edge.check_bounds(query(stages=stages(asked)))
+    too_many = [RerankStage(depth=4, max_doc_tokens=8, long_docs="maxp")] * 2
+    with pytest.raises(RequestTooLargeError):
+        edge.check_bounds(
+            query(stages=[*too_many[:1], RerankStage(depth=3, max_doc_tokens=8, long_docs="maxp")])
+        )
+    # auto needs no policy at the edge
+    Planner(Settings(max_auto_depth=20)).check_bounds(query(stages=stages("ce@auto")))
