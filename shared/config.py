@@ -284,10 +284,10 @@ class Settings(BaseSettings):
 
     # --- stream bounds (rankstream.wire.streams): disk a flood of requests can take ---
     # Results: the oldest answers (long delivered) are dropped when full.
-    results_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    results_max_bytes: int = Field(default=256 << 20, ge=1 << 20)
     # Dead letters: new ones are refused when full (the first ones, the evidence, are kept);
     # each refused one is logged and counted in rankstream_dead_letters_dropped_total.
-    dead_letters_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    dead_letters_max_bytes: int = Field(default=256 << 20, ge=1 << 20)
     # Semantic tier: reuse the answer of a cached query whose embedding is at least this
     # cosine-similar (same table, models and pipeline); None turns it off.
     semantic_cache_threshold: float | None = Field(default=None, gt=0, le=1)

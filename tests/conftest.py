@@ -72,4 +72,9 @@ def settings(nats_url: str, sample_db: str, model_cache_dir: Path) -> Settings:
         metrics_port=0,
         # Off unless a test is about it: repeated queries must reach the models.
         cache_ttl_s=0,
+        # JetStream reserves a bounded stream's max_bytes on disk at creation: every test's
+        # streams share one server, so each keeps its bounds small.
+        cache_max_bytes=16 << 20,
+        results_max_bytes=16 << 20,
+        dead_letters_max_bytes=16 << 20,
     )

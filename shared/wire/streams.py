@@ -119,8 +119,8 @@ class StreamBounds:
     """Bytes the results and dead-letter streams may hold (settings `results_max_bytes`,
     `dead_letters_max_bytes`)."""
 
-    results_max_bytes: int = 1 << 30
-    dead_letters_max_bytes: int = 1 << 30
+    results_max_bytes: int = 256 << 20
+    dead_letters_max_bytes: int = 256 << 20
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StreamBounds:
