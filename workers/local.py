@@ -143,6 +143,9 @@ class EmbeddedNatsServer(ChildProcess):
         sync_interval: str = NATS_SYNC_ALWAYS,
     ) -> None:
         self.port = port or free_port()
+        # A port picked here was free when picked, not necessarily at the first start (an
+        # outbound connection may have taken it since): the first `start` picks another then.
+        self._port_given = port is not None
         self.sync_interval = sync_interval
         self._store_dir = store_dir
         self._extra_args = extra_args
@@ -166,8 +169,10 @@ class EmbeddedNatsServer(ChildProcess):
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> EmbeddedNatsServer:
-        if port_is_open(self.port):
-            raise RuntimeError(f"port {self.port} is taken: is another NATS server running?")
+        while port_is_open(self.port):
+            if self._port_given:
+                raise RuntimeError(f"port {self.port} is taken: is another NATS server running?")
+            self.port = free_port()
         if self._store_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="rankstream-nats-")
             self._store_dir = Path(self._tmp.name)
@@ -188,6 +193,7 @@ class EmbeddedNatsServer(ChildProcess):
             stderr = self._stderr()
             self.stop()
             raise RuntimeError(f"{error}: {stderr}") from error
+        self._port_given = True  # restarted, it comes back on the port its clients know
         return self
 
     def _write_config(self, store_dir: Path) -> Path:
