@@ -94,6 +94,11 @@ def _key(request_id: str) -> str:
     return dedup_id(request_id, "answered").replace(":", ".")
 
 
+# How long one publish waits for JetStream's confirmation (PubAck) before it is published
+# again. FastStream's 0.5 s was shorter than a PubAck takes on a loaded machine: the answer was
+# published again, landed once in the stream (Nats-Msg-Id) but reached core subscribers twice.
+PUBACK_TIMEOUT_S = 3.0
+
 # JetStream's error code for a publish a full stream refuses (discard new):
 # "maximum bytes exceeded", with status 503.
 STREAM_FULL = 10077
@@ -133,6 +138,7 @@ class ReplySender:
                     subject=reply_to,
                     stream=self.subjects.streams.results,
                     headers={"Nats-Msg-Id": dedup_id(reply.request_id, "reply")},
+                    timeout=PUBACK_TIMEOUT_S,
                 ),
                 f"{self.worker}: the answer to {reply.request_id}",
             )

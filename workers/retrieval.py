@@ -28,7 +28,7 @@ from rankstream.wire.handoff import Candidate, CandidateSet, dedup_id
 from rankstream.workers.context import WorkerContext
 from rankstream.workers.delivery import work_queue_subscription
 from rankstream.workers.model_runner import ModelRunner
-from rankstream.workers.replies import ReplySender, publish_until_confirmed
+from rankstream.workers.replies import PUBACK_TIMEOUT_S, ReplySender, publish_until_confirmed
 
 WORKER = "retrieval"
 # Tables other than the configured one a worker keeps open (the oldest is closed first).
@@ -215,6 +215,7 @@ class RetrievalWorker:
                 lambda: self._candidates.publish(
                     candidate_set,
                     headers={"Nats-Msg-Id": dedup_id(plan.request_id, "candidates")},
+                    timeout=PUBACK_TIMEOUT_S,
                 ),
                 f"{WORKER}: the candidate set of {plan.request_id}",
             )
