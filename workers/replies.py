@@ -144,8 +144,8 @@ class ReplySender:
             )
         else:
             await self._broker.publish(reply, subject=reply_to)
-        await self.answered.record(reply.request_id, self.worker)
         self._metrics.requests.labels(worker=self.worker, outcome=_outcome(reply)).inc()
+        await self.answered.record(reply.request_id, self.worker)
 
     async def answer(
         self, plan: QueryPlan, result: RankedResult, query_vector: list[float] | None = None

@@ -181,8 +181,21 @@ async def test_two_replicas_of_each_worker_share_the_load_and_a_sigterm_loses_no
     }
     async with running(*replicas.values()), watched_client(cluster_settings) as (client, ledger):
         first = await ask_many(client, ledger, 30, depth=2)
-        forwarded = {n: handled(ports[n], "retrieval", "forwarded") for n in ports if "ret" in n}
-        ranked = {n: handled(ports[n], "rerank", "ok") for n in ports if "rerank" in n}
+
+        # A replica counts a request just after its reply is on the wire: the client can see
+        # the last answers a moment before their counters move.
+        def counted() -> tuple[dict[str, int], dict[str, int]]:
+            return (
+                {n: handled(ports[n], "retrieval", "forwarded") for n in ports if "ret" in n},
+                {n: handled(ports[n], "rerank", "ok") for n in ports if "rerank" in n},
+            )
+
+        await until(
+            lambda: all(sum(c.values()) >= 30 for c in counted()),
+            timeout_s=10,
+            what="the first round's counters",
+        )
+        forwarded, ranked = counted()
 
         answers = asyncio.ensure_future(ask_many(client, ledger, 40, depth=2))
         await until(lambda: len(ledger.seen) >= 30 + 6, what="answers of the second round")
