@@ -258,22 +258,27 @@ class Settings(BaseSettings):
     # The longest timeout a request may ask for (a longer one is refused at admission).
     max_timeout_ms: int = Field(default=600_000, ge=1)
     default_retrieval: Literal["dense", "bm25", "hybrid"] = "dense"
-    # Hybrid search: reciprocal rank fusion of the dense and BM25 lists (retrieval/fusion.py),
-    # each list's top `hybrid_fusion_depth`, weighted.
+    # Hybrid search without a fitted weight (the request's or the profile's): weighted
+    # reciprocal rank fusion of the dense and BM25 lists (retrieval/fusion.py); every fusion
+    # reads each list's top `hybrid_fusion_depth`.
     hybrid_dense_weight: float = Field(default=1.0, ge=0)
     hybrid_bm25_weight: float = Field(default=1.0, ge=0)
     hybrid_fusion_depth: int = Field(default=100, ge=1)
     # Depth `auto`: a policy maps the retrieval's confidence to a depth in [0, max_auto_depth]
-    # (planning/adaptive_depth.py); None: the packaged policy, calibrated on a train split.
+    # (planning/adaptive_depth.py), fitted on your collection's train split (`rankstream
+    # calibrate-depth`, or inside a profile); None and no profile: `auto` is refused.
     max_auto_depth: int = Field(default=50, ge=1)
     auto_depth_policy: Path | None = None
+    # A profile written by `rankstream tune` (rankstream.planning.profile): its pipeline is
+    # the default plan, its depth policy resolves `auto` (and replaces auto_depth_policy).
+    profile: Path | None = None
 
     # --- token budgets (rerank) ---
     # Document tokens a pair may hold (the query is never cut); None: what max_length leaves.
     default_max_doc_tokens: int | None = Field(default=None, ge=8)
     # A document over the budget: `head` keeps its first tokens; `maxp` scores windows of the
     # budget's size (half-overlapping, at most `maxp_max_windows`) and keeps the best score.
-    default_long_docs: Literal["head", "maxp"] = "head"
+    default_long_docs: Literal["head", "maxp", "best"] = "head"
     maxp_max_windows: int = Field(default=4, ge=1, le=64)
     # Scorers a request's stages may name besides `ce` (the reranker above), loaded at start.
     preload_scorers: list[str] = Field(default_factory=list)

@@ -3,6 +3,13 @@
 Each stage of a cascade scores the top of the order the stage before left (retrieval's, for
 the first) and reorders that top by its scores, ties kept in the order they had; the rest
 keep their places behind it. A document's reported score is the last score it got.
+
+A stage may interpolate: its order is then by `w * model + (1 - w) * before`, each of the
+two min-max normalised over the candidates the stage scores (`before` is the score each had
+in the order the stage received: the retrieval's, or the previous stage's). A cross-encoder
+that reads a collection unlike its training data can so refine a good first-stage order
+instead of replacing it; `w` is fitted per collection (`rankstream tune`), since the same
+blend that helps out of domain can hurt in domain.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rankstream.retrieval.fusion import min_max
 from rankstream.wire.contract import RankedDoc, RankedResult, StageReport, StageTimings, now_ms
 from rankstream.wire.handoff import Candidate, CandidateSet
 
@@ -27,11 +35,34 @@ def retrieval_order(candidates: Sequence[Candidate]) -> list[Scored]:
     return [Scored(c, c.retrieval_score, RETRIEVAL) for c in candidates]
 
 
-def rerank_top(order: Sequence[Scored], scores: Sequence[float], stage: str) -> list[Scored]:
-    """`order` with its first `len(scores)` reordered by `scores` (ties keep their order)."""
-    top = [Scored(s.candidate, score, stage) for s, score in zip(order, scores, strict=False)]
-    ranked = sorted(enumerate(top), key=lambda item: (-item[1].score, item[0]))
-    return [scored for _, scored in ranked] + list(order[len(scores) :])
+def interpolated(model: Sequence[float], before: Sequence[float], weight: float) -> list[float]:
+    """`weight * model + (1 - weight) * before`, each min-max normalised over its list."""
+    return [
+        weight * m + (1 - weight) * b for m, b in zip(min_max(model), min_max(before), strict=True)
+    ]
+
+
+def rerank_top(
+    order: Sequence[Scored], scores: Sequence[float], stage: str, interpolate: float | None = None
+) -> list[Scored]:
+    """`order` with its first `len(scores)` reordered by `scores` (ties keep their order);
+    with `interpolate`, by the blend of `scores` with the scores they had in `order`."""
+    before = [s.score for s in order[: len(scores)]]
+    top = [
+        Scored(order[i].candidate, score, stage)
+        for i, score in stage_order(before, scores, interpolate)
+    ]
+    return top + list(order[len(scores) :])
+
+
+def stage_order(
+    before: Sequence[float], model: Sequence[float], interpolate: float | None = None
+) -> list[tuple[int, float]]:
+    """A stage's order of the candidates it scored: (position in the order it received,
+    final score), best first, ties in the order received. `before[i]` is candidate i's score
+    in that order, `model[i]` the stage's model score of it."""
+    final = list(model) if interpolate is None else interpolated(model, before, interpolate)
+    return sorted(enumerate(final), key=lambda item: (-item[1], item[0]))
 
 
 def rank(candidates: Sequence[Candidate], scores: Sequence[float], top_k: int) -> list[RankedDoc]:

@@ -12,6 +12,7 @@ import pytest
 from rankstream.config import Settings
 from rankstream.retrieval.corpus import read_documents, sample_corpus_path
 from rankstream.workers.local import EmbeddedNatsServer
+from tests.plans import TEST_DEPTH_POLICY
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -61,8 +62,17 @@ def sample_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     return uri
 
 
+@pytest.fixture(scope="session")
+def depth_policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("policy") / "auto_depth.json"
+    path.write_text(TEST_DEPTH_POLICY.to_json(), encoding="utf-8")
+    return path
+
+
 @pytest.fixture
-def settings(nats_url: str, sample_db: str, model_cache_dir: Path) -> Settings:
+def settings(
+    nats_url: str, sample_db: str, model_cache_dir: Path, depth_policy_file: Path
+) -> Settings:
     """Settings for one test: its own subject prefix, so its streams are its own."""
     return Settings(
         nats_url=nats_url,
@@ -70,6 +80,7 @@ def settings(nats_url: str, sample_db: str, model_cache_dir: Path) -> Settings:
         lancedb_uri=sample_db,
         model_cache_dir=model_cache_dir,
         metrics_port=0,
+        auto_depth_policy=depth_policy_file,
         # Off unless a test is about it: repeated queries must reach the models.
         cache_ttl_s=0,
         # JetStream reserves a bounded stream's max_bytes on disk at creation: every test's

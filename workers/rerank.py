@@ -200,7 +200,7 @@ class RerankWorker:
                 if not reports:
                     return self._missed_deadline(candidate_set, timings)
                 return self._answer(candidate_set, order, reports, timings, outcome, True)
-            order = rerank_top(order, outcome.scores, stage.name)
+            order = rerank_top(order, outcome.scores, stage.name, stage.interpolate)
             reports.append(self._report(stage, depth, outcome))
         return self._answer(candidate_set, order, reports, timings, outcome, False)
 

@@ -14,12 +14,12 @@ from rankstream.cache.store import CachedAnswer
 from rankstream.errors import ExpiredError, InvalidRequestError, RequestTooLargeError
 from rankstream.models.base import Embedder, Vectors
 from rankstream.models.registry import load_embedder
-from rankstream.planning.adaptive_depth import DepthPolicy, load_depth_policy, retrieval_features
+from rankstream.planning.adaptive_depth import retrieval_features
 from rankstream.planning.admission import Planner
 from rankstream.planning.plan import QueryPlan, RetrievalPlan
 from rankstream.ranking import ranked_result, retrieval_order
 from rankstream.retrieval.fusion import SearchMode
-from rankstream.retrieval.store import DocumentStore, Retriever, SearchResult
+from rankstream.retrieval.store import DEFAULT_FUSION, DocumentStore, Retriever, SearchResult
 from rankstream.scheduling.batcher import BatchLimits, MicroBatcher, Ticket
 from rankstream.scheduling.deadlines import Deadline
 from rankstream.wire.contract import QueryRequest, RetrievalReport, StageTimings, now_ms
@@ -60,8 +60,7 @@ class RetrievalWorker:
         self._embedder = embedder
         self._store: Retriever = store or DocumentStore.from_settings(settings)
         self._other_stores: dict[str, Retriever] = {}
-        self._policy: DepthPolicy = load_depth_policy(settings.auto_depth_policy)
-        self._planner = Planner(settings, self._policy)
+        self._planner = Planner.from_settings(settings)
         self._runner: ModelRunner[str, Vectors] | None = None
         broker.subscriber(
             **work_queue_subscription(
@@ -243,7 +242,8 @@ class RetrievalWorker:
         if not plan.stages or not plan.stages[0].auto:
             self._metrics.rerank_depth.labels(policy="fixed").observe(plan.first_depth)
             return plan, report
-        depth, confidence = self._policy.choose(features, plan.stages[0].depth)
+        assert self._planner.depth_policy is not None, "the planner refuses `auto` without one"
+        depth, confidence = self._planner.depth_policy.choose(features, plan.stages[0].depth)
         self._metrics.rerank_depth.labels(policy="auto").observe(depth)
         chosen = report.model_copy(update={"chosen_depth": depth, "confidence": confidence})
         return plan.with_first_depth(depth), chosen
@@ -296,10 +296,9 @@ async def _search(
     """Execute the plan's retrieval step on `store`."""
     assert retrieval is not None, "a query plan always retrieves"
     mode = SearchMode(retrieval.mode)
-    if retrieval.filter is None:
-        return await store.search(query, vector, retrieval.count, mode)
-    where = parse_filter(retrieval.filter)
-    return await store.search(query, vector, retrieval.count, mode, where=where)
+    where = parse_filter(retrieval.filter) if retrieval.filter is not None else None
+    fusion = retrieval.fusion or DEFAULT_FUSION
+    return await store.search(query, vector, retrieval.count, mode, where=where, fusion=fusion)
 
 
 def _ms_since(started: float) -> float:

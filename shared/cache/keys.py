@@ -3,7 +3,8 @@
 The context is the plan with what does not change the answer left out (the request's id,
 reply subject, priority, deadline, whether texts are returned): the retrieval (table and
 its version, filter, mode, fusion, embedder, candidate count), every stage (model, depth or
-`auto` with its policy, token budget, MaxP windows, pair length) and `top_k`. A new table
+`auto` with its policy, token budget, MaxP windows, pair length, interpolation weight),
+`top_k` and the profile the plan came from. A new table
 version (any re-index) gives new keys, so nothing cached before it is served after it.
 """
 
@@ -23,7 +24,7 @@ QUOTES = "\"'`\u2018\u2019\u201c\u201d\u00ab\u00bb"
 # Punctuation that ends a clause or a sentence when it ends a word ("work?", "vaccines,").
 CLAUSE_END = re.compile(r"[.,;:!?\u2026]+$")
 # The plan's fields that change an answer.
-ANSWER_FIELDS = {"top_k", "retrieval", "stages"}
+ANSWER_FIELDS = {"top_k", "retrieval", "stages", "profile"}
 
 
 def normalise_query(text: str) -> str:

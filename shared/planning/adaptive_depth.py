@@ -14,13 +14,11 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from rankstream.errors import InvalidRequestError
 
 FEATURES = ("dense_margin", "bm25_margin", "overlap")
-PACKAGED_POLICY = "auto_depth.json"
 
 
 def retrieval_features(
@@ -101,10 +99,16 @@ class DepthPolicy:
             raise InvalidRequestError(f"not a depth policy: {error!r}") from error
 
 
-def load_depth_policy(path: Path | None) -> DepthPolicy:
-    """The policy at `path`, or the packaged one (calibrated on SciFact's train split with
-    the packaged models; its `about` says how)."""
-    if path is not None:
-        return DepthPolicy.from_json(path.read_text(encoding="utf-8"))
-    packaged = resources.files("rankstream") / "sample_data" / PACKAGED_POLICY
-    return DepthPolicy.from_json(packaged.read_text(encoding="utf-8"))
+def load_depth_policy(path: Path) -> DepthPolicy:
+    """The policy at `path` (written by `rankstream calibrate-depth` or inside a profile by
+    `rankstream tune`). No policy ships with the package: one fitted on another collection
+    would choose depths for reasons that do not hold on yours.
+
+    Raises:
+        InvalidRequestError: the file cannot be read or is not a policy.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise InvalidRequestError(f"depth policy {path}: {error}") from error
+    return DepthPolicy.from_json(text)

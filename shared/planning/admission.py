@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from rankstream.cache.keys import key_for
 from rankstream.config import Settings
 from rankstream.errors import InvalidRequestError, RequestTooLargeError
-from rankstream.planning.adaptive_depth import DepthPolicy
+from rankstream.planning.adaptive_depth import DepthPolicy, load_depth_policy
 from rankstream.planning.plan import Fusion, QueryPlan, RetrievalPlan, StagePlan, store_identity
+from rankstream.planning.profile import Profile, load_profile
 from rankstream.planning.scorers import scorer_model
-from rankstream.wire.contract import AUTO, QueryRequest, RerankRequest, RerankStage
+from rankstream.wire.contract import AUTO, QueryRequest, RerankRequest, RerankStage, RetrievalMode
 from rankstream.wire.filters import parse_filter
 from rankstream.wire.handoff import CandidateSet
 from rankstream.wire.subjects import Subjects
@@ -37,10 +38,30 @@ class Planner:
         settings: defaults (retrieval mode, cascade, budgets) and bounds.
         depth_policy: what resolves depth `auto` (a retrieval worker's); None: `auto` is
             refused.
+        profile: the served profile: its retrieval mode, fusion and cascade replace the
+            settings' defaults for what a request leaves out.
     """
 
     settings: Settings
     depth_policy: DepthPolicy | None = None
+    profile: Profile | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Planner:
+        """The planner a worker serves with: the profile at `settings.profile` (its depth
+        policy resolves `auto`), else the depth policy at `settings.auto_depth_policy`, else
+        none (`auto` is refused).
+
+        Raises:
+            InvalidRequestError: the profile or the policy cannot be loaded (the message
+                names the file).
+        """
+        if settings.profile is not None:
+            profile = load_profile(settings.profile)
+            return cls(settings, profile.policy, profile)
+        if settings.auto_depth_policy is not None:
+            return cls(settings, load_depth_policy(settings.auto_depth_policy))
+        return cls(settings)
 
     def plan_query(
         self,
@@ -61,7 +82,7 @@ class Planner:
         self._check_depth("top_k", request.top_k)
         stages = self._stages(self._cascade(request.stages))
         first = stages[0].depth if stages else 0
-        mode = request.retrieval or settings.default_retrieval
+        mode = self._mode(request.retrieval)
         retrieval = RetrievalPlan(
             mode=mode,
             store=store_identity(settings.lancedb_uri),
@@ -70,11 +91,11 @@ class Planner:
             filter=parse_filter(request.filter).sql if request.filter is not None else None,
             count=max(request.top_k, first),
             embedder=embedder_model,
-            fusion=self._fusion()
-            if (request.retrieval or settings.default_retrieval) == "hybrid"
-            else None,
+            fusion=self._fusion(mode, request.fusion_weight),
         )
         plan = self._plan(request, received_at_ms, request.top_k, retrieval, stages)
+        if self.profile is not None and None in (request.retrieval, request.stages):
+            plan = plan.model_copy(update={"profile": self.profile.digest})
         if request.cache and settings.cache_ttl_s > 0:
             plan = plan.model_copy(update={"cache": key_for(plan)})
         return plan
@@ -174,9 +195,12 @@ class Planner:
         return plan
 
     def _cascade(self, asked: list[RerankStage] | None) -> list[RerankStage]:
-        """The stages asked for, or the default cascade (`default_depth`; 0: none)."""
+        """The stages asked for, or the default cascade: the profile's, else
+        `default_depth`'s (0: none)."""
         if asked is not None:
             return asked
+        if self.profile is not None:
+            return list(self.profile.spec.stages)
         depth = self.settings.default_depth
         return [] if depth == 0 else [RerankStage(depth=depth)]
 
@@ -207,6 +231,7 @@ class Planner:
             long_docs=stage.long_docs or settings.default_long_docs,
             maxp_windows=settings.maxp_max_windows,
             max_length=settings.max_length,
+            interpolate=stage.interpolate,
         )
 
     def _check_after_auto(self, stages: tuple[StagePlan, ...]) -> None:
@@ -219,8 +244,27 @@ class Planner:
                     f"{fewest} candidates: give it a depth of at most {fewest}"
                 )
 
-    def _fusion(self) -> Fusion:
+    def _mode(self, asked: RetrievalMode | None) -> RetrievalMode:
+        if asked is not None:
+            return asked
+        if self.profile is not None:
+            return self.profile.spec.mode
+        return self.settings.default_retrieval
+
+    def _fusion(self, mode: RetrievalMode, asked_weight: float | None) -> Fusion | None:
+        """Hybrid's fusion: the request's convex weight, else the profile's, else weighted
+        reciprocal rank fusion with the settings' weights."""
         settings = self.settings
+        if mode != "hybrid":
+            if asked_weight is not None:
+                raise InvalidRequestError(
+                    f"fusion_weight fuses hybrid lists; this request retrieves {mode}"
+                )
+            return None
+        profile_weight = self.profile.spec.fusion_weight if self.profile is not None else None
+        weight = asked_weight if asked_weight is not None else profile_weight
+        if weight is not None:
+            return Fusion.convex(weight, settings.hybrid_fusion_depth)
         return Fusion(
             dense_weight=settings.hybrid_dense_weight,
             bm25_weight=settings.hybrid_bm25_weight,

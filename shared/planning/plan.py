@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rankstream.wire.contract import (
     CreatedAt,
+    FusionMethod,
     LongDocuments,
     Priority,
     ReplySubject,
@@ -28,12 +29,20 @@ class _Frozen(BaseModel):
 
 
 class Fusion(_Frozen):
-    """How hybrid search fuses its two lists: reciprocal rank fusion of each list's top
-    `depth`, weighted (rankstream.retrieval.fusion)."""
+    """How hybrid search fuses its two lists, each cut to its top `depth`
+    (rankstream.retrieval.fusion): `rrf`, weighted reciprocal rank fusion, or `convex`, a
+    convex combination of per-query min-max normalised scores (the weights sum to 1)."""
 
+    method: FusionMethod = "rrf"
     dense_weight: float = Field(ge=0)
     bm25_weight: float = Field(ge=0)
     depth: int = Field(ge=1)
+
+    @classmethod
+    def convex(cls, dense_weight: float, depth: int) -> Fusion:
+        return cls(
+            method="convex", dense_weight=dense_weight, bm25_weight=1 - dense_weight, depth=depth
+        )
 
 
 def store_identity(lancedb_uri: str) -> str:
@@ -78,6 +87,13 @@ class StagePlan(_Frozen):
     long_docs: LongDocuments = "head"
     maxp_windows: int = Field(ge=1)
     max_length: int = Field(ge=16, description="Tokens a pair may hold (the model's length).")
+    interpolate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="The model score's weight in a blend with the score before the stage "
+        "(rankstream.ranking); None: the model's score alone.",
+    )
 
     @property
     def max_pairs(self) -> int:
@@ -114,6 +130,11 @@ class QueryPlan(_Frozen):
     timeout_ms: int = Field(ge=1)
     retrieval: RetrievalPlan | None
     stages: tuple[StagePlan, ...] = ()
+    profile: str | None = Field(
+        default=None,
+        description="Digest of the served profile (rankstream.planning.profile) whose plan "
+        "this request got by naming none; None: the request chose its own.",
+    )
     cache: CacheKey | None = None
 
     @property

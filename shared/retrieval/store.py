@@ -26,10 +26,11 @@ from lancedb.table import AsyncTable
 from rankstream.config import Settings
 from rankstream.errors import InvalidRequestError, StoreError
 from rankstream.models.base import DocumentTokenizer, Embedder, TokenIds, Vectors
+from rankstream.planning.plan import Fusion
 from rankstream.retrieval.ann import ANN_PARAMS, build_ann_index, outgrown, vector_search
 from rankstream.retrieval.corpus import Document
 from rankstream.retrieval.fulltext import build_fulltext_index, fulltext_search
-from rankstream.retrieval.fusion import FusionWeights, SearchMode, reciprocal_rank_fusion
+from rankstream.retrieval.fusion import SearchMode, fuse
 from rankstream.wire.filters import FilterLiteral, LiteralKind, ParsedFilter
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 MODEL_KEY = b"rankstream.embedder_model"
 TOKENIZER_KEY = b"rankstream.tokenizer"
 WRITE_CHUNK = 2048
+# Hybrid search without a plan (tools): reciprocal rank fusion of each list's top 100.
+DEFAULT_FUSION = Fusion(dense_weight=1.0, bm25_weight=1.0, depth=100)
 # Token ids kept per document: enough for MaxP windows over long documents.
 MAX_STORED_TOKENS = 8192
 VECTOR, CONTENT, TOKENS = "vector", "content", "doc_tokens"
@@ -78,6 +81,7 @@ class Retriever(Protocol):
         limit: int,
         mode: SearchMode,
         where: ParsedFilter | None = None,
+        fusion: Fusion = ...,
     ) -> SearchResult: ...
 
     async def version(self) -> int: ...
@@ -92,8 +96,6 @@ class DocumentStore:
         ann_min_rows: from this many rows on, the table gets an ANN index.
         read_consistency_s: searches see rows other processes wrote at most this many
             seconds ago (0: every search checks for a newer version; None: never).
-        fusion: the weights of the dense and BM25 lists in `hybrid` search.
-        fusion_depth: how many hits of each list hybrid search fuses.
     """
 
     def __init__(
@@ -102,14 +104,11 @@ class DocumentStore:
         table: str,
         ann_min_rows: int,
         read_consistency_s: float | None = None,
-        fusion: FusionWeights | None = None,
-        fusion_depth: int = 100,
     ) -> None:
         self._uri, self._name, self._ann_min_rows = uri, table, ann_min_rows
         self._consistency = (
             None if read_consistency_s is None else timedelta(seconds=read_consistency_s)
         )
-        self._fusion, self._fusion_depth = fusion or FusionWeights(), fusion_depth
         self._db = lancedb.connect(uri, read_consistency_interval=self._consistency)
         self._table: lancedb.table.Table | None = None
         self._search_table: AsyncTable | None = None  # searches run on the async API
@@ -120,14 +119,12 @@ class DocumentStore:
     @classmethod
     def from_settings(cls, settings: Settings, table: str | None = None) -> DocumentStore:
         """The configured table (or `table`): `lancedb_uri`, `ann_min_rows`,
-        `read_consistency_s`, the hybrid fusion weights and depth."""
+        `read_consistency_s`."""
         return cls(
             settings.lancedb_uri,
             table or settings.table,
             settings.ann_min_rows,
             settings.read_consistency_s,
-            FusionWeights(settings.hybrid_dense_weight, settings.hybrid_bm25_weight),
-            settings.hybrid_fusion_depth,
         )
 
     def exists(self) -> bool:
@@ -178,9 +175,10 @@ class DocumentStore:
         limit: int,
         mode: SearchMode = SearchMode.DENSE,
         where: ParsedFilter | None = None,
+        fusion: Fusion = DEFAULT_FUSION,
     ) -> SearchResult:
         """The `limit` best documents for `query` (BM25) and/or `vector` (cosine), best
-        first; `hybrid` fuses both lists by reciprocal rank (`fusion.py`). With `where`, only
+        first; `hybrid` fuses both lists as `fusion` says (`fusion.py`). With `where`, only
         documents matching that metadata filter.
 
         Raises:
@@ -194,7 +192,7 @@ class DocumentStore:
         if mode != SearchMode.BM25 and vector is None:
             raise ValueError(f"{mode} search needs the query vector")
         sql = self._checked_filter(where)
-        depth = limit if mode != SearchMode.HYBRID else max(limit, self._fusion_depth)
+        depth = limit if mode != SearchMode.HYBRID else max(limit, fusion.depth)
         (dense, dense_ms), (bm25, bm25_ms) = await asyncio.gather(  # hybrid: both at once
             _timed(
                 vector_search(table, vector, depth, columns=_COLUMNS, where=sql)
@@ -207,7 +205,7 @@ class DocumentStore:
                 else None
             ),
         )
-        rows, scores = _ranked(mode, dense, bm25, self._fusion, limit)
+        rows, scores = _ranked(mode, dense, bm25, fusion, limit)
         return SearchResult(
             hits=[_hit(row, score) for row, score in zip(rows, scores, strict=True)],
             mode=mode,
@@ -408,17 +406,19 @@ def _ranked(
     mode: SearchMode,
     dense: list[dict[str, Any]],
     bm25: list[dict[str, Any]],
-    weights: FusionWeights,
+    fusion: Fusion,
     limit: int,
 ) -> tuple[list[dict[str, Any]], list[float]]:
+    dense_hits = [(str(r["id"]), 1.0 - float(r["_distance"])) for r in dense]
+    bm25_hits = [(str(r["id"]), float(r["_score"])) for r in bm25]
     if mode == SearchMode.DENSE:
-        return dense[:limit], [1.0 - float(r["_distance"]) for r in dense[:limit]]
+        return dense[:limit], [score for _, score in dense_hits[:limit]]
     if mode == SearchMode.BM25:
-        return bm25[:limit], [float(r["_score"]) for r in bm25[:limit]]
+        return bm25[:limit], [score for _, score in bm25_hits[:limit]]
     by_id = {str(r["id"]): r for r in [*bm25, *dense]}
-    fused = reciprocal_rank_fusion(
-        [str(r["id"]) for r in dense], [str(r["id"]) for r in bm25], weights
-    )[:limit]
+    fused = fuse(dense_hits, bm25_hits, fusion.method, fusion.dense_weight, fusion.bm25_weight)[
+        :limit
+    ]
     return [by_id[doc] for doc, _ in fused], [score for _, score in fused]
 
 

@@ -43,7 +43,11 @@ class WireModel(BaseModel):
 
 
 RetrievalMode = Literal["dense", "bm25", "hybrid"]
-LongDocuments = Literal["head", "maxp"]
+LongDocuments = Literal["head", "maxp", "best"]
+FusionMethod = Literal["rrf", "convex"]
+# A weight of a convex combination: of the dense list in a fusion, of a stage's model in an
+# interpolation.
+Weight = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Depth = int | Literal["auto"]
 AUTO: Literal["auto"] = "auto"
 RequestId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -97,8 +101,14 @@ class RerankStage(BaseModel):
     long_docs: LongDocuments | None = Field(
         default=None,
         description="A document over the budget: `head` keeps its first tokens, `maxp` scores "
-        "each window of the budget's size and keeps the best (None: the worker's "
-        "default_long_docs).",
+        "each window of the budget's size and keeps the best, `best` scores the one window "
+        "that holds the most of the query's tokens (None: the worker's default_long_docs).",
+    )
+    interpolate: Weight | None = Field(
+        default=None,
+        description="Blend the stage's model score with the score the candidate had before "
+        "it (each min-max normalised over the candidates the stage scores): "
+        "`w * model + (1 - w) * before`. None: the model's score alone (w = 1).",
     )
 
     @model_validator(mode="after")
@@ -109,12 +119,20 @@ class RerankStage(BaseModel):
 
     @property
     def name(self) -> str:
-        """Compact, as in the pipeline grammar: `ce@20`, `ce@auto/doc256`, `ce@100/maxp128`."""
-        budget = ""
+        """Compact, as in the pipeline grammar: `ce@20`, `ce@auto/doc256`, `ce@100/maxp128`,
+        `ce@20/best128~0.7`."""
+        budget = blend = ""
         if self.max_doc_tokens is not None:
-            kind = "maxp" if self.long_docs == "maxp" else "doc"
+            kind = "doc" if self.long_docs in (None, "head") else self.long_docs
             budget = f"/{kind}{self.max_doc_tokens}"
-        return f"{self.scorer}@{self.depth}{budget}"
+        if self.interpolate is not None:
+            blend = f"~{weight_text(self.interpolate)}"
+        return f"{self.scorer}@{self.depth}{budget}{blend}"
+
+
+def weight_text(weight: float) -> str:
+    """A weight as the pipeline grammar writes it: `0.7`, `0.35`, `1`."""
+    return f"{weight:.4f}".rstrip("0").rstrip(".")
 
 
 Stages = Annotated[
@@ -146,6 +164,13 @@ class QueryRequest(WireModel):
         default=None,
         description="dense (bi-encoder), bm25 (full text) or hybrid (both); None: the "
         "workers' default_retrieval.",
+    )
+    fusion_weight: Weight | None = Field(
+        default=None,
+        description="hybrid only: fuse the two lists by a convex combination of their "
+        "per-query min-max normalised scores with this weight on dense, 1 - it on BM25 "
+        "(rankstream.retrieval.fusion). None: the workers' default fusion (the profile's, "
+        "else reciprocal rank fusion).",
     )
     stages: Stages = None
     cache: bool = Field(default=True, description="Answer from (and into) the result cache.")
@@ -183,6 +208,8 @@ class QueryRequest(WireModel):
     @model_validator(mode="after")
     def _cascade_narrows(self) -> QueryRequest:
         check_cascade(self.stages)
+        if self.fusion_weight is not None and self.retrieval not in (None, "hybrid"):
+            raise ValueError(f"fusion_weight fuses hybrid lists; {self.retrieval} has one list")
         return self
 
     @property

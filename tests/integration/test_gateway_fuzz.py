@@ -34,7 +34,6 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from rankstream.config import Settings
 from rankstream.errors import ErrorCode, InvalidRequestError
-from rankstream.planning.adaptive_depth import load_depth_policy
 from rankstream.planning.admission import Planner
 from rankstream.wire.contract import QueryRequest, RerankRequest, now_ms
 from rankstream.workers.delivery import DeadLetter
@@ -312,7 +311,7 @@ def error_code(route: Route, answer: Any) -> str:
 def refusable_at_the_edge(settings: Settings, letter: DeadLetter) -> str | None:
     """Why admission with the settings alone (no table, no model) refuses the request a dead
     letter holds, or None when only a worker could tell."""
-    planner = Planner(settings, load_depth_policy(settings.auto_depth_policy))
+    planner = Planner.from_settings(settings)
     payload = base64.b64decode(letter.payload_base64)
     try:
         try:

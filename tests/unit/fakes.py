@@ -18,8 +18,9 @@ import numpy as np
 
 from rankstream.errors import InvalidRequestError
 from rankstream.models.base import Pair, PairEncoding, TokenIds, Vectors, normalise
-from rankstream.retrieval.fusion import SearchMode, reciprocal_rank_fusion
-from rankstream.retrieval.store import SearchHit, SearchResult
+from rankstream.planning.plan import Fusion
+from rankstream.retrieval.fusion import SearchMode, fuse
+from rankstream.retrieval.store import DEFAULT_FUSION, SearchHit, SearchResult
 from rankstream.wire.filters import ParsedFilter
 
 DIMENSION = 64
@@ -106,13 +107,14 @@ class ListStore:
         limit: int,
         mode: SearchMode,
         where: ParsedFilter | None = None,
+        fusion: Fusion = DEFAULT_FUSION,
     ) -> SearchResult:
         if where is not None:
             raise NotImplementedError("ListStore does not filter; the integration tests do")
         dense = self._dense(vector) if mode != SearchMode.BM25 else []
         bm25 = self._bm25(query) if mode != SearchMode.DENSE else []
         if mode == SearchMode.HYBRID:
-            ranked = reciprocal_rank_fusion([d for d, _ in dense], [d for d, _ in bm25])
+            ranked = fuse(dense, bm25, fusion.method, fusion.dense_weight, fusion.bm25_weight)
         else:
             ranked = dense or bm25
         hits = [

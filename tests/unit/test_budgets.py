@@ -63,3 +63,18 @@ def test_every_candidate_needs_a_score() -> None:
     plan = plan_pairs(codec, QUERY, [document(5), document(5)], DocumentBudget())
     with pytest.raises(ValueError, match="shorter"):
         plan.candidate_scores([1.0])
+
+
+def test_best_scores_the_one_window_holding_most_query_tokens() -> None:
+    body = document(300)
+    with_query = (*body[:200], 1, 2, 3, *body[200:])  # the query's words at token 200
+    budget = DocumentBudget(max_tokens=64, long_docs="best")
+
+    plan = plan_pairs(codec, QUERY, [with_query, body], budget)
+
+    first, second = (e.ids[4:] for e in plan.encodings)
+    assert plan.owners == [0, 1]  # one pair a document, as `head`
+    assert {1, 2, 3} <= set(first)
+    assert len(first) == 64
+    assert second == body[:64]  # no query token anywhere: the head, as `head` would cut
+    assert plan.truncated_tokens == (303 - 64) + (300 - 64)

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,8 +95,12 @@ class Pipeline:
 
 
 @pytest.fixture
-def settings() -> Settings:
-    return Settings(subject_prefix=f"u{uuid.uuid4().hex[:8]}", metrics_port=0)
+def settings(depth_policy_file: Path) -> Settings:
+    return Settings(
+        subject_prefix=f"u{uuid.uuid4().hex[:8]}",
+        metrics_port=0,
+        auto_depth_policy=depth_policy_file,
+    )
 
 
 @pytest.fixture

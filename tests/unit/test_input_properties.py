@@ -18,12 +18,12 @@ from pydantic import ValidationError
 
 from rankstream.config import Settings
 from rankstream.errors import InvalidRequestError
-from rankstream.planning.adaptive_depth import load_depth_policy
 from rankstream.planning.admission import Planner
 from rankstream.wire.contract import QueryRequest, RerankDocument, RerankRequest
 from rankstream.wire.filters import FilterError, parse_filter
 from rankstream.wire.pipeline import PipelineSpec
 from tests.fuzzing import mutated
+from tests.plans import TEST_DEPTH_POLICY
 
 EXAMPLES = 200
 FUZZ = hypothesis_settings(
@@ -237,7 +237,7 @@ def test_any_bytes_on_the_wire_are_a_request_or_a_validation_error(
 # --- admission -----------------------------------------------------------------------------
 
 BOUNDS = Settings(max_depth=12, max_query_chars=400, max_request_pairs=30, max_timeout_ms=60_000)
-PLANNER = Planner(BOUNDS, load_depth_policy(BOUNDS.auto_depth_policy))
+PLANNER = Planner(BOUNDS, TEST_DEPTH_POLICY)
 
 
 def _valid(model: type[QueryRequest] | type[RerankRequest]) -> st.SearchStrategy[Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rankstream.cache.keys import key_for
@@ -10,9 +12,11 @@ from rankstream.errors import InvalidRequestError, RequestTooLargeError
 from rankstream.planning.adaptive_depth import DepthPolicy, DepthRule
 from rankstream.planning.admission import CLOCK_SKEW_MS, Planner
 from rankstream.planning.plan import QueryPlan
+from rankstream.planning.profile import Profile, load_profile
 from rankstream.planning.scorers import PACKAGED_PREFIX
 from rankstream.wire.contract import QueryRequest, RerankDocument, RerankRequest, RerankStage
 from rankstream.wire.handoff import CandidateSet, brought_candidates
+from rankstream.wire.pipeline import PipelineSpec
 
 NOW = 1_800_000_000_000.0
 POLICY = DepthPolicy("dense_margin", (DepthRule(0.1, 10), DepthRule(0.0, 30)), fallback=20)
@@ -278,3 +282,85 @@ def test_the_edge_refuses_what_admission_would_without_a_table() -> None:
         )
     # auto needs no policy at the edge
     Planner(Settings(max_auto_depth=20)).check_bounds(query(stages=stages("ce@auto")))
+
+
+def served(profile: Profile, tmp_path: Path, **settings: object) -> Planner:
+    path = tmp_path / f"{profile.digest}.json"
+    path.write_text(profile.to_json(), encoding="utf-8")
+    return Planner.from_settings(Settings.model_validate({"profile": path, **settings}))
+
+
+TUNED = Profile(pipeline="hybrid~0.6+ce@30/best128~0.4", about={"fitted_on": "a test"})
+
+
+def test_a_request_naming_no_pipeline_gets_the_profiles_plan(tmp_path: Path) -> None:
+    plan = served(TUNED, tmp_path, cache_ttl_s=60).plan_query(
+        query(), received_at_ms=NOW, embedder_model="e", table_version=7
+    )
+
+    assert plan.retrieval is not None
+    assert plan.retrieval.fusion is not None
+    assert (plan.retrieval.mode, plan.retrieval.fusion.method) == ("hybrid", "convex")
+    assert plan.retrieval.fusion.dense_weight == pytest.approx(0.6)
+    (stage,) = plan.stages
+    assert (stage.depth, stage.long_docs, stage.max_doc_tokens, stage.interpolate) == (
+        30, "best", 128, 0.4,
+    )  # fmt: skip
+    assert plan.profile == TUNED.digest
+
+
+def test_the_profile_is_part_of_the_cache_key(tmp_path: Path) -> None:
+    other = Profile(pipeline="hybrid~0.6+ce@30/best128~0.5")
+
+    def key(planner: Planner) -> str | None:
+        plan = planner.plan_query(query(), received_at_ms=NOW, embedder_model="e", table_version=7)
+        return plan.cache.key if plan.cache else None
+
+    keys = {
+        key(served(TUNED, tmp_path, cache_ttl_s=60)),
+        key(served(other, tmp_path, cache_ttl_s=60)),
+        key(planner(cache_ttl_s=60)),
+    }
+    assert None not in keys
+    assert len(keys) == 3
+
+
+def test_a_request_naming_its_pipeline_is_planned_as_asked_beside_a_profile(
+    tmp_path: Path,
+) -> None:
+    plan = served(TUNED, tmp_path).plan_query(
+        query(**PipelineSpec.parse("dense+ce@5").request_fields()),
+        received_at_ms=NOW,
+        embedder_model="e",
+        table_version=7,
+    )
+    assert plan.retrieval is not None
+    assert plan.retrieval.mode == "dense"
+    assert [s.depth for s in plan.stages] == [5]
+    assert plan.profile is None
+
+
+def test_a_profile_that_cannot_serve_is_refused_when_loaded(tmp_path: Path) -> None:
+    for text, complaint in [
+        ("not json", "profile"),
+        ('{"pipeline": "sparse"}', "not a retrieval mode"),
+        ('{"pipeline": "dense+ce@auto"}', "depth policy"),
+    ]:
+        path = tmp_path / "bad.json"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(InvalidRequestError, match=complaint):
+            load_profile(path)
+
+
+def test_auto_is_refused_without_a_fitted_policy() -> None:
+    with pytest.raises(InvalidRequestError, match="auto"):
+        Planner(Settings()).plan_query(
+            query(stages=stages("ce@auto")), received_at_ms=NOW, embedder_model="e", table_version=7
+        )
+
+
+def test_a_fusion_weight_with_a_single_list_is_refused() -> None:
+    with pytest.raises(InvalidRequestError, match="fusion_weight"):
+        planner(default_retrieval="dense").plan_query(
+            query(fusion_weight=0.5), received_at_ms=NOW, embedder_model="e", table_version=7
+        )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from rankstream.ranking import rank
+import pytest
+
+from rankstream.ranking import interpolated, rank, stage_order
 from rankstream.wire.handoff import Candidate
 
 
@@ -35,3 +37,19 @@ def test_only_top_k_are_returned() -> None:
 
 def test_no_scores_means_the_retrieval_order() -> None:
     assert [d.doc_id for d in rank(candidates(3), [], top_k=2)] == ["d1", "d2"]
+
+
+def test_an_interpolated_stage_blends_normalised_model_and_previous_scores() -> None:
+    # before: 30, 20, 10 (normalised 1, 0.5, 0); model: 0, 4, 8 (normalised 0, 0.5, 1)
+    assert interpolated([0.0, 4.0, 8.0], [30.0, 20.0, 10.0], 0.25) == pytest.approx(
+        [0.75, 0.5, 0.25]
+    )
+
+
+def test_interpolation_keeps_a_good_order_that_the_model_alone_would_overturn() -> None:
+    before, model = [30.0, 20.0, 10.0], [0.0, 4.0, 8.0]
+
+    assert [i for i, _ in stage_order(before, model)] == [2, 1, 0]
+    assert [i for i, _ in stage_order(before, model, 0.25)] == [0, 1, 2]
+    assert [i for i, _ in stage_order(before, model, 1.0)] == [2, 1, 0]
+    assert [i for i, _ in stage_order(before, model, 0.0)] == [0, 1, 2]

@@ -7,6 +7,7 @@ import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from pydantic import ValidationError
 
@@ -59,10 +60,10 @@ class GatewayService:
     codec: PairCodec | None = None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
 
-    @property
+    @cached_property
     def planner(self) -> Planner:
-        """The workers' admission bounds, checked at the edge."""
-        return Planner(self.settings)
+        """The workers' admission bounds (and their profile), checked at the edge."""
+        return Planner.from_settings(self.settings)
 
     @property
     def max_documents(self) -> int:

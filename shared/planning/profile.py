@@ -1,0 +1,89 @@
+"""A profile: the plan `rankstream tune` chose for one collection, served by default.
+
+A profile is a JSON file with the chosen pipeline (in the pipeline grammar, its fitted
+weights written in: `hybrid~0.62+ce@20/best128~0.45`), the depth policy fitted for `auto`
+when the pipeline uses it, and `about`: the collection, the split it was fitted on, the
+cost bound and the held-out figures. Workers started with `RANKSTREAM_PROFILE` (or
+`rankstream up --profile`) give its plan to every query that names no pipeline; the plan
+records the profile's digest, which is part of the cache key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from rankstream.errors import InvalidRequestError
+from rankstream.planning.adaptive_depth import DepthPolicy
+from rankstream.wire.contract import AUTO
+from rankstream.wire.pipeline import PipelineSpec
+
+
+class Profile(BaseModel):
+    """A tuned plan for one collection.
+
+    Args:
+        pipeline: the plan, in the pipeline grammar (rankstream.wire.pipeline).
+        depth_policy: the policy that resolves its first stage's `auto` depth (the JSON
+            document of rankstream.planning.adaptive_depth.DepthPolicy); required exactly
+            when that stage is `auto`.
+        about: how it was fitted: collection, split, bound, held-out figures.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pipeline: str
+    depth_policy: dict[str, Any] | None = None
+    about: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("pipeline")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        PipelineSpec.parse(value)  # InvalidRequestError is a ValueError
+        return value
+
+    @property
+    def spec(self) -> PipelineSpec:
+        return PipelineSpec.parse(self.pipeline)
+
+    @property
+    def policy(self) -> DepthPolicy | None:
+        if self.depth_policy is None:
+            return None
+        return DepthPolicy.from_json(json.dumps(self.depth_policy))
+
+    @property
+    def digest(self) -> str:
+        """A short name for what changes an answer: the pipeline and the depth policy."""
+        canonical = json.dumps([self.pipeline, self.depth_policy], sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+
+def load_profile(path: Path) -> Profile:
+    """The profile at `path`.
+
+    Raises:
+        InvalidRequestError: the file cannot be read, is not a profile, its pipeline does
+            not parse, or its `auto` stage has no depth policy (or a policy it does not use).
+            The message names the file; fix it or write it again with `rankstream tune`.
+    """
+    try:
+        profile = Profile.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValidationError) as error:
+        raise InvalidRequestError(f"profile {path}: {error}") from error
+    stages = profile.spec.stages
+    uses_auto = bool(stages) and stages[0].depth == AUTO
+    if uses_auto != (profile.depth_policy is not None):
+        raise InvalidRequestError(
+            f"profile {path}: a depth policy goes with a first stage of depth `auto`, and only "
+            f"with one ({profile.pipeline!r})"
+        )
+    profile.policy  # noqa: B018 (a policy that does not load is refused here, not per query)
+    return profile
