@@ -84,7 +84,8 @@ class CrossEncoderStage:
                 the same batch are answered).
             OverloadedError: the pairs queued ahead would not be scored in time.
             DeadlineExceededError: the deadline passed while they waited for room in the pair
-                budget, were queued or were scored.
+                budget, were queued or were scored, or they could not be scored in the time
+                left even on an empty queue.
         """
         query, documents, tokenized = await asyncio.to_thread(self._tokens, stage)
         plan = plan_pairs(self.model.tokenizer, query, documents, stage.budget)
@@ -118,11 +119,21 @@ class CrossEncoderStage:
         return query, documents, len(missing)
 
     def _shed_if_late(self, pairs: int, deadline: Deadline, lane: int) -> None:
+        """Refuse pairs that would be scored too late: overloaded when the queue ahead makes
+        them late, a missed deadline when they would be late on an empty queue too (the
+        request was short of time, the worker is not short of capacity)."""
         if not self._shed_load:
             return
         wait_s = self.scheduler.predicted_wait_s(pairs, lane)
-        if wait_s is not None and wait_s > deadline.remaining_s():
-            raise OverloadedError(
-                f"{self.scheduler.queued_pairs} pairs queued ahead: about {wait_s:.1f} s to "
-                f"score, {max(0.0, deadline.remaining_s()):.1f} s left before the deadline"
+        if wait_s is None or wait_s <= deadline.remaining_s():
+            return
+        alone_s = self.scheduler.predicted_wait_s(pairs, lane, queued=False) or 0.0
+        if alone_s > deadline.remaining_s():
+            raise DeadlineExceededError(
+                f"its {pairs} pairs take about {alone_s:.1f} s to score; "
+                f"{max(0.0, deadline.remaining_s()):.1f} s were left"
             )
+        raise OverloadedError(
+            f"{self.scheduler.queued_pairs} pairs queued ahead: about {wait_s:.1f} s to "
+            f"score, {max(0.0, deadline.remaining_s()):.1f} s left before the deadline"
+        )

@@ -290,6 +290,58 @@ def calibrate_depth(
 
 
 @app.command()
+def tune(
+    ctx: typer.Context,
+    data_dir: Annotated[Path, typer.Argument(help="BEIR folder (a train split, or k-fold)")],
+    out: Annotated[Path, typer.Option(help="Folder for profile.json and the report")] = Path(
+        "profile"
+    ),
+    max_cpu_ms: Annotated[
+        float | None, typer.Option(min=0, help="Most CPU ms a query may cost (estimated)")
+    ] = None,
+    max_p95_ms: Annotated[
+        float | None, typer.Option(min=0, help="Most p95 ms a query may take, one at a time")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Tune on the first N queries")] = None,
+    test_limit: Annotated[
+        int | None, typer.Option(min=1, help="With a train split: report on N test queries")
+    ] = None,
+    folds: Annotated[int, typer.Option(min=2, help="Folds where there is no train split")] = 5,
+    relevance_threshold: Annotated[
+        int, typer.Option(min=1, help="Grade counted relevant by binary metrics")
+    ] = 1,
+    depths: Annotated[str, typer.Option(help="Rerank depths to try")] = "10,20,30",
+    budgets: Annotated[
+        str, typer.Option(help="Token budgets to try: /docN, /bestN, /maxpN, full")
+    ] = "/best128,/doc128,/doc256",
+    scorer: Annotated[str, typer.Option(help="The cross-encoder scorer to tune")] = "ce",
+) -> None:
+    """Find the plan where reranking pays off on this collection, under a cost bound; write
+    it as a profile (serve it with RANKSTREAM_PROFILE or `rankstream up --profile`)."""
+    _require_extra("eval", "ir_measures", "scipy")
+    from rankstream.workers.tools.errors import UsageError
+    from rankstream.workers.tools.tune import TuneOptions, run_tune
+
+    try:
+        depth_grid = tuple(sorted({int(d) for d in depths.split(",") if d.strip()}))
+    except ValueError as error:
+        raise typer.BadParameter("--depths takes integers like 10,20,30") from error
+    if not depth_grid or min(depth_grid) < 1:
+        raise typer.BadParameter("--depths needs depths of at least 1")
+    options = TuneOptions(
+        data_dir, out, max_cpu_ms, max_p95_ms, limit, test_limit, folds, relevance_threshold,
+        depth_grid, tuple(b.strip() for b in budgets.split(",") if b.strip()), scorer,
+    )  # fmt: skip
+    try:
+        report = run_tune(ctx.obj, options, console)
+    except (RankstreamError, UsageError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+    console.print(report.read_text(encoding="utf-8"))
+    console.print(f"[bold]profile: {out / 'profile.json'}[/bold] (RANKSTREAM_PROFILE)")
+
+
+@app.command()
 def distill(
     ctx: typer.Context,
     data_dir: Annotated[Path, typer.Argument(help="BEIR folder with the split to learn from")],

@@ -66,6 +66,13 @@ def fuse(
     return sorted(scores.items(), key=lambda item: -item[1])
 
 
+def overlap_at_10(dense_ids: Sequence[str], bm25_ids: Sequence[str]) -> float:
+    """The share of the dense list's top 10 that is also in BM25's top 10 (how much the two
+    lists agree: a confidence signal for depth `auto`)."""
+    top_dense, top_bm25 = set(dense_ids[:10]), set(bm25_ids[:10])
+    return len(top_dense & top_bm25) / max(1, min(10, len(top_dense)))
+
+
 def _contributions(hits: Hits, method: FusionMethod, weight: float) -> list[float]:
     if method == "rrf":
         return [weight / (RRF_K + rank) for rank in range(1, len(hits) + 1)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from itertools import islice
@@ -30,7 +30,7 @@ from rankstream.planning.plan import Fusion
 from rankstream.retrieval.ann import ANN_PARAMS, build_ann_index, outgrown, vector_search
 from rankstream.retrieval.corpus import Document
 from rankstream.retrieval.fulltext import build_fulltext_index, fulltext_search
-from rankstream.retrieval.fusion import SearchMode, fuse
+from rankstream.retrieval.fusion import SearchMode, fuse, overlap_at_10
 from rankstream.wire.filters import FilterLiteral, LiteralKind, ParsedFilter
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,9 @@ class DocumentStore:
             tokenizer=self._search_tokenizer,
             dense_scores=[1.0 - float(r["_distance"]) for r in dense[:limit]],
             bm25_scores=[float(r["_score"]) for r in bm25[:limit]],
-            overlap_at_10=_overlap(dense, bm25) if dense and bm25 else None,
+            overlap_at_10=overlap_at_10([str(r["id"]) for r in dense], [str(r["id"]) for r in bm25])
+            if dense and bm25
+            else None,
         )
 
     def _checked_filter(self, where: ParsedFilter | None) -> str | None:
@@ -427,12 +429,6 @@ def _hit(row: dict[str, Any], score: float) -> SearchHit:
     return SearchHit(
         str(row["id"]), str(row[CONTENT]), score, tuple(tokens) if tokens is not None else None
     )
-
-
-def _overlap(dense: Sequence[dict[str, Any]], bm25: Sequence[dict[str, Any]]) -> float:
-    top_dense = {str(r["id"]) for r in dense[:10]}
-    top_bm25 = {str(r["id"]) for r in bm25[:10]}
-    return len(top_dense & top_bm25) / max(1, min(10, len(top_dense)))
 
 
 def _chunks(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:

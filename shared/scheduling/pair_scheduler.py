@@ -60,12 +60,14 @@ class PairScheduler:
     def queued_by_lane(self) -> dict[int, int]:
         return self.batcher.queued_by_lane()
 
-    def predicted_wait_s(self, pairs: int, lane: int = 0) -> float | None:
+    def predicted_wait_s(self, pairs: int, lane: int = 0, queued: bool = True) -> float | None:
         """How long `pairs` more in `lane` would take to score behind what is queued in that
-        lane or a more urgent one, at the recent speed; None while the speed is unknown."""
+        lane or a more urgent one (`queued` False: with nothing queued), at the recent speed;
+        None while the speed is unknown."""
         if self._pairs_per_s is None:
             return None
-        return (self.batcher.queued_ahead_of(lane) + pairs) / self._pairs_per_s
+        ahead = self.batcher.queued_ahead_of(lane) if queued else 0
+        return (ahead + pairs) / self._pairs_per_s
 
     async def submit(
         self, encodings: Sequence[PairEncoding], deadline: float | None = None

@@ -121,13 +121,17 @@ class RerankStage(BaseModel):
     def name(self) -> str:
         """Compact, as in the pipeline grammar: `ce@20`, `ce@auto/doc256`, `ce@100/maxp128`,
         `ce@20/best128~0.7`."""
-        budget = blend = ""
-        if self.max_doc_tokens is not None:
-            kind = "doc" if self.long_docs in (None, "head") else self.long_docs
-            budget = f"/{kind}{self.max_doc_tokens}"
-        if self.interpolate is not None:
-            blend = f"~{weight_text(self.interpolate)}"
-        return f"{self.scorer}@{self.depth}{budget}{blend}"
+        blend = f"~{weight_text(self.interpolate)}" if self.interpolate is not None else ""
+        return f"{self.scorer}@{self.depth}{self.budget}{blend}"
+
+    @property
+    def budget(self) -> str:
+        """The token budget as the grammar writes it: `/doc256`, `/maxp128`, `/best128`;
+        empty for none."""
+        if self.max_doc_tokens is None:
+            return ""
+        kind = "doc" if self.long_docs in (None, "head") else self.long_docs
+        return f"/{kind}{self.max_doc_tokens}"
 
 
 def weight_text(weight: float) -> str:

@@ -275,6 +275,20 @@ async def test_requests_the_queue_would_make_miss_their_deadline_are_answered_ov
     assert pipeline.count("rerank", "overloaded") == codes.count(ErrorCode.OVERLOADED)
 
 
+async def test_a_request_too_short_of_time_for_its_own_pairs_misses_its_deadline_not_overloaded(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.cross_encoder.seconds_per_pair = 0.2  # 3 pairs: 0.6 s, on an empty queue
+    await pipeline.ask(pipeline.request("planes", timeout_ms=10_000))  # the speed is learnt
+    short = pipeline.request("planes", timeout_ms=400)
+
+    answer = await pipeline.ask(short)
+
+    assert isinstance(answer, RankedResult)
+    assert answer.degraded
+    assert pipeline.count("rerank", "overloaded") == 0
+
+
 async def test_each_pipeline_counts_on_its_own_registry(settings: Settings) -> None:
     first, second = Metrics(), Metrics()
     first.requests.labels(worker="rerank", outcome="ok").inc()

@@ -1,0 +1,665 @@
+"""`rankstream tune DATA`: find the plan where the second stage pays for itself on this
+collection, prove it on held-out queries, and write it as a profile the workers serve.
+
+1. Evidence (`tune_evidence`): every query's dense and BM25 lists, and each candidate the
+   plan space can rerank scored once per token budget by the real model.
+2. Plan space: first stages (`dense`, `bm25`, `hybrid` by rank fusion, `hybrid~W` with W
+   fitted), then, over the tuned first stage, one stage `SCORER@D/BUDGET~I` for every depth
+   and budget (I fitted, or none), `SCORER@auto/BUDGET` (its depth policy fitted, as
+   `calibrate-depth` does), and cascades of a cheap budget at the deepest depth followed by
+   the scorer's fullest budget at each shallower depth (both weights fitted). As a
+   reference, `dense+SCORER@D` with no fitting at all, as most users would run it.
+3. Fitting and choosing on tuning queries only: a collection's `train` split (held out: its
+   `test` split), or, with no train split, k-fold cross-validation over its queries (each
+   fold's figures come from weights and a choice made on the other folds). Every plan is
+   computed from the evidence (`simulate`), so fitting a weight costs no model call.
+4. The choice: the plan with the best tuning nDCG@10 whose estimated cost per query (CPU ms,
+   and p95 wall ms at one query at a time) is within the bounds; costs are the measured
+   retrieval costs plus the plan's pairs at the measured cost per pair of each budget.
+5. Output: `profile.json` (rankstream.planning.profile), `report.md` and `report.json`
+   (every plan tried: held-out quality and cost, the Pareto frontier, the choice, the best
+   plan without a rerank stage and the p-value of each plan against it).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from rich.console import Console
+
+from rankstream.config import Settings
+from rankstream.models.registry import load_cross_encoder, load_embedder
+from rankstream.planning.adaptive_depth import DepthPolicy, retrieval_features
+from rankstream.planning.profile import Profile
+from rankstream.planning.scorers import scorer_model
+from rankstream.ranking import stage_order
+from rankstream.retrieval.fusion import fuse, overlap_at_10
+from rankstream.wire.contract import AUTO, RerankStage
+from rankstream.wire.pipeline import PipelineSpec
+from rankstream.workers.tools.calibrate import CalibrationOptions, Observed, fit_policy
+from rankstream.workers.tools.errors import UsageError
+from rankstream.workers.tools.evaluation import (
+    Qrels,
+    paired_randomization_p_value,
+    per_query_metrics,
+    read_qrels,
+    read_queries,
+)
+from rankstream.workers.tools.indexing import ensure_indexed
+from rankstream.workers.tools.tune_evidence import (
+    FULL,
+    Budget,
+    QueryEvidence,
+    ScoringCost,
+    retrieve_sync,
+    score,
+)
+
+FUSION_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
+BLEND_WEIGHTS: tuple[float | None, ...] = (None, *(round(0.1 * i, 1) for i in range(9, 0, -1)))
+RESULTS = 100  # ranked per query, as `eval` asks for
+FIRST_STAGES = ("dense", "bm25", "hybrid", "hybrid~W")
+TUNED = "tuned"  # a template's first stage: the best first stage fitted on the same queries
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """What `rankstream tune` searches and under which bounds.
+
+    Args:
+        data_dir: a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).
+        out: the folder for profile.json, report.md and report.json.
+        max_cpu_ms: the most CPU milliseconds a query may cost (None: no bound).
+        max_p95_ms: the most p95 wall milliseconds a query may take, one at a time (None: no
+            bound).
+        limit: tune on at most this many queries (the train split's first, or, without one,
+            the first of all judged queries).
+        test_limit: with a train split, report on at most this many test queries.
+        folds: cross-validation folds where there is no train split.
+        relevance_threshold: grade that counts as relevant for binary metrics.
+        depths: rerank depths to try (the deepest also bounds what is scored).
+        budgets: token budgets to try, as the grammar writes them after the depth:
+            `/best128`, `/doc128`, `/maxp128`, or `full` (what max_length leaves).
+        scorer: the cross-encoder scorer to tune (`ce`, `ce-fp32`, `student`, ...).
+        fusion_depth: hits of each list hybrid search fuses (the workers' default: 100).
+    """
+
+    data_dir: Path
+    out: Path
+    max_cpu_ms: float | None = None
+    max_p95_ms: float | None = None
+    limit: int | None = None
+    test_limit: int | None = None
+    folds: int = 5
+    relevance_threshold: int = 1
+    depths: tuple[int, ...] = (10, 20, 30)
+    budgets: tuple[str, ...] = ("/best128", "/doc128", "/doc256")
+    scorer: str = "ce"
+    fusion_depth: int = 100
+
+
+@dataclass(frozen=True)
+class StageShape:
+    depth: int | Literal["auto"]
+    budget: str
+    blend: bool  # whether the stage's interpolation weight is fitted
+
+
+@dataclass(frozen=True)
+class Template:
+    """Plans that differ only in the weights fitting chooses."""
+
+    first: str  # one of FIRST_STAGES, or TUNED
+    stages: tuple[StageShape, ...] = ()
+
+    @property
+    def name(self) -> str:
+        stages = [
+            f"@{s.depth}{Budget(s.budget).suffix}{'~I' if s.blend else ''}" for s in self.stages
+        ]
+        return self.first + ("+" + ">".join(stages) if stages else "")
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A template with its weights: the concrete pipeline (and depth policy)."""
+
+    template: Template
+    spec: PipelineSpec
+    policy: DepthPolicy | None
+    tuning_ndcg: float
+
+
+@dataclass
+class Measured:
+    """A template's held-out figures (per query) and cost estimates."""
+
+    template: Template
+    fitted: Fitted  # fitted on all tuning queries (what the profile would serve)
+    held_out: dict[str, float] = field(default_factory=dict)  # query -> nDCG@10
+    pairs: list[int] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+    wall_ms: list[float] = field(default_factory=list)
+
+    @property
+    def ndcg(self) -> float:
+        return float(np.mean(list(self.held_out.values())))
+
+    @property
+    def reranks(self) -> bool:
+        return bool(self.template.stages)
+
+
+@dataclass(frozen=True)
+class Folds:
+    """Tuning and held-out queries: one (train, test) pair, or k cross-validation folds."""
+
+    pairs: list[tuple[list[str], list[str]]]
+    tuning: list[str]  # what the profile is fitted on
+    how: str
+
+
+class Simulator:
+    """Computes any concrete plan's ranking of a query from its evidence, as the workers
+    would rank it (the same fusion, the same stage order)."""
+
+    def __init__(self, evidence: Sequence[QueryEvidence], qrels: Qrels, options: TuneOptions):
+        self.evidence = {item.query_id: item for item in evidence}
+        self.qrels, self.options = qrels, options
+        self.cost = ScoringCost()
+
+    def first_order(self, spec: PipelineSpec, item: QueryEvidence) -> list[tuple[str, float]]:
+        if spec.mode == "dense":
+            return list(item.dense)
+        if spec.mode == "bm25":
+            return list(item.bm25)
+        depth = self.options.fusion_depth
+        weight = spec.fusion_weight
+        if weight is None:
+            return fuse(item.dense[:depth], item.bm25[:depth])
+        return fuse(item.dense[:depth], item.bm25[:depth], "convex", weight, 1 - weight)
+
+    def run(
+        self, spec: PipelineSpec, policy: DepthPolicy | None, item: QueryEvidence
+    ) -> tuple[list[str], int]:
+        """(the ranking, the pairs it cost)."""
+        order = self.first_order(spec, item)
+        pairs = 0
+        first_depth: int | None = None
+        for stage in spec.stages:
+            depth = self._depth(stage, policy, item, spec, first_depth)
+            first_depth = depth if first_depth is None else first_depth
+            if depth == 0:
+                break
+            key = _budget_key(stage)
+            top = order[:depth]
+            model = [item.scores[key][doc] for doc, _ in top]
+            pairs += sum(item.pairs[key][doc] for doc, _ in top)
+            ranked = stage_order([s for _, s in top], model, stage.interpolate)
+            order = [(top[i][0], final) for i, final in ranked] + order[depth:]
+        ignore = item.query_id
+        return [doc for doc, _ in order if doc != ignore][:RESULTS], pairs
+
+    def _depth(
+        self,
+        stage: RerankStage,
+        policy: DepthPolicy | None,
+        item: QueryEvidence,
+        spec: PipelineSpec,
+        first_depth: int | None,
+    ) -> int:
+        if stage.depth == AUTO:
+            assert policy is not None
+            return policy.choose(features(spec.mode, item), max(self.options.depths))[0]
+        depth = int(stage.depth)
+        return depth if first_depth is None else min(depth, first_depth)
+
+    def ndcg(
+        self, spec: PipelineSpec, policy: DepthPolicy | None, query_ids: Sequence[str]
+    ) -> dict[str, float]:
+        run = {qid: self.run(spec, policy, self.evidence[qid])[0] for qid in query_ids}
+        qrels = {qid: self.qrels[qid] for qid in query_ids}
+        return per_query_metrics(qrels, run, self.options.relevance_threshold)["nDCG@10"]
+
+    def costs(
+        self, spec: PipelineSpec, policy: DepthPolicy | None, query_ids: Sequence[str]
+    ) -> tuple[list[int], list[float], list[float]]:
+        """Per query: pairs, estimated CPU ms, estimated wall ms (one query at a time)."""
+        pairs, cpu, wall = [], [], []
+        for qid in query_ids:
+            item = self.evidence[qid]
+            _, n = self.run(spec, policy, item)
+            per_pair_cpu, per_pair_wall = self._pair_cost(spec)
+            pairs.append(n)
+            cpu.append(_retrieval_ms(spec.mode, item.cpu_ms, concurrent=False) + n * per_pair_cpu)
+            wall.append(_retrieval_ms(spec.mode, item.wall_ms, concurrent=True) + n * per_pair_wall)
+        return pairs, cpu, wall
+
+    def _pair_cost(self, spec: PipelineSpec) -> tuple[float, float]:
+        """The cost of a pair of the plan's costliest budget (a cascade's pairs are counted
+        at it: an upper bound)."""
+        keys = [_budget_key(stage) for stage in spec.stages] or [FULL]
+        cpu = max((self.cost.cpu_ms.get(k, 0.0) for k in keys), default=0.0)
+        wall = max((self.cost.wall_ms.get(k, 0.0) for k in keys), default=0.0)
+        return cpu, wall
+
+
+def features(mode: str, item: QueryEvidence) -> dict[str, float]:
+    """The confidence features a `mode` search reports (as the retrieval worker reads them)."""
+    dense = [s for _, s in item.dense] if mode != "bm25" else []
+    bm25 = [s for _, s in item.bm25] if mode != "dense" else []
+    overlap = (
+        overlap_at_10([d for d, _ in item.dense], [d for d, _ in item.bm25])
+        if mode == "hybrid"
+        else None
+    )
+    return retrieval_features(dense, bm25, overlap)
+
+
+def _retrieval_ms(mode: str, ms: dict[str, float], concurrent: bool) -> float:
+    if mode == "bm25":
+        return ms["bm25"]
+    if mode == "dense":
+        return ms["embed"] + ms["dense"]
+    both = max(ms["dense"], ms["bm25"]) if concurrent else ms["dense"] + ms["bm25"]
+    return ms["embed"] + both
+
+
+def _budget_key(stage: RerankStage) -> str:
+    return stage.budget or FULL
+
+
+class Fitter:
+    """Fits a template's weights (and depth policy) on a set of queries: the weights with
+    the best mean nDCG@10 there, the fewest-weight plan on ties."""
+
+    def __init__(self, simulator: Simulator, options: TuneOptions) -> None:
+        self.sim, self.options = simulator, options
+        self._firsts: dict[tuple[str, ...], Fitted] = {}
+
+    def fit(self, template: Template, query_ids: Sequence[str]) -> Fitted:
+        first = self.first_stage(template.first, query_ids)
+        if not template.stages:
+            return first
+        stages: list[RerankStage] = []
+        policy: DepthPolicy | None = None
+        best = first
+        for shape in template.stages:  # weights stage by stage, the earlier ones kept
+            if shape.depth == AUTO:
+                policy = self._policy(first.spec, shape, query_ids)
+            tried = [
+                self._scored(template, first.spec, [*stages, _stage(self.options, shape, w)],
+                             policy, query_ids)
+                for w in (BLEND_WEIGHTS if shape.blend else (None,))
+            ]  # fmt: skip
+            best = max(tried, key=lambda fitted: fitted.tuning_ndcg)
+            stages = list(best.spec.stages)
+        return best
+
+    def first_stage(self, first: str, query_ids: Sequence[str]) -> Fitted:
+        key = (first, *query_ids)
+        if key not in self._firsts:
+            self._firsts[key] = self._fit_first(first, query_ids)
+        return self._firsts[key]
+
+    def _fit_first(self, first: str, query_ids: Sequence[str]) -> Fitted:
+        if first == TUNED:
+            fitted = [self.first_stage(name, query_ids) for name in FIRST_STAGES]
+            return max(fitted, key=lambda f: f.tuning_ndcg)
+        if first == "hybrid~W":
+            specs = [PipelineSpec("hybrid", (), w) for w in FUSION_WEIGHTS]
+        else:
+            specs = [PipelineSpec.parse(first)]
+        scored = [self._scored(Template(first), spec, [], None, query_ids) for spec in specs]
+        return max(scored, key=lambda f: f.tuning_ndcg)
+
+    def _scored(
+        self,
+        template: Template,
+        first: PipelineSpec,
+        stages: list[RerankStage],
+        policy: DepthPolicy | None,
+        query_ids: Sequence[str],
+    ) -> Fitted:
+        spec = PipelineSpec(first.mode, tuple(stages), first.fusion_weight)
+        ndcg = self.sim.ndcg(spec, policy, query_ids)
+        return Fitted(template, spec, policy, float(np.mean(list(ndcg.values()))))
+
+    def _policy(
+        self, first: PipelineSpec, shape: StageShape, query_ids: Sequence[str]
+    ) -> DepthPolicy:
+        """The depth policy `calibrate-depth` would fit, from the evidence."""
+        deepest = max(self.options.depths)
+        key = Budget(shape.budget).key
+        observed = []
+        for qid in query_ids:
+            item = self.sim.evidence[qid]
+            order = [doc for doc, _ in self.sim.first_order(first, item) if doc != qid]
+            top = [(r, doc, item.scores[key][doc]) for r, doc in enumerate(order[:deepest], 1)]
+            rest = order[deepest:RESULTS]
+            observed.append(Observed(qid, features(first.mode, item), top, rest))
+        options = CalibrationOptions(
+            data_dir=self.options.data_dir,
+            out=self.options.out,
+            mode=first.name,
+            scorer=self.options.scorer,
+            split="tuning queries",
+            grid=(0, *sorted(self.options.depths)),
+        )
+        return fit_policy(observed, self.sim.qrels, options)
+
+
+def _stage(options: TuneOptions, shape: StageShape, weight: float | None) -> RerankStage:
+    budget = Budget(shape.budget).document_budget
+    return RerankStage(
+        scorer=options.scorer,
+        depth=shape.depth,
+        max_doc_tokens=budget.max_tokens,
+        long_docs=budget.long_docs if budget.max_tokens is not None else None,
+        interpolate=weight,
+    )
+
+
+def templates(options: TuneOptions) -> list[Template]:
+    """The plan space (see the module docstring)."""
+    depths = sorted(options.depths)
+    deepest = depths[-1]
+    fullest = _fullest(options.budgets)
+    cheap = [b for b in options.budgets if b != fullest]
+    found = [Template(first) for first in FIRST_STAGES]
+    found += [Template("dense", (StageShape(deepest, fullest, blend=False),))]
+    found += [
+        Template(TUNED, (StageShape(depth, budget, blend=True),))
+        for budget in options.budgets
+        for depth in depths
+    ]
+    found += [Template(TUNED, (StageShape(AUTO, b, blend=False),)) for b in options.budgets]
+    found += [
+        Template(
+            TUNED,
+            (
+                StageShape(deepest, budget, blend=True),
+                StageShape(depth, fullest, blend=True),
+            ),
+        )
+        for budget in cheap
+        for depth in depths[:-1]
+    ]
+    return found
+
+
+def _fullest(budgets: Sequence[str]) -> str:
+    """The budget that gives a document the most tokens (FULL above any number)."""
+    return max(budgets, key=lambda b: 10**9 if b == FULL else int("".join(filter(str.isdigit, b))))
+
+
+def measure(fitter: Fitter, template: Template, folds: Folds) -> Measured:
+    """`template` fitted on each fold's tuning queries and measured on its held-out ones."""
+    measured = Measured(template, fitter.fit(template, folds.tuning))
+    for tuning, held_out in folds.pairs:
+        fitted = fitter.fit(template, tuning)
+        measured.held_out.update(fitter.sim.ndcg(fitted.spec, fitted.policy, held_out))
+        pairs, cpu, wall = fitter.sim.costs(fitted.spec, fitted.policy, held_out)
+        measured.pairs += pairs
+        measured.cpu_ms += cpu
+        measured.wall_ms += wall
+    return measured
+
+
+@dataclass(frozen=True)
+class Bounds:
+    max_cpu_ms: float | None
+    max_p95_ms: float | None
+
+    def broken(self, cpu_ms: Sequence[float], wall_ms: Sequence[float]) -> list[str]:
+        """The bounds a plan of these per-query costs breaks (empty: it fits)."""
+        broken = []
+        if self.max_cpu_ms is not None and float(np.mean(cpu_ms)) > self.max_cpu_ms:
+            broken.append(f"--max-cpu-ms {self.max_cpu_ms:g}")
+        if self.max_p95_ms is not None and float(np.percentile(wall_ms, 95)) > self.max_p95_ms:
+            broken.append(f"--max-p95-ms {self.max_p95_ms:g}")
+        return broken
+
+
+def choose(
+    fitter: Fitter, candidates: Sequence[Measured], bounds: Bounds, tuning: Sequence[str]
+) -> Measured:
+    """The plan with the best tuning nDCG@10 whose cost on the tuning queries fits the
+    bounds (a plan without a rerank stage always fits: it is the floor)."""
+
+    def fits(m: Measured) -> bool:
+        _, cpu, wall = fitter.sim.costs(m.fitted.spec, m.fitted.policy, tuning)
+        return not m.reranks or not bounds.broken(cpu, wall)
+
+    return max((m for m in candidates if fits(m)), key=lambda m: m.fitted.tuning_ndcg)
+
+
+def held_out_choice(
+    fitter: Fitter, candidates: Sequence[Measured], bounds: Bounds, folds: Folds
+) -> dict[str, float]:
+    """The tune itself measured on held-out queries: on each fold, the plan chosen from
+    that fold's tuning queries alone, scored on its held-out ones."""
+    scores: dict[str, float] = {}
+    for tuning, held_out in folds.pairs:
+        fold_fits = [Measured(m.template, fitter.fit(m.template, tuning)) for m in candidates]
+        chosen = choose(fitter, fold_fits, bounds, tuning)
+        scores.update(fitter.sim.ndcg(chosen.fitted.spec, chosen.fitted.policy, held_out))
+    return scores
+
+
+def pareto(measured: Sequence[Measured]) -> set[str]:
+    """Templates no other beats on held-out nDCG@10 at no more CPU per query."""
+
+    def dominated(m: Measured) -> bool:
+        cost = float(np.mean(m.cpu_ms))
+        return any(
+            o.ndcg >= m.ndcg and float(np.mean(o.cpu_ms)) <= cost
+            and (o.ndcg > m.ndcg or float(np.mean(o.cpu_ms)) < cost)
+            for o in measured
+        )  # fmt: skip
+
+    return {m.template.name for m in measured if not dominated(m)}
+
+
+def make_folds(options: TuneOptions, queries: dict[str, str]) -> tuple[Folds, Qrels]:
+    """Train and test when the collection has a train split; k folds over its judged
+    queries (shuffled with a fixed seed) when it does not."""
+    test = read_qrels(options.data_dir, "test")
+    if (options.data_dir / "qrels" / "train.tsv").is_file():
+        train = read_qrels(options.data_dir, "train")
+        tuning = [q for q in queries if q in train][: options.limit]
+        held_out = [q for q in queries if q in test][: options.test_limit]
+        if not tuning or not held_out:
+            raise UsageError(f"{options.data_dir}: no judged train or test query")
+        how = f"fitted on {len(tuning)} train queries, measured on {len(held_out)} test queries"
+        return Folds([(tuning, held_out)], tuning, how), {**train, **test}
+    judged = [q for q in queries if q in test][: options.limit]
+    if len(judged) < options.folds:
+        raise UsageError(f"{len(judged)} judged queries cannot make {options.folds} folds")
+    shuffled = random.Random(0).sample(judged, len(judged))
+    parts = [shuffled[i :: options.folds] for i in range(options.folds)]
+    pairs = [([q for p in parts if p is not part for q in p], part) for part in parts]
+    how = (
+        f"{options.folds}-fold cross-validation over {len(judged)} queries (no train split): "
+        "each held-out figure comes from weights and choices fitted on the other folds"
+    )
+    return Folds(pairs, judged, how), test
+
+
+def run_tune(settings: Settings, options: TuneOptions, console: Console) -> Path:
+    """Evidence, fitting, choice, profile and report; returns the report's path."""
+    started = time.perf_counter()
+    queries = read_queries(options.data_dir)
+    folds, qrels = make_folds(options, queries)
+    settings = ensure_indexed(settings, options.data_dir, console)
+    model_name = scorer_model(settings, options.scorer)  # an unknown scorer fails here
+    asked = {q: queries[q] for q in dict.fromkeys(folds.tuning + folds.pairs[0][1] + [
+        q for _, held_out in folds.pairs for q in held_out])}  # fmt: skip
+    depth = max(options.fusion_depth, max(options.depths), RESULTS)
+    evidence = retrieve_sync(settings, load_embedder(settings), asked, depth, console)
+    simulator = Simulator(evidence, qrels, options)
+    fitter = Fitter(simulator, options)
+    model = load_cross_encoder(settings, model_name)
+    simulator.cost = score(model, evidence, wanted(fitter, folds, options), console)
+    with console.status("fitting and measuring every plan"):
+        measured = [measure(fitter, template, folds) for template in templates(options)]
+        bounds = Bounds(options.max_cpu_ms, options.max_p95_ms)
+        chosen = choose(fitter, measured, bounds, folds.tuning)
+        procedure = held_out_choice(fitter, measured, bounds, folds)
+    report = TuneReport(options, folds, measured, chosen, procedure, fitter, bounds,
+                        time.perf_counter() - started)  # fmt: skip
+    return report.write()
+
+
+def wanted(fitter: Fitter, folds: Folds, options: TuneOptions) -> dict[str, dict[str, set[str]]]:
+    """What to score: under every budget, the deepest depth of every first stage a fit can
+    choose (on any fold, or on all tuning queries); under the fullest, dense's too (the
+    reference plan)."""
+    deepest = max(options.depths)
+    firsts = {fitter.first_stage(TUNED, tuning).spec for tuning, _ in folds.pairs}
+    firsts.add(fitter.first_stage(TUNED, folds.tuning).spec)
+    sim = fitter.sim
+    tops = {
+        qid: {doc for spec in firsts for doc, _ in sim.first_order(spec, item)[: deepest + 1]}
+        for qid, item in sim.evidence.items()
+    }
+    found = {budget: {qid: set(docs) for qid, docs in tops.items()} for budget in options.budgets}
+    for qid, item in sim.evidence.items():
+        found[_fullest(options.budgets)][qid] |= {doc for doc, _ in item.dense[: deepest + 1]}
+    return found
+
+
+@dataclass
+class TuneReport:
+    """The profile and the report of one tune."""
+
+    options: TuneOptions
+    folds: Folds
+    measured: list[Measured]
+    chosen: Measured
+    procedure: dict[str, float]  # held-out nDCG@10 of the tune's own choice, per query
+    fitter: Fitter
+    bounds: Bounds
+    wall_s: float
+
+    @property
+    def floor(self) -> Measured:
+        """The best plan without a rerank stage, on held-out queries."""
+        return max((m for m in self.measured if not m.reranks), key=lambda m: m.ndcg)
+
+    def write(self) -> Path:
+        out = self.options.out
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "profile.json").write_text(self.profile().to_json(), encoding="utf-8")
+        rows = self.rows()
+        document = {"about": self.about(), "plans": rows}
+        (out / "report.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        (out / "report.md").write_text(self.markdown(rows), encoding="utf-8")
+        return out / "report.md"
+
+    def profile(self) -> Profile:
+        fitted = self.chosen.fitted
+        policy = json.loads(fitted.policy.to_json()) if fitted.policy is not None else None
+        return Profile(pipeline=fitted.spec.name, depth_policy=policy, about=self.about())
+
+    @property
+    def unbounded(self) -> Measured:
+        """The best plan on tuning queries, whatever it costs."""
+        return max(self.measured, key=lambda m: m.fitted.tuning_ndcg)
+
+    def stopped_by(self) -> list[str]:
+        """The bounds that kept the tune from the best plan on tuning queries."""
+        best = self.unbounded
+        if best is self.chosen:
+            return []
+        _, cpu, wall = self.fitter.sim.costs(
+            best.fitted.spec, best.fitted.policy, self.folds.tuning
+        )
+        return self.bounds.broken(cpu, wall)
+
+    def about(self) -> dict[str, object]:
+        return {
+            "collection": self.options.data_dir.resolve().name,
+            "fitted_on": self.folds.how,
+            "scorer": self.options.scorer,
+            "max_cpu_ms": self.options.max_cpu_ms,
+            "max_p95_ms": self.options.max_p95_ms,
+            "chosen": self.chosen.fitted.spec.name,
+            "chosen_held_out_ndcg10": round(self.chosen.ndcg, 4),
+            "tune_held_out_ndcg10": round(float(np.mean(list(self.procedure.values()))), 4),
+            "best_without_rerank": self.floor.fitted.spec.name,
+            "best_without_rerank_held_out_ndcg10": round(self.floor.ndcg, 4),
+            "stopped_by": self.stopped_by(),
+            "best_unbounded": self.unbounded.fitted.spec.name,
+            "cost_per_pair_cpu_ms": {
+                k: round(v, 2) for k, v in self.fitter.sim.cost.cpu_ms.items()
+            },
+            "wall_s": round(self.wall_s, 1),
+        }
+
+    def rows(self) -> list[dict[str, object]]:
+        frontier = pareto(self.measured)
+        floor = self.floor
+        queries = list(floor.held_out)
+        return [
+            {
+                "template": m.template.name,
+                "plan": m.fitted.spec.name,
+                "tuning_ndcg10": round(m.fitted.tuning_ndcg, 4),
+                "held_out_ndcg10": round(m.ndcg, 4),
+                "pairs_per_query": round(float(np.mean(m.pairs)), 1),
+                "cpu_ms_per_query": round(float(np.mean(m.cpu_ms)), 1),
+                "p95_ms": round(float(np.percentile(m.wall_ms, 95)), 1),
+                "p_vs_best_without_rerank": round(
+                    paired_randomization_p_value(
+                        [m.held_out[q] for q in queries], [floor.held_out[q] for q in queries]
+                    ),
+                    4,
+                ),
+                "pareto": m.template.name in frontier,
+                "chosen": m is self.chosen,
+            }
+            for m in sorted(self.measured, key=lambda m: -m.ndcg)
+        ]
+
+    def markdown(self, rows: Sequence[dict[str, object]]) -> str:
+        about = self.about()
+        lines = [
+            f"# rankstream tune: {about['collection']}",
+            "",
+            f"{self.folds.how}. Chosen: **{about['chosen']}** (held-out nDCG@10 "
+            f"{about['chosen_held_out_ndcg10']}; the tune's own choice, made on tuning "
+            f"queries only, scores {about['tune_held_out_ndcg10']} held out). Best plan "
+            f"without a rerank stage: {about['best_without_rerank']} "
+            f"({about['best_without_rerank_held_out_ndcg10']}).",
+            "",
+        ]
+        stopped_by = self.stopped_by()
+        if stopped_by:
+            lines += [f"The best plan on tuning queries, {about['best_unbounded']}, breaks "
+                      f"{', '.join(stopped_by)}.", ""]  # fmt: skip
+        lines += [
+            "Costs are estimates: measured retrieval costs plus each plan's pairs at the "
+            "measured cost per pair (CPU ms per pair: "
+            f"{about['cost_per_pair_cpu_ms']}); p95 is one query at a time. "
+            f"The tune took {about['wall_s']} s.",
+            "",
+            "| plan (fitted on all tuning queries) | held-out nDCG@10 | tuning nDCG@10 | "
+            "pairs/query | CPU ms/query | p95 ms | p vs best without rerank | Pareto | chosen |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            lines.append(
+                f"| `{row['plan']}` | {row['held_out_ndcg10']} | {row['tuning_ndcg10']} | "
+                f"{row['pairs_per_query']} | {row['cpu_ms_per_query']} | {row['p95_ms']} | "
+                f"{row['p_vs_best_without_rerank']} | {'yes' if row['pareto'] else ''} | "
+                f"{'**chosen**' if row['chosen'] else ''} |"
+            )
+        return "\n".join(lines) + "\n"
