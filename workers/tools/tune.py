@@ -67,6 +67,8 @@ BLEND_WEIGHTS: tuple[float | None, ...] = (None, *(round(0.1 * i, 1) for i in ra
 RESULTS = 100  # ranked per query, as `eval` asks for
 FIRST_STAGES = ("dense", "bm25", "hybrid", "hybrid~W")
 TUNED = "tuned"  # a template's first stage: the best first stage fitted on the same queries
+SINGLE_LISTS = ("dense", "bm25")
+SIGNIFICANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,25 @@ class Fitted:
     template: Template
     spec: PipelineSpec
     policy: DepthPolicy | None
-    tuning_ndcg: float
+    tuning: dict[str, float]  # query -> nDCG@10 on the queries it was fitted on
+
+    @property
+    def tuning_ndcg(self) -> float:
+        return float(np.mean(list(self.tuning.values())))
+
+
+def pays_off(richer: Fitted, simpler: Fitted) -> bool:
+    """Whether `richer` beats `simpler` on the queries both were fitted on by more than
+    chance: a higher mean nDCG@10 and p < SIGNIFICANCE (paired randomisation test). A tune
+    adds fusion or a rerank stage only then, so that what it serves does not lose to its own
+    input on queries it has not seen."""
+    if richer.tuning_ndcg <= simpler.tuning_ndcg:
+        return False
+    queries = list(simpler.tuning)
+    p_value = paired_randomization_p_value(
+        [richer.tuning[q] for q in queries], [simpler.tuning[q] for q in queries]
+    )
+    return p_value < SIGNIFICANCE
 
 
 @dataclass
@@ -312,7 +332,7 @@ class Fitter:
     def _fit_first(self, first: str, query_ids: Sequence[str]) -> Fitted:
         if first == TUNED:
             fitted = [self.first_stage(name, query_ids) for name in FIRST_STAGES]
-            return max(fitted, key=lambda f: f.tuning_ndcg)
+            return simplest_that_pays(fitted)
         if first == "hybrid~W":
             specs = [PipelineSpec("hybrid", (), w) for w in FUSION_WEIGHTS]
         else:
@@ -329,8 +349,7 @@ class Fitter:
         query_ids: Sequence[str],
     ) -> Fitted:
         spec = PipelineSpec(first.mode, tuple(stages), first.fusion_weight)
-        ndcg = self.sim.ndcg(spec, policy, query_ids)
-        return Fitted(template, spec, policy, float(np.mean(list(ndcg.values()))))
+        return Fitted(template, spec, policy, self.sim.ndcg(spec, policy, query_ids))
 
     def _policy(
         self, first: PipelineSpec, shape: StageShape, query_ids: Sequence[str]
@@ -432,13 +451,30 @@ def choose(
     fitter: Fitter, candidates: Sequence[Measured], bounds: Bounds, tuning: Sequence[str]
 ) -> Measured:
     """The plan with the best tuning nDCG@10 whose cost on the tuning queries fits the
-    bounds (a plan without a rerank stage always fits: it is the floor)."""
+    bounds (a plan without a rerank stage always fits: it is the floor); fusion and a rerank
+    stage only where they pay off (`pays_off`) against the plan without them."""
 
     def fits(m: Measured) -> bool:
         _, cpu, wall = fitter.sim.costs(m.fitted.spec, m.fitted.policy, tuning)
         return not m.reranks or not bounds.broken(cpu, wall)
 
-    return max((m for m in candidates if fits(m)), key=lambda m: m.fitted.tuning_ndcg)
+    feasible = [m for m in candidates if fits(m)]
+    floor_fit = simplest_that_pays([m.fitted for m in feasible if not m.reranks])
+    floor = next(m for m in feasible if m.fitted is floor_fit)
+    best = max(feasible, key=lambda m: m.fitted.tuning_ndcg)
+    return best if best.reranks and pays_off(best.fitted, floor.fitted) else floor
+
+
+def simplest_that_pays(first_stages: Sequence[Fitted]) -> Fitted:
+    """The best single list, unless the best fused one pays off against it."""
+    single = max(
+        (f for f in first_stages if f.spec.mode in SINGLE_LISTS), key=lambda f: f.tuning_ndcg
+    )
+    fused = [f for f in first_stages if f.spec.mode not in SINGLE_LISTS]
+    if not fused:
+        return single
+    best_fused = max(fused, key=lambda f: f.tuning_ndcg)
+    return best_fused if pays_off(best_fused, single) else single
 
 
 def held_out_choice(

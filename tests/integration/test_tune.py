@@ -1,0 +1,104 @@
+"""`rankstream tune` on a small collection built here from the sample corpus: every plan
+measured on held-out queries only, a profile the workers can serve, and a choice that adds
+fusion or a rerank stage only where it pays off on the tuning queries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from rankstream.config import Settings
+from rankstream.planning.profile import load_profile
+from rankstream.retrieval.corpus import read_documents, sample_corpus_path, sample_queries
+from rankstream.wire.pipeline import PipelineSpec
+from rankstream.workers.tools.tune import TuneOptions, run_tune, templates
+
+pytestmark = pytest.mark.integration
+
+
+def beir_folder(root: Path, train: int) -> Path:
+    """The sample passages and queries in BEIR layout; the first `train` queries' judgments
+    go to qrels/train.tsv (none: no train split), the rest to qrels/test.tsv."""
+    (root / "qrels").mkdir(parents=True)
+    with (root / "corpus.jsonl").open("w") as corpus:
+        for doc in read_documents(sample_corpus_path()):
+            corpus.write(
+                json.dumps({"_id": doc.doc_id, "title": doc.title, "text": doc.text}) + "\n"
+            )
+    queries = sample_queries()
+    (root / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q.query_id, "text": q.text}) + "\n" for q in queries)
+    )
+    header = "query-id\tcorpus-id\tscore\n"
+    for split, chosen in (("train", queries[:train]), ("test", queries[train:])):
+        rows = [f"{q.query_id}\t{doc}\t1" for q in chosen for doc in q.relevant]
+        if rows:
+            (root / "qrels" / f"{split}.tsv").write_text(header + "\n".join(rows) + "\n")
+    return root
+
+
+def options(data: Path, out: Path, folds: int = 5, max_cpu_ms: float | None = None) -> TuneOptions:
+    return TuneOptions(
+        data_dir=data, out=out, max_cpu_ms=max_cpu_ms, folds=folds, depths=(2, 4),
+        budgets=("/best32", "/doc32"),
+    )  # fmt: skip
+
+
+def tune(settings: Settings, options: TuneOptions) -> dict[str, object]:
+    settings = settings.model_copy(update={"lancedb_uri": str(options.out.parent / "db")})
+    run_tune(settings, options, Console(quiet=True))
+    report: dict[str, object] = json.loads((options.out / "report.json").read_text())
+    return report
+
+
+def test_a_collection_without_a_train_split_is_tuned_by_cross_validation(
+    settings: Settings, tmp_path: Path
+) -> None:
+    asked = options(beir_folder(tmp_path / "data", train=0), tmp_path / "out", folds=4)
+    report = tune(settings, asked)
+
+    about, plans = report["about"], report["plans"]
+    assert isinstance(about, dict)
+    assert isinstance(plans, list)
+    assert "4-fold cross-validation over 8 queries" in about["fitted_on"]
+    names = {row["template"] for row in plans}
+    assert names == {template.name for template in templates(asked)}
+    assert {
+        "dense",
+        "bm25",
+        "hybrid",
+        "hybrid~W",
+        "tuned+@2/doc32~I",
+        "tuned+@auto/best32",
+    } <= names
+    assert all(0 <= row["held_out_ndcg10"] <= 1 for row in plans)
+    (chosen,) = [row for row in plans if row["chosen"]]
+    assert chosen["plan"] == about["chosen"]
+    no_rerank = [row for row in plans if "@" not in row["plan"]]
+    assert all(row["pairs_per_query"] == 0 for row in no_rerank)
+    assert any(row["pareto"] for row in plans)
+
+    profile = load_profile(tmp_path / "out" / "profile.json")
+    assert profile.pipeline == about["chosen"]
+    PipelineSpec.parse(profile.pipeline)  # the workers can serve it
+    assert (tmp_path / "out" / "report.md").read_text().count("**chosen**") == 1
+
+
+def test_a_train_split_is_fitted_on_and_the_test_split_only_measured(
+    settings: Settings, tmp_path: Path
+) -> None:
+    data = beir_folder(tmp_path / "data", train=4)
+    report = tune(settings, options(data, tmp_path / "out", max_cpu_ms=0.0))
+
+    about = report["about"]
+    assert isinstance(about, dict)
+    assert about["fitted_on"] == "fitted on 4 train queries, measured on 4 test queries"
+    # No rerank stage costs nothing: under a bound of 0 ms the tune says which bound
+    # stopped the best plan, or the best plan reranked nothing anyway.
+    chosen = PipelineSpec.parse(str(about["chosen"]))
+    assert not chosen.stages
+    best = PipelineSpec.parse(str(about["best_unbounded"]))
+    assert about["stopped_by"] == (["--max-cpu-ms 0"] if best.stages else [])
