@@ -25,6 +25,7 @@ from rich.progress import Progress
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.planning.adaptive_depth import DepthPolicy, DepthRule
+from rankstream.ranking import stage_order
 from rankstream.wire.contract import ErrorResult, RankedResult
 from rankstream.wire.pipeline import PipelineSpec
 from rankstream.workers.app import running_workers
@@ -59,11 +60,12 @@ class Observed:
     rest: list[str]  # documents beyond D, in retrieval order
 
     def ranking(self, depth: int) -> list[str]:
-        scored = sorted(
-            (r for r in self.by_retrieval if r[0] <= depth), key=lambda r: (-r[2], r[0])
-        )
-        unscored = [doc for rank, doc, _ in sorted(self.by_retrieval) if rank > depth]
-        return [doc for _, doc, _ in scored] + unscored + self.rest
+        """The order a stage reranking the top `depth` would leave (as the workers rank)."""
+        in_order = sorted(self.by_retrieval)
+        top = [doc for rank, doc, _ in in_order if rank <= depth]
+        scores = [score for rank, _, score in in_order if rank <= depth]
+        reranked = [top[i] for i, _ in stage_order([0.0] * len(top), scores)]
+        return reranked + [doc for rank, doc, _ in in_order if rank > depth] + self.rest
 
 
 async def calibrate(
