@@ -10,10 +10,10 @@ from ranx import Qrels, Run, evaluate
 from rich.console import Console
 
 from rankstream.config import Settings
-from rankstream.retrieval.corpus import read_documents, sample_corpus_path, sample_queries
 from rankstream.workers.tools.evaluate import EvalOptions, parse_configs, run_eval
 from rankstream.workers.tools.evaluation import read_qrels
 from rankstream.workers.tools.indexing import ensure_indexed
+from tests.collections import sample_beir
 
 pytestmark = pytest.mark.integration
 
@@ -24,20 +24,7 @@ RANX_NAMES = {"nDCG@10": "ndcg@10", "MRR@10": "mrr@10", "Recall@10": "recall@10"
 @pytest.fixture
 def collection(tmp_path: Path) -> Path:
     """BEIR layout: the sample passages, its queries, and their answers as grade-1 judgments."""
-    root = tmp_path / "sample-beir"
-    (root / "qrels").mkdir(parents=True)
-    with (root / "corpus.jsonl").open("w") as corpus:
-        for doc in read_documents(sample_corpus_path()):
-            corpus.write(
-                json.dumps({"_id": doc.doc_id, "title": doc.title, "text": doc.text}) + "\n"
-            )
-    queries = sample_queries()
-    (root / "queries.jsonl").write_text(
-        "".join(json.dumps({"_id": q.query_id, "text": q.text}) + "\n" for q in queries)
-    )
-    rows = [f"{q.query_id}\t{doc}\t1" for q in queries for doc in q.relevant]
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows))
-    return root
+    return sample_beir(tmp_path / "sample-beir")
 
 
 async def test_eval_writes_every_output_and_its_run_files_score_the_same_elsewhere(

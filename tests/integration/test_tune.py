@@ -12,32 +12,11 @@ from rich.console import Console
 
 from rankstream.config import Settings
 from rankstream.planning.profile import load_profile
-from rankstream.retrieval.corpus import read_documents, sample_corpus_path, sample_queries
 from rankstream.wire.pipeline import PipelineSpec
 from rankstream.workers.tools.tune import TuneOptions, run_tune, templates
+from tests.collections import sample_beir
 
 pytestmark = pytest.mark.integration
-
-
-def beir_folder(root: Path, train: int) -> Path:
-    """The sample passages and queries in BEIR layout; the first `train` queries' judgments
-    go to qrels/train.tsv (none: no train split), the rest to qrels/test.tsv."""
-    (root / "qrels").mkdir(parents=True)
-    with (root / "corpus.jsonl").open("w") as corpus:
-        for doc in read_documents(sample_corpus_path()):
-            corpus.write(
-                json.dumps({"_id": doc.doc_id, "title": doc.title, "text": doc.text}) + "\n"
-            )
-    queries = sample_queries()
-    (root / "queries.jsonl").write_text(
-        "".join(json.dumps({"_id": q.query_id, "text": q.text}) + "\n" for q in queries)
-    )
-    header = "query-id\tcorpus-id\tscore\n"
-    for split, chosen in (("train", queries[:train]), ("test", queries[train:])):
-        rows = [f"{q.query_id}\t{doc}\t1" for q in chosen for doc in q.relevant]
-        if rows:
-            (root / "qrels" / f"{split}.tsv").write_text(header + "\n".join(rows) + "\n")
-    return root
 
 
 def options(data: Path, out: Path, folds: int = 5, max_cpu_ms: float | None = None) -> TuneOptions:
@@ -57,7 +36,7 @@ def tune(settings: Settings, options: TuneOptions) -> dict[str, object]:
 def test_a_collection_without_a_train_split_is_tuned_by_cross_validation(
     settings: Settings, tmp_path: Path
 ) -> None:
-    asked = options(beir_folder(tmp_path / "data", train=0), tmp_path / "out", folds=4)
+    asked = options(sample_beir(tmp_path / "data"), tmp_path / "out", folds=4)
     report = tune(settings, asked)
 
     about, plans = report["about"], report["plans"]
@@ -90,7 +69,7 @@ def test_a_collection_without_a_train_split_is_tuned_by_cross_validation(
 def test_a_train_split_is_fitted_on_and_the_test_split_only_measured(
     settings: Settings, tmp_path: Path
 ) -> None:
-    data = beir_folder(tmp_path / "data", train=4)
+    data = sample_beir(tmp_path / "data", train=4)
     report = tune(settings, options(data, tmp_path / "out", max_cpu_ms=0.0))
 
     about = report["about"]

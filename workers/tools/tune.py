@@ -23,6 +23,7 @@ collection, prove it on held-out queries, and write it as a profile the workers 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -58,7 +59,7 @@ from rankstream.workers.tools.tune_evidence import (
     Budget,
     QueryEvidence,
     ScoringCost,
-    retrieve_sync,
+    retrieve,
     score,
 )
 
@@ -539,7 +540,7 @@ def run_tune(settings: Settings, options: TuneOptions, console: Console) -> Path
     asked = {q: queries[q] for q in dict.fromkeys(folds.tuning + folds.pairs[0][1] + [
         q for _, held_out in folds.pairs for q in held_out])}  # fmt: skip
     depth = max(options.fusion_depth, max(options.depths), RESULTS)
-    evidence = retrieve_sync(settings, load_embedder(settings), asked, depth, console)
+    evidence = asyncio.run(retrieve(settings, load_embedder(settings), asked, depth, console))
     simulator = Simulator(evidence, qrels, options)
     fitter = Fitter(simulator, options)
     model = load_cross_encoder(settings, model_name)

@@ -10,7 +10,6 @@ document, budget) is scored once, whatever number of plans read it.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Sequence
@@ -173,13 +172,3 @@ def _score_query(
         (doc, int(n)) for doc, n in zip(docs, windows, strict=True)
     )
     return len(plan.encodings)
-
-
-def retrieve_sync(
-    settings: Settings,
-    embedder: Embedder,
-    queries: dict[str, str],
-    depth: int,
-    console: Console,
-) -> list[QueryEvidence]:
-    return asyncio.run(retrieve(settings, embedder, queries, depth, console))
