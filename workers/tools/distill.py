@@ -307,14 +307,6 @@ def split_queries(data_dir: Path, split: str, limit: int | None) -> dict[str, st
     return {query_id: texts[query_id] for query_id in judged[:limit]}
 
 
-async def retrieve_pairs(
-    settings: Settings, queries: dict[str, str], depth: int, mode: str
-) -> list[Pair]:
-    """Each query with its top `depth` candidates, as the retrieval worker finds them."""
-    candidates = await retrieve_candidates(settings, queries, depth, mode)
-    return [(queries[query_id], text) for query_id, hits in candidates.items() for _, text in hits]
-
-
 async def retrieve_candidates(
     settings: Settings, queries: dict[str, str], depth: int, mode: str
 ) -> dict[str, list[Candidate]]:
