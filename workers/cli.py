@@ -356,7 +356,12 @@ def distill(
         str, typer.Option(help="Start from: teacher (its own checkpoint), an HF id or a path")
     ] = "teacher",
     layers: Annotated[
-        int, typer.Option(min=0, help="Layers kept: 0 = every other one, N = the first N")
+        int,
+        typer.Option(
+            min=0,
+            help="Layers kept: 0 = every other one, N = the first N; the starting point's own "
+            "count (12 for the packaged teacher) keeps all: fine-tunes the teacher itself",
+        ),
     ] = 0,
     epochs: Annotated[int, typer.Option(min=1)] = 1,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
@@ -366,18 +371,46 @@ def distill(
         str, typer.Option(help="cross-encoder (student@K) or late-interaction (maxsim@K)")
     ] = "cross-encoder",
     loss: Annotated[
-        str, typer.Option(help="A cross-encoder's loss: mse (each logit) or margin-mse (each list)")
+        str,
+        typer.Option(
+            help="A cross-encoder's loss: mse (each logit) or margin-mse (each list); with "
+            "--labels, the teacher term"
+        ),
     ] = "mse",
+    labels: Annotated[
+        bool,
+        typer.Option(
+            help="Also learn from the split's judgements (qrels): each query's judged "
+            "positives (added where retrieval missed them) against its retrieved candidates "
+            "not judged relevant; a cross-encoder student only"
+        ),
+    ] = False,
+    label_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="With --labels: weight of the label term (each positive's softmax "
+            "cross-entropy against the list's negatives) beside the teacher term; 0 = the "
+            "teacher alone",
+        ),
+    ] = 1.0,
 ) -> None:
-    """Distil the configured cross-encoder into a smaller student on your own pairs; serve it
-    with RANKSTREAM_STUDENT_MODEL (stage `student@K`)."""
+    """Distil the configured cross-encoder into a smaller student on your own pairs (with
+    --labels, adapted to the split's judgements too); serve it with RANKSTREAM_STUDENT_MODEL
+    (stage `student@K`)."""
     from rankstream.workers.tools.distill import DistillOptions, run_distill
 
     options = DistillOptions(
         data_dir, out, split, limit, depth, mode, init, layers, epochs, batch_size,
-        learning_rate, max_length, student=student, loss=loss,
+        learning_rate, max_length, student=student, loss=loss, labels=labels,
+        label_weight=label_weight,
     )  # fmt: skip
     report = run_distill(ctx.obj, options, console)
+    if labels:
+        console.print(
+            f"{report.positives} judged positives in the lists ({report.positives_added} "
+            "that retrieval missed)"
+        )
     console.print(
         f"{report.pairs} pairs of {report.queries} queries ({report.pairs_scored_now} newly "
         f"scored by the teacher, {report.teacher_s:.0f} s); student keeps layers "

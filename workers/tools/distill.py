@@ -16,6 +16,30 @@ of your own (query, candidate) pairs.
    teacher's logit units but not a query's offset.
 5. Output: a folder `CrossEncoder` loads, and `onnx-int8/` inside it (int8 ONNX, for CPU
    serving): set RANKSTREAM_STUDENT_MODEL to either.
+
+Domain adaptation (`labels`, a cross-encoder student): the split's own judgements
+(`qrels/<split>.tsv`) join the teacher. Each query's list is its judged positives (grade > 0;
+added from the corpus where retrieval missed them) followed by the retrieved candidates not
+judged relevant, best retrieved first (hard negatives), cut to `depth` documents: a missed
+positive takes the place of the last negative. Queries without a positive in the corpus or
+without a negative among their candidates are left out. The teacher scores every document
+of the lists, positives included, and the student is fitted to
+
+    loss = distill(student, teacher) + label_weight * labels(student, judgements)
+
+per list (`rankstream.workers.tools.distill_loss`): `distill` is the `loss` option on the list
+(`mse`: every logit; `margin-mse`: every difference to the teacher-best document), and
+`labels` is each judged positive's softmax cross-entropy against the list's hard negatives,
+`softplus(logsumexp(s_negatives) - s_positive)` (localized contrastive estimation, one
+positive at a time so that two relevant documents never compete). Why this one: the label
+term is large only where the student does not already put a positive well above its
+negatives (a list the teacher ranks right costs almost nothing), so it corrects the teacher
+where the collection disagrees with it instead of replacing it; the teacher term holds the
+other scores near the teacher's (with `mse`, its absolute scale, which thresholds and raw
+scores rely on), which regularises a small train split; and `label_weight` trades the two
+(0: the teacher alone, on the same lists). Started from the teacher with all its layers
+(`layers` = the teacher's count, 12 for the packaged reranker), this fine-tunes the teacher
+itself on the collection. The output is the same folder as any student's.
 """
 
 from __future__ import annotations
@@ -47,10 +71,11 @@ from rankstream.models.registry import (
     package_dir,
 )
 from rankstream.planning.scorers import MINILM_RERANKER_FP32, MINILM_RERANKER_INT8, PACKAGED_PREFIX
+from rankstream.retrieval.corpus import read_documents
 from rankstream.retrieval.fusion import SearchMode
 from rankstream.retrieval.store import DocumentStore
 from rankstream.workers.tools.errors import UsageError
-from rankstream.workers.tools.evaluation import read_qrels, read_queries
+from rankstream.workers.tools.evaluation import Qrels, read_qrels, read_queries
 from rankstream.workers.tools.indexing import ensure_indexed
 
 if TYPE_CHECKING:
@@ -60,6 +85,7 @@ TEACHER_BATCH = 16
 CROSS_ENCODER, LATE_INTERACTION = "cross-encoder", "late-interaction"
 MSE, MARGIN_MSE = "mse", "margin-mse"
 Pair = tuple[str, str]
+Candidate = tuple[str, str]  # (document id, document text)
 
 
 @dataclass(frozen=True)
@@ -75,7 +101,10 @@ class DistillOptions:
         mode: retrieval mode of the candidates (dense, bm25, hybrid).
         init: the student's starting point: `teacher` (the teacher's own checkpoint), or an
             HF id / local path of a cross-encoder checkpoint.
-        layers: transformer layers the student keeps: 0 = every other layer, N = the first N.
+        layers: transformer layers the student keeps: 0 = every other layer (every layer for
+            an `init` other than `teacher`), N = the first N; the starting point's own count
+            (12 for the packaged teacher) keeps them all: with `init` = `teacher`, that
+            fine-tunes the teacher itself.
         epochs, batch_size, learning_rate: training.
         max_length: tokens per pair while training (longer pairs are truncated).
         teacher_cache: the teacher-score SQLite file (default: in `model_cache_dir`).
@@ -86,7 +115,16 @@ class DistillOptions:
         loss: a cross-encoder student's loss: `mse` (each logit) or `margin-mse` (each
             query's differences to its teacher-best candidate; queries with fewer than
             `depth` candidates are left out, and `batch_size` counts pairs, so a step takes
-            `batch_size // depth` queries, at least one).
+            `batch_size // depth` queries, at least one). With `labels`, the teacher term of
+            the label-aware loss, on the same lists.
+        labels: also learn from the split's judgements (`qrels/<split>.tsv`): each query's
+            judged positives (added where retrieval missed them) against its retrieved
+            candidates not judged relevant (hard negatives), `depth` documents a list; a
+            cross-encoder student only. The loss is in the module docstring; `batch_size`
+            counts pairs as for `margin-mse`.
+        label_weight: with `labels`, the weight of the label term (each judged positive's
+            softmax cross-entropy against its list's hard negatives) beside the teacher
+            term; 0 = the teacher alone, on the same lists.
     """
 
     data_dir: Path
@@ -104,6 +142,8 @@ class DistillOptions:
     teacher_cache: Path | None = None
     student: str = CROSS_ENCODER
     loss: str = MSE
+    labels: bool = False
+    label_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +158,8 @@ class DistillReport:
     export_s: float
     peak_rss_mb: float
     layers_kept: list[int]
+    positives: int = 0  # judged positives in the training lists (`labels`)
+    positives_added: int = 0  # of those, the ones retrieval missed
 
 
 class TeacherScores:
@@ -172,24 +214,42 @@ def run_distill(settings: Settings, options: DistillOptions, console: Console) -
     content_only = settings.model_copy(update={"late_interaction_model": None})
     settings = ensure_indexed(content_only, options.data_dir, console)
     queries = split_queries(options.data_dir, options.split, options.limit)
-    pairs = asyncio.run(retrieve_pairs(settings, queries, options.depth, options.mode))
-    console.print(f"{len(queries)} queries, {len(pairs)} (query, candidate) pairs")
+    candidates = asyncio.run(retrieve_candidates(settings, queries, options.depth, options.mode))
+    judged: list[JudgedList] = []
+    if options.labels:
+        judged = judged_lists(
+            queries, candidates, read_qrels(options.data_dir, options.split),
+            options.data_dir, options.depth,
+        )  # fmt: skip
+        pairs = [(row.query, document) for row in judged for document in row.documents]
+        console.print(
+            f"{len(judged)} of {len(queries)} queries with judged lists of {options.depth}: "
+            f"{sum(sum(row.relevant) for row in judged)} judged positives "
+            f"({sum(row.added for row in judged)} that retrieval missed), {len(pairs)} pairs"
+        )
+    else:
+        pairs = [(queries[query_id], text) for query_id, hits in candidates.items()
+                 for _, text in hits]  # fmt: skip
+        console.print(f"{len(queries)} queries, {len(pairs)} (query, candidate) pairs")
 
     started = time.perf_counter()
     teacher = load_cross_encoder(settings)
     cache_path = options.teacher_cache or settings.model_cache_dir / "teacher-scores.sqlite"
     with closing(TeacherScores(cache_path, teacher.model_id)) as cache:
-        labels, scored_now = teacher_scores(teacher, pairs, cache, console)
+        scores, scored_now = teacher_scores(teacher, pairs, cache, console)
     teacher_s = time.perf_counter() - started
     del teacher
 
     started = time.perf_counter()
     kept: list[int] = []
     if options.student == LATE_INTERACTION:
-        train_token_model(settings, pairs, labels, options)
+        train_token_model(settings, pairs, scores, options)
     else:
         student, kept = student_start(settings, options)
-        train_student(student, pairs, labels, options)
+        if options.labels:
+            train_student_on_labels(student, judged, scores, options)
+        else:
+            train_student(student, pairs, scores, options)
         student.save_pretrained(str(options.out))
     train_s = time.perf_counter() - started
 
@@ -208,6 +268,8 @@ def run_distill(settings: Settings, options: DistillOptions, console: Console) -
         export_s=time.perf_counter() - started,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         layers_kept=kept,
+        positives=sum(sum(row.relevant) for row in judged),
+        positives_added=sum(row.added for row in judged),
     )
 
 
@@ -225,6 +287,15 @@ def _check(options: DistillOptions) -> None:
         )
     if options.loss == MARGIN_MSE and options.depth < 2:
         raise UsageError(f"--loss {MARGIN_MSE} needs --depth 2 or more (a margin)")
+    if options.labels and options.student != CROSS_ENCODER:
+        raise UsageError(
+            f"--labels trains a cross-encoder student; a {LATE_INTERACTION} one learns "
+            "from the teacher alone"
+        )
+    if options.labels and options.depth < 2:
+        raise UsageError("--labels needs --depth 2 or more (a positive and a negative)")
+    if options.label_weight < 0:
+        raise UsageError(f"--label-weight must be 0 or more, not {options.label_weight}")
 
 
 def split_queries(data_dir: Path, split: str, limit: int | None) -> dict[str, str]:
@@ -236,19 +307,84 @@ def split_queries(data_dir: Path, split: str, limit: int | None) -> dict[str, st
     return {query_id: texts[query_id] for query_id in judged[:limit]}
 
 
-async def retrieve_pairs(
+async def retrieve_candidates(
     settings: Settings, queries: dict[str, str], depth: int, mode: str
-) -> list[Pair]:
-    """Each query with its top `depth` candidates, as the retrieval worker finds them."""
+) -> dict[str, list[Candidate]]:
+    """Each query id's top `depth` candidates (id, text), best first, as the retrieval
+    worker finds them."""
     search_mode = SearchMode(mode)
     embedder = load_embedder(settings) if search_mode != SearchMode.BM25 else None
     store = DocumentStore.from_settings(settings)
-    pairs: list[Pair] = []
-    for text in queries.values():
+    candidates: dict[str, list[Candidate]] = {}
+    for query_id, text in queries.items():
         vector = embedder.embed_queries([text])[0] if embedder is not None else None
         result = await store.search(text, vector, depth, search_mode)
-        pairs.extend((text, hit.text) for hit in result.hits)
-    return pairs
+        candidates[query_id] = [(hit.doc_id, hit.text) for hit in result.hits]
+    return candidates
+
+
+@dataclass(frozen=True)
+class JudgedList:
+    """One query's training list for `labels`: its judged positives first, then the
+    retrieved candidates not judged relevant (hard negatives), best retrieved first."""
+
+    query_id: str
+    query: str
+    documents: list[str]
+    relevant: list[bool]
+    added: int  # judged positives that retrieval missed (taken from the corpus)
+
+
+def judged_lists(
+    queries: dict[str, str],
+    candidates: dict[str, list[Candidate]],
+    qrels: Qrels,
+    data_dir: Path,
+    depth: int,
+) -> list[JudgedList]:
+    """Every query's list of exactly `depth` documents: its judged positives (grade > 0, in
+    qrels order, at most `depth - 1`; read from the corpus where retrieval missed them), then
+    its candidates not judged relevant, in retrieval order, to fill the list. Queries
+    without a positive in the corpus, or without enough candidates to fill a list with at
+    least one negative, are left out."""
+    positive_ids = {
+        query_id: [doc for doc, grade in qrels.get(query_id, {}).items() if grade > 0]
+        for query_id in queries
+    }
+    texts = {doc: text for hits in candidates.values() for doc, text in hits}
+    missing = {doc for docs in positive_ids.values() for doc in docs} - texts.keys()
+    texts |= corpus_texts(data_dir, missing)
+    lists: list[JudgedList] = []
+    for query_id, query in queries.items():
+        hits = candidates.get(query_id, [])
+        hit_ids = {doc for doc, _ in hits}
+        positives = [doc for doc in positive_ids[query_id] if doc in texts][: depth - 1]
+        wanted = set(positive_ids[query_id])
+        negatives = [doc for doc, _ in hits if doc not in wanted][: depth - len(positives)]
+        if not positives or len(positives) + len(negatives) < depth:
+            continue
+        documents = positives + negatives
+        lists.append(
+            JudgedList(
+                query_id=query_id,
+                query=query,
+                documents=[texts[doc] for doc in documents],
+                relevant=[True] * len(positives) + [False] * len(negatives),
+                added=sum(doc not in hit_ids for doc in positives),
+            )
+        )
+    if not lists:
+        raise UsageError(
+            f"no query has a judged positive and {depth} documents to learn from (--labels)"
+        )
+    return lists
+
+
+def corpus_texts(data_dir: Path, ids: set[str]) -> dict[str, str]:
+    """The text the store keeps (`content`: title + text) of the corpus documents `ids`."""
+    if not ids:
+        return {}
+    return {doc.doc_id: doc.content for doc in read_documents(data_dir) if doc.doc_id in ids}
 
 
 def teacher_scores(
@@ -330,18 +466,6 @@ def train_student(
 ) -> None:
     """Fit the student to the teacher's logits with `options.loss`, in place; the trainer
     prints its own progress bar."""
-    import tempfile
-
-    try:
-        from datasets import Dataset
-    except ImportError as error:
-        raise ModelError(
-            "distillation needs its extra: pip install 'rankstream[distill]'"
-        ) from error
-    from sentence_transformers.cross_encoder import (
-        CrossEncoderTrainer,
-        CrossEncoderTrainingArguments,
-    )
     from sentence_transformers.cross_encoder.losses import MarginMSELoss, MSELoss
 
     if options.loss == MARGIN_MSE:
@@ -355,6 +479,30 @@ def train_student(
             "label": [float(label) for label in labels],
         }
         rows_per_step, loss = options.batch_size, MSELoss(student)
+    _fit(student, columns, rows_per_step, loss, options)
+
+
+def _fit(
+    student: CrossEncoder,
+    columns: dict[str, list[Any]],
+    rows_per_step: int,
+    loss: Any,
+    options: DistillOptions,
+) -> None:
+    """One `CrossEncoderTrainer` run over `columns`; the trainer prints its own progress."""
+    import tempfile
+
+    try:
+        from datasets import Dataset
+    except ImportError as error:
+        raise ModelError(
+            "distillation needs its extra: pip install 'rankstream[distill]'"
+        ) from error
+    from sentence_transformers.cross_encoder import (
+        CrossEncoderTrainer,
+        CrossEncoderTrainingArguments,
+    )
+
     rows = len(columns["query"])
     with tempfile.TemporaryDirectory(prefix="rankstream-distill-") as scratch:
         arguments = CrossEncoderTrainingArguments(
@@ -373,6 +521,37 @@ def train_student(
             model=student, args=arguments, train_dataset=Dataset.from_dict(columns), loss=loss
         )
         trainer.train()
+
+
+def train_student_on_labels(
+    student: CrossEncoder,
+    judged: Sequence[JudgedList],
+    scores: Sequence[float],
+    options: DistillOptions,
+) -> None:
+    """Fit the student to the teacher and the judgements (`LabelledDistillLoss`: the teacher
+    term `options.loss` plus `options.label_weight` times the label term), in place."""
+    from rankstream.workers.tools.distill_loss import LabelledDistillLoss
+
+    columns = judged_columns(judged, scores)
+    loss = LabelledDistillLoss(student, options.loss, options.label_weight)
+    _fit(student, columns, _lists_per_step(options), loss, options)
+
+
+def judged_columns(judged: Sequence[JudgedList], scores: Sequence[float]) -> dict[str, list[Any]]:
+    """A row per list: `query`, `document_0` .. and `label` = [teacher scores, relevance]
+    (1.0 for a judged positive); `scores` are the teacher's, list after list."""
+    depth = len(judged[0].documents)
+    if sum(len(row.documents) for row in judged) != len(scores):
+        raise ValueError("a teacher score per listed document expected")
+    columns: dict[str, list[Any]] = {"query": [row.query for row in judged]}
+    for position in range(depth):
+        columns[f"document_{position}"] = [row.documents[position] for row in judged]
+    columns["label"] = [
+        [list(scores[start : start + depth]), [float(flag) for flag in row.relevant]]
+        for row, start in zip(judged, range(0, len(scores), depth), strict=True)
+    ]
+    return columns
 
 
 def _lists_per_step(options: DistillOptions) -> int:
