@@ -43,7 +43,10 @@ class Profile(BaseModel):
     @field_validator("pipeline")
     @classmethod
     def _parses(cls, value: str) -> str:
-        PipelineSpec.parse(value)  # InvalidRequestError is a ValueError
+        try:
+            PipelineSpec.parse(value)
+        except InvalidRequestError as error:  # not a ValueError: pydantic would let it through
+            raise ValueError(str(error)) from error
         return value
 
     @property
@@ -72,12 +75,15 @@ def load_profile(path: Path) -> Profile:
     Raises:
         InvalidRequestError: the file cannot be read, is not a profile, its pipeline does
             not parse, or its `auto` stage has no depth policy (or a policy it does not use).
-            The message names the file; fix it or write it again with `rankstream tune`.
+            The message is one line and names the file; fix it or write it again with
+            `rankstream tune`.
     """
     try:
         profile = Profile.model_validate_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValidationError) as error:
+    except OSError as error:
         raise InvalidRequestError(f"profile {path}: {error}") from error
+    except ValidationError as error:
+        raise InvalidRequestError(f"profile {path}: {_one_line(error)}") from error
     stages = profile.spec.stages
     uses_auto = bool(stages) and stages[0].depth == AUTO
     if uses_auto != (profile.depth_policy is not None):
@@ -85,5 +91,17 @@ def load_profile(path: Path) -> Profile:
             f"profile {path}: a depth policy goes with a first stage of depth `auto`, and only "
             f"with one ({profile.pipeline!r})"
         )
-    profile.policy  # noqa: B018 (a policy that does not load is refused here, not per query)
+    try:
+        profile.policy  # noqa: B018 (a policy that does not load is refused here, not per query)
+    except InvalidRequestError as error:
+        raise InvalidRequestError(f"profile {path}: depth_policy: {error}") from error
     return profile
+
+
+def _one_line(error: ValidationError) -> str:
+    """Each problem as `field: message`, on one line (pydantic's own text takes several)."""
+    problems = [
+        f"{'.'.join(str(part) for part in problem['loc']) or 'the document'}: {problem['msg']}"
+        for problem in error.errors()
+    ]
+    return "; ".join(" ".join(problem.split()) for problem in problems)
