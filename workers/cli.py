@@ -80,8 +80,21 @@ def _run(coroutine: Any) -> Any:
     try:
         return asyncio.run(coroutine)
     except RankstreamError as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)  # one line, as raised
         raise typer.Exit(1) from error
+
+
+PROFILE_HELP = (
+    "A profile written by `rankstream tune`: its plan answers requests that name no pipeline "
+    "(default: RANKSTREAM_PROFILE)"
+)
+
+
+def _with_profile(settings: Settings, profile: Path | None) -> Settings:
+    """`settings` serving `profile`, or the profile they already name (RANKSTREAM_PROFILE)."""
+    if profile is None:
+        return settings
+    return settings.model_copy(update={"profile": profile})
 
 
 @app.command()
@@ -90,12 +103,13 @@ def up(
     cluster: Annotated[
         int, typer.Option(min=0, help="Start N clustered nats-server nodes (N > 1) instead of one")
     ] = 0,
+    profile: Annotated[Path | None, typer.Option(help=PROFILE_HELP)] = None,
 ) -> None:
     """Run NATS (embedded when no URL is set), both workers and the HTTP gateway (on
     RANKSTREAM_GATEWAY_PORT, default 8080; 0 turns it off) until Ctrl-C."""
     from rankstream.workers.stack import serve_local_stack
 
-    _run(serve_local_stack(ctx.obj, cluster=cluster))
+    _run(serve_local_stack(_with_profile(ctx.obj, profile), cluster=cluster))
 
 
 @app.command()

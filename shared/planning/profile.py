@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from rankstream.config import Settings
 from rankstream.errors import InvalidRequestError
 from rankstream.planning.adaptive_depth import DepthPolicy
 from rankstream.wire.contract import AUTO
 from rankstream.wire.pipeline import PipelineSpec
+
+log = logging.getLogger(__name__)
 
 
 class Profile(BaseModel):
@@ -98,10 +102,29 @@ def load_profile(path: Path) -> Profile:
     return profile
 
 
+def served_profile(settings: Settings) -> Profile | None:
+    """The profile `settings` serve (`settings.profile`), loaded before a process starts
+    anything, so that a bad one stops `rankstream up`, `worker` or `gateway` at once.
+
+    Raises:
+        InvalidRequestError: as `load_profile` (one line, naming the file).
+    """
+    if settings.profile is None:
+        return None
+    profile = load_profile(settings.profile)
+    log.info(
+        "serving profile %s to requests that name no pipeline: %s (digest %s)",
+        settings.profile, profile.pipeline, profile.digest,
+    )  # fmt: skip
+    return profile
+
+
 def _one_line(error: ValidationError) -> str:
     """Each problem as `field: message`, on one line (pydantic's own text takes several)."""
-    problems = [
-        f"{'.'.join(str(part) for part in problem['loc']) or 'the document'}: {problem['msg']}"
-        for problem in error.errors()
-    ]
+    problems = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "the document"
+        # A validator's own ValueError, without pydantic's "Value error, " in front.
+        cause = problem.get("ctx", {}).get("error") if problem["type"] == "value_error" else None
+        problems.append(f"{where}: {cause if cause is not None else problem['msg']}")
     return "; ".join(" ".join(problem.split()) for problem in problems)
