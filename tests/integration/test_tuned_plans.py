@@ -51,6 +51,15 @@ async def ask(settings: Settings, pipeline: str | None = None) -> RankedResult:
         return await client.query(QUERY, top_k=5, pipeline=pipeline, timeout_s=120)
 
 
+async def answers(settings: Settings, top_k: int, *pipelines: str) -> list[RankedResult]:
+    """Each pipeline's answer to QUERY, cache off, from one start of the workers."""
+    async with running_workers(settings), RankstreamClient(settings) as client:
+        return [
+            await client.query(QUERY, top_k=top_k, pipeline=pipeline, cache=False, timeout_s=120)
+            for pipeline in pipelines
+        ]
+
+
 async def until_cached(client: RankstreamClient, within_s: float = 10) -> RankedResult:
     """The first cached answer to QUERY (an answer is stored just after it is sent), or the
     last one after `within_s`."""
@@ -105,9 +114,7 @@ async def test_workers_serve_their_profile_to_a_request_naming_none_and_cache_it
 async def test_convex_hybrid_is_the_fusion_of_the_stores_own_dense_and_bm25_lists(
     settings: Settings,
 ) -> None:
-    async with running_workers(settings), RankstreamClient(settings) as client:
-        convex = await client.query(QUERY, top_k=10, pipeline="hybrid~0.5", cache=False)
-        by_rank = await client.query(QUERY, top_k=10, pipeline="hybrid", cache=False)
+    convex, by_rank = await answers(settings, 10, "hybrid~0.5", "hybrid")
 
     store = DocumentStore.from_settings(settings)
     vector = load_embedder(settings).embed_queries([QUERY])[0]
@@ -134,9 +141,7 @@ async def test_a_best_window_stage_scores_the_window_that_holds_the_query(
     settings: Settings,
 ) -> None:
     settings = settings.model_copy(update={"reranker_model": FP32})
-    async with running_workers(settings), RankstreamClient(settings) as client:
-        best = await client.query(QUERY, top_k=5, pipeline="dense+ce@5/best16", cache=False)
-        head = await client.query(QUERY, top_k=5, pipeline="dense+ce@5/doc16", cache=False)
+    best, head = await answers(settings, 5, "dense+ce@5/best16", "dense+ce@5/doc16")
 
     (stage,) = best.stages
     assert (stage.name, stage.candidates, stage.pairs) == ("ce@5/best16", 5, 5)
@@ -173,9 +178,7 @@ async def test_an_interpolating_stage_blends_its_scores_with_the_order_it_receiv
     settings: Settings,
 ) -> None:
     settings = settings.model_copy(update={"reranker_model": FP32})
-    async with running_workers(settings), RankstreamClient(settings) as client:
-        plain = await client.query(QUERY, top_k=8, pipeline="dense+ce@8", cache=False)
-        blended = await client.query(QUERY, top_k=8, pipeline="dense+ce@8~0.3", cache=False)
+    plain, blended = await answers(settings, 8, "dense+ce@8", "dense+ce@8~0.3")
 
     assert stage_names(blended) == ["ce@8~0.3"]
     assert [doc.stage for doc in blended.results] == ["ce@8~0.3"] * 8
