@@ -27,6 +27,7 @@ from rankstream.cache.store import result_cache
 from rankstream.config import Settings
 from rankstream.metrics import Metrics
 from rankstream.models.base import CrossEncoderBackend, Embedder
+from rankstream.planning.profile import served_profile
 from rankstream.wire.connection import broker_kwargs, loggable_url
 from rankstream.wire.streams import ensure_streams
 from rankstream.workers.context import WorkerContext
@@ -129,7 +130,9 @@ async def running_workers(
 
 async def serve_workers(settings: Settings, kinds: Sequence[WorkerKind]) -> None:
     """`rankstream worker KIND`: serve until SIGINT/SIGTERM, with /metrics, /livez and
-    /readyz on `settings.metrics_port` from the start (see workers/health.py)."""
+    /readyz on `settings.metrics_port` from the start (see workers/health.py). A profile
+    (`settings.profile`) that cannot be served stops it before anything starts."""
+    served_profile(settings)
     metrics = Metrics()
     async with health_endpoints(settings, metrics) as health:
         await serve_until_signal(settings, kinds, health, metrics)

@@ -80,8 +80,21 @@ def _run(coroutine: Any) -> Any:
     try:
         return asyncio.run(coroutine)
     except RankstreamError as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)  # one line, as raised
         raise typer.Exit(1) from error
+
+
+PROFILE_HELP = (
+    "A profile written by `rankstream tune`: its plan answers requests that name no pipeline "
+    "(default: RANKSTREAM_PROFILE)"
+)
+
+
+def _with_profile(settings: Settings, profile: Path | None) -> Settings:
+    """`settings` serving `profile`, or the profile they already name (RANKSTREAM_PROFILE)."""
+    if profile is None:
+        return settings
+    return settings.model_copy(update={"profile": profile})
 
 
 @app.command()
@@ -90,12 +103,13 @@ def up(
     cluster: Annotated[
         int, typer.Option(min=0, help="Start N clustered nats-server nodes (N > 1) instead of one")
     ] = 0,
+    profile: Annotated[Path | None, typer.Option(help=PROFILE_HELP)] = None,
 ) -> None:
     """Run NATS (embedded when no URL is set), both workers and the HTTP gateway (on
     RANKSTREAM_GATEWAY_PORT, default 8080; 0 turns it off) until Ctrl-C."""
     from rankstream.workers.stack import serve_local_stack
 
-    _run(serve_local_stack(ctx.obj, cluster=cluster))
+    _run(serve_local_stack(_with_profile(ctx.obj, profile), cluster=cluster))
 
 
 @app.command()
@@ -193,10 +207,11 @@ def query(
 
 
 CONFIGS_HELP = (
-    "Pipelines, comma-separated: MODE[+STAGE{>STAGE}] with MODE dense|bm25|hybrid and STAGE "
-    "SCORER@DEPTH\\[/docN|/maxpN], SCORER ce|ce-int8|ce-fp32|student|maxsim, DEPTH a number "
-    "or auto; e.g. "
-    "dense,bm25,hybrid,hybrid+ce@10,dense+ce@20/doc256,hybrid+ce@auto,hybrid+ce@100/doc64>ce@20"
+    "Pipelines, comma-separated: MODE[+STAGE{>STAGE}] with MODE dense|bm25|hybrid|hybrid~W and "
+    "STAGE SCORER@DEPTH\\[/docN|/maxpN|/bestN]\\[~W], SCORER ce|ce-int8|ce-fp32|student|maxsim, "
+    "DEPTH a number or auto; `profile`: requests that name no pipeline, answered with the "
+    "profile's plan (needs --profile or RANKSTREAM_PROFILE); e.g. dense,bm25,hybrid,hybrid~0.6,"
+    "hybrid+ce@10,dense+ce@20/doc256,hybrid+ce@30/best128~0.5,hybrid+ce@100/doc64>ce@20,profile"
 )
 
 
@@ -225,25 +240,40 @@ def evaluate(
     keep_identical_ids: Annotated[
         bool, typer.Option(help="Count a result whose id is the query's (BEIR drops it)")
     ] = False,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="The workers serve this profile (`rankstream tune`) to the `profile` "
+                     "configuration, which is then one of the defaults (default: "
+                     "RANKSTREAM_PROFILE)"),
+    ] = None,
 ) -> None:  # fmt: skip
     """Is reranking worth its cost? Quality, latency, pairs and CPU per configuration."""
     _require_extra("eval", "ir_measures", "scipy", "matplotlib")
+    from rankstream.planning.profile import load_profile
     from rankstream.workers.tools.errors import UsageError
     from rankstream.workers.tools.evaluate import (
         DEFAULT_CONFIGS,
+        PROFILE_CONFIG,
         EvalOptions,
         parse_configs,
         run_eval,
     )
 
+    settings: Settings = _with_profile(ctx.obj, profile)
     try:
-        specs = parse_configs(configs or DEFAULT_CONFIGS)
+        served = load_profile(settings.profile) if settings.profile is not None else None
+    except RankstreamError as error:
+        raise typer.BadParameter(str(error), param_hint="--profile") from error
+    if not configs:
+        configs = DEFAULT_CONFIGS + (f",{PROFILE_CONFIG}" if served is not None else "")
+    try:
+        chosen = parse_configs(configs, served)
     except (RankstreamError, UsageError) as error:
         raise typer.BadParameter(str(error), param_hint="--configs") from error
     options = EvalOptions(
         data_dir=data_dir,
         out_dir=out,
-        configs=specs,
+        configs=chosen,
         baseline=baseline,
         split=split,
         concurrency=concurrency,
@@ -251,8 +281,13 @@ def evaluate(
         relevance_threshold=relevance_threshold,
         repeat_zipf=repeat_zipf,
         ignore_identical_ids=not keep_identical_ids,
+        profile=settings.profile,
     )
-    report = _run(run_eval(ctx.obj, options, console))
+    try:
+        report = _run(run_eval(settings, options, console))
+    except UsageError as error:
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
+        raise typer.Exit(1) from error
     console.print(report.read_text(encoding="utf-8"))
     console.print(
         f"[bold]written to {out}[/bold]: metrics.json, about.json, report.md, tradeoff.png, runs/"

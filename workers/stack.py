@@ -18,6 +18,7 @@ from rankstream.config import Settings
 from rankstream.metrics import Metrics
 from rankstream.models.base import Embedder
 from rankstream.models.registry import load_embedder, load_reranker_tokenizer
+from rankstream.planning.profile import served_profile
 from rankstream.retrieval.corpus import read_documents, sample_corpus_path
 from rankstream.retrieval.store import DocumentStore
 from rankstream.workers.app import BOTH, serve_until_signal
@@ -62,7 +63,10 @@ def index_sample(settings: Settings, embedder: Embedder) -> int:
 async def serve_local_stack(settings: Settings, cluster: int = 0) -> None:
     """`rankstream up`: NATS (embedded unless configured; `cluster` > 1: that many clustered
     nodes), the sample corpus when the table does not exist yet, both workers, and the HTTP
-    gateway on `gateway_port` (0: none). The embedder is loaded once, for both jobs."""
+    gateway on `gateway_port` (0: none). The embedder is loaded once, for both jobs. The
+    workers and the gateway serve `settings.profile`, when set, to requests that name no
+    pipeline; a profile that cannot be served stops it before anything starts."""
+    served_profile(settings)
     metrics = Metrics()
     async with (
         health_endpoints(settings, metrics) as health,

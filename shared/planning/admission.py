@@ -91,7 +91,7 @@ class Planner:
             filter=parse_filter(request.filter).sql if request.filter is not None else None,
             count=max(request.top_k, first),
             embedder=embedder_model,
-            fusion=self._fusion(mode, request.fusion_weight),
+            fusion=self._fusion(mode, request.fusion_weight, request.retrieval is None),
         )
         plan = self._plan(request, received_at_ms, request.top_k, retrieval, stages)
         if self.profile is not None and None in (request.retrieval, request.stages):
@@ -251,9 +251,13 @@ class Planner:
             return self.profile.spec.mode
         return self.settings.default_retrieval
 
-    def _fusion(self, mode: RetrievalMode, asked_weight: float | None) -> Fusion | None:
-        """Hybrid's fusion: the request's convex weight, else the profile's, else weighted
-        reciprocal rank fusion with the settings' weights."""
+    def _fusion(
+        self, mode: RetrievalMode, asked_weight: float | None, profile_mode: bool
+    ) -> Fusion | None:
+        """Hybrid's fusion: the request's convex weight; else, where the mode is the
+        profile's (`profile_mode`: the request named no retrieval), the profile's weight;
+        else weighted reciprocal rank fusion with the settings' weights. A request that
+        names `hybrid` without a weight asked for reciprocal rank fusion, profile or not."""
         settings = self.settings
         if mode != "hybrid":
             if asked_weight is not None:
@@ -261,7 +265,8 @@ class Planner:
                     f"fusion_weight fuses hybrid lists; this request retrieves {mode}"
                 )
             return None
-        profile_weight = self.profile.spec.fusion_weight if self.profile is not None else None
+        served = self.profile if profile_mode else None
+        profile_weight = served.spec.fusion_weight if served is not None else None
         weight = asked_weight if asked_weight is not None else profile_weight
         if weight is not None:
             return Fusion.convex(weight, settings.hybrid_fusion_depth)

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from rankstream.config import Settings
 from rankstream.errors import InvalidRequestError
 from rankstream.planning.adaptive_depth import DepthPolicy
 from rankstream.wire.contract import AUTO
 from rankstream.wire.pipeline import PipelineSpec
+
+log = logging.getLogger(__name__)
 
 
 class Profile(BaseModel):
@@ -43,7 +47,10 @@ class Profile(BaseModel):
     @field_validator("pipeline")
     @classmethod
     def _parses(cls, value: str) -> str:
-        PipelineSpec.parse(value)  # InvalidRequestError is a ValueError
+        try:
+            PipelineSpec.parse(value)
+        except InvalidRequestError as error:  # not a ValueError: pydantic would let it through
+            raise ValueError(str(error)) from error
         return value
 
     @property
@@ -72,12 +79,15 @@ def load_profile(path: Path) -> Profile:
     Raises:
         InvalidRequestError: the file cannot be read, is not a profile, its pipeline does
             not parse, or its `auto` stage has no depth policy (or a policy it does not use).
-            The message names the file; fix it or write it again with `rankstream tune`.
+            The message is one line and names the file; fix it or write it again with
+            `rankstream tune`.
     """
     try:
         profile = Profile.model_validate_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValidationError) as error:
+    except OSError as error:
         raise InvalidRequestError(f"profile {path}: {error}") from error
+    except ValidationError as error:
+        raise InvalidRequestError(f"profile {path}: {_one_line(error)}") from error
     stages = profile.spec.stages
     uses_auto = bool(stages) and stages[0].depth == AUTO
     if uses_auto != (profile.depth_policy is not None):
@@ -85,5 +95,36 @@ def load_profile(path: Path) -> Profile:
             f"profile {path}: a depth policy goes with a first stage of depth `auto`, and only "
             f"with one ({profile.pipeline!r})"
         )
-    profile.policy  # noqa: B018 (a policy that does not load is refused here, not per query)
+    try:
+        profile.policy  # noqa: B018 (a policy that does not load is refused here, not per query)
+    except InvalidRequestError as error:
+        raise InvalidRequestError(f"profile {path}: depth_policy: {error}") from error
     return profile
+
+
+def served_profile(settings: Settings) -> Profile | None:
+    """The profile `settings` serve (`settings.profile`), loaded before a process starts
+    anything, so that a bad one stops `rankstream up`, `worker` or `gateway` at once.
+
+    Raises:
+        InvalidRequestError: as `load_profile` (one line, naming the file).
+    """
+    if settings.profile is None:
+        return None
+    profile = load_profile(settings.profile)
+    log.info(
+        "serving profile %s to requests that name no pipeline: %s (digest %s)",
+        settings.profile, profile.pipeline, profile.digest,
+    )  # fmt: skip
+    return profile
+
+
+def _one_line(error: ValidationError) -> str:
+    """Each problem as `field: message`, on one line (pydantic's own text takes several)."""
+    problems = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "the document"
+        # A validator's own ValueError, without pydantic's "Value error, " in front.
+        cause = problem.get("ctx", {}).get("error") if problem["type"] == "value_error" else None
+        problems.append(f"{where}: {cause if cause is not None else problem['msg']}")
+    return "; ".join(" ".join(problem.split()) for problem in problems)

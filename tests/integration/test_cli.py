@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
+from rankstream.planning.profile import Profile
 from rankstream.retrieval.corpus import sample_queries
 from rankstream.workers.local import free_port
 
@@ -151,6 +153,79 @@ def test_query_without_a_running_pipeline_fails_with_a_clear_message(tmp_path: P
     )
     assert completed.returncode == 1
     assert "cannot reach NATS" in completed.stdout
+
+
+def test_up_worker_and_gateway_refuse_a_bad_profile_in_one_line_before_starting(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "a-profile-whose-path-is-longer-than-the-terminal-is-wide.json"
+    bad.write_text('{"pipeline": "sparse+ce@3"}')
+    env = {
+        **os.environ,
+        "RANKSTREAM_EMBEDDED_NATS_PORT": str(free_port()),
+        "RANKSTREAM_LANCEDB_URI": str(tmp_path / "lancedb"),
+        "RANKSTREAM_METRICS_PORT": "0",
+        "RANKSTREAM_GATEWAY_PORT": "0",
+        "COLUMNS": "80",
+    }
+    in_env = {"RANKSTREAM_PROFILE": str(bad)}
+    for command, extra in [
+        (["up", "--profile", str(bad)], {}),
+        (["up"], in_env),
+        (["worker", "retrieval"], in_env),
+        (["worker", "rerank"], in_env),
+        (["gateway"], in_env),
+    ]:
+        completed = subprocess.run(
+            [RANKSTREAM, *command], env=env | extra, capture_output=True, text=True, timeout=60
+        )
+        screen = (completed.stdout + completed.stderr).strip()
+        assert completed.returncode == 1, (command, screen)
+        # One line (nothing started, so nothing else logged), naming the file and the fault.
+        (line,) = screen.splitlines()
+        assert line.startswith(f"error: profile {bad}: pipeline: "), (command, line)
+        assert "'sparse' is not a retrieval mode" in line
+
+
+def test_up_serves_its_profile_to_a_query_naming_no_pipeline(
+    tmp_path: Path, nats_url: str, sample_db: str, model_cache_dir: Path
+) -> None:
+    """`up --profile` against the tests' NATS and indexed sample: `rankstream query` with no
+    pipeline is answered with the profile's plan."""
+    profile = tmp_path / "profile.json"
+    profile.write_text(Profile(pipeline="bm25+ce@2/best32~0.5").to_json())
+    env = {
+        **os.environ,
+        "RANKSTREAM_NATS_URL": nats_url,
+        "RANKSTREAM_SUBJECT_PREFIX": f"t{uuid.uuid4().hex[:10]}",
+        "RANKSTREAM_LANCEDB_URI": sample_db,
+        "RANKSTREAM_MODEL_CACHE_DIR": str(model_cache_dir),
+        "RANKSTREAM_METRICS_PORT": "0",
+        "RANKSTREAM_GATEWAY_PORT": "0",
+        # The tests' streams share one server: keep each one's reservation small.
+        **{f"RANKSTREAM_{name}_MAX_BYTES": str(16 << 20) for name in
+           ("CACHE", "RESULTS", "DEAD_LETTERS")},
+        "COLUMNS": "200",
+    }  # fmt: skip
+    log_path = tmp_path / "up.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [RANKSTREAM, "up", "--profile", str(profile)], env=env, stdout=log, stderr=log
+        )
+    try:
+        _wait_for_line(log_path, "ready", process)
+        completed = subprocess.run(
+            [RANKSTREAM, "query", "How do vaccines train the immune system?", "--json",
+             "--top-k", "3"],
+            env=env, capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log_path.read_text()
+    result = json.loads(completed.stdout)
+    assert [stage["name"] for stage in result["stages"]] == ["ce@2/best32~0.5"]
+    assert result["retrieval"]["mode"] == "bm25"
+    assert "serving profile" in log_path.read_text()
 
 
 def _scrape(url: str) -> dict[str, float]:

@@ -7,6 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from rankstream.client import RankstreamClient
+from rankstream.config import Settings
+from rankstream.planning.profile import Profile
+from rankstream.wire.pipeline import PipelineSpec
+from rankstream.workers.tools.errors import UsageError
+from rankstream.workers.tools.eval_report import ConfigRun, QueryOutcome, report_markdown, summarize
+from rankstream.workers.tools.evaluate import eval_request, parse_configs
 from rankstream.workers.tools.evaluation import (
     mean_metrics,
     paired_randomization_p_value,
@@ -66,3 +73,38 @@ def test_run_files_have_six_columns_and_scores_that_keep_the_order(tmp_path: Pat
     assert all(len(row) == 6 for row in rows)
     q1_scores = [float(row[4]) for row in rows if row[0] == "q1"]
     assert q1_scores == sorted(q1_scores, reverse=True)
+
+
+def test_the_profile_configuration_names_no_pipeline_and_needs_a_profile() -> None:
+    profile = Profile(pipeline="hybrid~0.6+ce@3/best64~0.5")
+    served, dense = parse_configs("profile, dense", profile)
+    assert (served.name, served.asked, served.spec.name) == (
+        "profile", None, "hybrid~0.6+ce@3/best64~0.5",
+    )  # fmt: skip
+    assert (dense.name, dense.asked) == ("dense", PipelineSpec.parse("dense"))
+    client = RankstreamClient(Settings())  # builds requests without connecting
+    asked = eval_request(client, served, "why", cache=False, timeout_s=5)
+    assert (asked.retrieval, asked.stages, asked.fusion_weight) == (None, None, None)
+    named = eval_request(client, dense, "why", cache=False, timeout_s=5)
+    assert (named.retrieval, named.stages) == ("dense", [])
+    with pytest.raises(UsageError, match="--profile FILE or RANKSTREAM_PROFILE"):
+        parse_configs("profile,dense")
+    with pytest.raises(UsageError, match="twice"):
+        parse_configs("profile,dense,profile", profile)
+
+
+def test_the_report_names_the_profiles_pipeline_beside_profile() -> None:
+    outcome = QueryOutcome("q1", ["d1"], 10.0)
+    runs = [
+        ConfigRun("profile", [outcome], 1.0, 0.5, pipeline="hybrid~0.6+ce@3"),
+        ConfigRun("dense", [outcome], 1.0, 0.5, pipeline="dense"),
+    ]
+    summaries = summarize(runs, {"q1": {"d1": 1}}, 1, "dense")
+    about = {
+        "collection": "c", "split": "test", "queries": 1, "concurrency": 1,
+        "embedder_model": "e", "reranker_model": "r", "max_length": 512, "baseline": "dense",
+        "relevance_threshold": 1,
+    }  # fmt: skip
+    report = report_markdown(summaries, [], about)
+    rows = [line for line in report.splitlines() if "| 1.0000" in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| profile (hybrid~0.6+ce@3)", "| dense"]

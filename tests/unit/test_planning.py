@@ -340,16 +340,45 @@ def test_a_request_naming_its_pipeline_is_planned_as_asked_beside_a_profile(
     assert plan.profile is None
 
 
+def test_a_request_naming_plain_hybrid_is_fused_by_rank_beside_a_hybrid_profile(
+    tmp_path: Path,
+) -> None:
+    """`hybrid` without a weight asks for reciprocal rank fusion: the profile's convex weight
+    goes only with the profile's mode (eval compares `hybrid` with `profile` on the same
+    workers)."""
+    served_planner = served(TUNED, tmp_path)
+
+    def fusion(**fields: object) -> tuple[str, float]:
+        plan = served_planner.plan_query(
+            query(**fields), received_at_ms=NOW, embedder_model="e", table_version=7
+        )
+        assert plan.retrieval is not None
+        assert plan.retrieval.fusion is not None
+        return plan.retrieval.fusion.method, round(plan.retrieval.fusion.dense_weight, 6)
+
+    assert fusion(**PipelineSpec.parse("hybrid+ce@5").request_fields()) == ("rrf", 1.0)
+    assert fusion(retrieval="hybrid") == ("rrf", 1.0)  # the profile's cascade, not its fusion
+    assert fusion(stages=[]) == ("convex", 0.6)  # the profile's mode and weight
+    assert fusion(retrieval="hybrid", fusion_weight=0.3) == ("convex", 0.3)
+
+
 def test_a_profile_that_cannot_serve_is_refused_when_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
     for text, complaint in [
-        ("not json", "profile"),
+        ("not json", "Invalid JSON"),
         ('{"pipeline": "sparse"}', "not a retrieval mode"),
         ('{"pipeline": "dense+ce@auto"}', "depth policy"),
+        ('{"pipeline": "dense+ce@auto", "depth_policy": {"rules": 3}}', "not a depth policy"),
+        ('{"pipeline": "dense", "extra": 1, "about": 2}', "extra: Extra inputs"),
     ]:
-        path = tmp_path / "bad.json"
         path.write_text(text, encoding="utf-8")
-        with pytest.raises(InvalidRequestError, match=complaint):
+        with pytest.raises(InvalidRequestError, match=complaint) as refused:
             load_profile(path)
+        message = str(refused.value)
+        assert message.startswith(f"profile {path}: ")  # what `up` and `worker` print
+        assert "\n" not in message
+    with pytest.raises(InvalidRequestError, match=f"profile {tmp_path / 'none.json'}: "):
+        load_profile(tmp_path / "none.json")
 
 
 def test_auto_is_refused_without_a_fitted_policy() -> None:

@@ -39,6 +39,7 @@ from rankstream.errors import (
     UnauthorizedError,
 )
 from rankstream.models.registry import load_reranker_tokenizer
+from rankstream.planning.profile import served_profile
 from rankstream.workers.gateway.cohere import build_cohere_router
 from rankstream.workers.gateway.errors import (
     Problem,
@@ -298,7 +299,9 @@ async def running_gateway(
 
 
 async def serve_gateway(settings: Settings) -> None:
-    """`rankstream gateway`: serve until SIGINT/SIGTERM, against `settings.nats_url`."""
+    """`rankstream gateway`: serve until SIGINT/SIGTERM, against `settings.nats_url`. Its
+    edge checks follow the workers' profile (`settings.profile`): a bad one stops it here."""
+    served_profile(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -40,6 +40,7 @@ class ConfigRun:
     outcomes: list[QueryOutcome]
     wall_s: float
     worker_cpu_s: float
+    pipeline: str | None = None  # the plan it ran, where `name` is not one (`profile`)
 
     @property
     def run(self) -> RankedRun:
@@ -84,6 +85,15 @@ class ConfigSummary:
     p_value: float | None = None
     pareto: bool = False
     per_query_ndcg: dict[str, float] = field(default_factory=dict, repr=False)
+    pipeline: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The name, and the pipeline beside it where the name is not one:
+        `profile (hybrid~0.6+ce@30/best128~0.5)`."""
+        if self.pipeline is None or self.pipeline == self.name:
+            return self.name
+        return f"{self.name} ({self.pipeline})"
 
 
 def summarize(
@@ -126,6 +136,7 @@ def _summary(run: ConfigRun, qrels: Qrels, relevance_threshold: int) -> ConfigSu
         throughput_qps=len(answered) / run.wall_s if run.wall_s > 0 else 0.0,
         errors=len(run.outcomes) - len(answered),
         per_query_ndcg=per_query["nDCG@10"],
+        pipeline=run.pipeline,
     )
 
 
@@ -165,6 +176,7 @@ def run_file_stem(name: str) -> str:
 def _jsonable(summary: ConfigSummary, baseline: str) -> dict[str, Any]:
     return {
         "name": summary.name,
+        "pipeline": summary.pipeline or summary.name,
         "run_file": f"runs/{run_file_stem(summary.name)}.trec",
         "metrics": summary.metrics,
         "latency_ms": summary.latency_ms,
@@ -216,7 +228,7 @@ def _row(s: ConfigSummary) -> str:
     metrics = " | ".join(f"{s.metrics[m]:.4f}" for m in METRIC_NAMES)
     p_value = "—" if s.p_value is None else f"{s.p_value:.4f}"
     return (
-        f"| {s.name} | {metrics} | {s.latency_ms['p50']:.0f} | {s.latency_ms['p95']:.0f} | "
+        f"| {s.label} | {metrics} | {s.latency_ms['p50']:.0f} | {s.latency_ms['p95']:.0f} | "
         f"{s.pairs_per_query:.1f} | {s.cpu_s_per_query:.3f} | {p_value} | "
         f"{'yes' if s.pareto else ''} |"
     )
@@ -226,9 +238,9 @@ def verdict(summaries: list[ConfigSummary]) -> str:
     best, cheapest = cheapest_as_good(summaries)
     share = cheapest.cpu_s_per_query / best.cpu_s_per_query if best.cpu_s_per_query else 0.0
     return (
-        f"The best configuration is **{best.name}** (nDCG@10 {best.metrics['nDCG@10']:.4f}, "
+        f"The best configuration is **{best.label}** (nDCG@10 {best.metrics['nDCG@10']:.4f}, "
         f"{best.cpu_s_per_query:.3f} CPU s and p95 {best.latency_ms['p95']:.0f} ms a query). "
-        f"The cheapest within {AS_GOOD} nDCG@10 of it is **{cheapest.name}** (nDCG@10 "
+        f"The cheapest within {AS_GOOD} nDCG@10 of it is **{cheapest.label}** (nDCG@10 "
         f"{cheapest.metrics['nDCG@10']:.4f}, {cheapest.cpu_s_per_query:.3f} CPU s a query: "
         f"{share:.0%} of the best's, p95 {cheapest.latency_ms['p95']:.0f} ms)."
     )
@@ -259,7 +271,7 @@ def plot_tradeoff(summaries: list[ConfigSummary], path: Path, about: dict[str, A
     for s in summaries:
         x, y = s.latency_ms["p95"], s.metrics["nDCG@10"]
         axes.plot(x, y, "o", color="tab:blue" if s.pareto else "tab:gray")
-        axes.annotate(s.name, (x, y), textcoords="offset points", xytext=(5, -11), fontsize=7)
+        axes.annotate(s.label, (x, y), textcoords="offset points", xytext=(5, -11), fontsize=7)
     frontier = sorted((s for s in summaries if s.pareto), key=lambda s: s.latency_ms["p95"])
     axes.plot(
         [s.latency_ms["p95"] for s in frontier],
