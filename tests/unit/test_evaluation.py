@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from math import log2
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from rankstream.workers.tools.eval_report import ConfigRun, QueryOutcome, report
 from rankstream.workers.tools.evaluate import eval_request, parse_configs
 from rankstream.workers.tools.evaluation import (
     mean_metrics,
+    ndcg_at_10,
     paired_randomization_p_value,
     per_query_metrics,
     write_trec_run,
@@ -108,3 +110,17 @@ def test_the_report_names_the_profiles_pipeline_beside_profile() -> None:
     report = report_markdown(summaries, [], about)
     rows = [line for line in report.splitlines() if "| 1.0000" in line]
     assert [row.split(" | ")[0] for row in rows] == ["| profile (hybrid~0.6+ce@3)", "| dense"]
+
+
+def test_the_tunes_ndcg_agrees_with_trec_eval_on_graded_judgments() -> None:
+    rng = random.Random(3)
+    docs = [f"d{i}" for i in range(30)]
+    qrels = {
+        f"q{n}": {doc: rng.choice([0, 0, 1, 2, 3]) for doc in rng.sample(docs, 12)}
+        for n in range(20)
+    }
+    run = {qid: rng.sample(docs, 15) for qid in qrels}
+    run["q0"] = []  # a query the run missed scores 0 in both
+
+    reference = per_query_metrics(qrels, run, relevance_threshold=2)["nDCG@10"]
+    assert ndcg_at_10(qrels, run) == pytest.approx(reference)

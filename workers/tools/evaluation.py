@@ -75,6 +75,21 @@ def per_query_metrics(
     return values
 
 
+def ndcg_at_10(qrels: Qrels, run: RankedRun) -> dict[str, float]:
+    """nDCG@10 of every judged query as trec_eval's `ndcg_cut_10` computes it (linear gains,
+    log2 discount, the ideal order from the judgments), without a call into it: the tune
+    computes it for thousands of simulated runs. `per_query_metrics` is the reference."""
+    return {qid: _ndcg_at_10(judged, run.get(qid, [])) for qid, judged in qrels.items()}
+
+
+def _ndcg_at_10(judged: dict[str, int], ranking: Sequence[str]) -> float:
+    discounts = 1 / np.log2(np.arange(2, 12))
+    gains = [max(0, judged.get(doc, 0)) for doc in ranking[:10]]
+    ideal = sorted((grade for grade in judged.values() if grade > 0), reverse=True)[:10]
+    best = float(np.dot(ideal, discounts[: len(ideal)]))
+    return float(np.dot(gains, discounts[: len(gains)])) / best if best > 0 else 0.0
+
+
 def mean_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     return {name: float(np.mean(list(v.values()))) for name, v in per_query.items()}
 

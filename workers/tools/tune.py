@@ -24,6 +24,7 @@ collection, prove it on held-out queries, and write it as a profile the workers 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -48,8 +49,8 @@ from rankstream.workers.tools.calibrate import CalibrationOptions, Observed, fit
 from rankstream.workers.tools.errors import UsageError
 from rankstream.workers.tools.evaluation import (
     Qrels,
+    ndcg_at_10,
     paired_randomization_p_value,
-    per_query_metrics,
     read_qrels,
     read_queries,
 )
@@ -70,6 +71,7 @@ FIRST_STAGES = ("dense", "bm25", "hybrid", "hybrid~W")
 TUNED = "tuned"  # a template's first stage: the best first stage fitted on the same queries
 SINGLE_LISTS = ("dense", "bm25")
 SIGNIFICANCE = 0.05
+INNER_FOLDS = 5  # cross-validation inside the tuning queries, for choosing
 
 
 @dataclass(frozen=True)
@@ -138,22 +140,34 @@ class Fitted:
     spec: PipelineSpec
     policy: DepthPolicy | None
     tuning: dict[str, float]  # query -> nDCG@10 on the queries it was fitted on
+    # query -> nDCG@10 with weights fitted on the other inner folds of the same queries
+    validated: dict[str, float] | None = None
 
     @property
     def tuning_ndcg(self) -> float:
         return float(np.mean(list(self.tuning.values())))
 
+    @property
+    def judged(self) -> dict[str, float]:
+        """What choices read: the cross-validated figures where there are any (a fitted
+        weight flatters the queries it was fitted on), else the tuning ones."""
+        return self.validated if self.validated is not None else self.tuning
+
+    @property
+    def judged_ndcg(self) -> float:
+        return float(np.mean(list(self.judged.values())))
+
 
 def pays_off(richer: Fitted, simpler: Fitted) -> bool:
-    """Whether `richer` beats `simpler` on the queries both were fitted on by more than
-    chance: a higher mean nDCG@10 and p < SIGNIFICANCE (paired randomisation test). A tune
-    adds fusion or a rerank stage only then, so that what it serves does not lose to its own
-    input on queries it has not seen."""
-    if richer.tuning_ndcg <= simpler.tuning_ndcg:
+    """Whether `richer` beats `simpler` on the tuning queries by more than chance, as
+    cross-validated there: a higher mean nDCG@10 and p < SIGNIFICANCE (paired randomisation
+    test). A tune adds fusion or a rerank stage only then, so that what it serves does not
+    lose to its own input on queries it has not seen."""
+    if richer.judged_ndcg <= simpler.judged_ndcg:
         return False
-    queries = list(simpler.tuning)
+    queries = list(simpler.judged)
     p_value = paired_randomization_p_value(
-        [richer.tuning[q] for q in queries], [simpler.tuning[q] for q in queries]
+        [richer.judged[q] for q in queries], [simpler.judged[q] for q in queries]
     )
     return p_value < SIGNIFICANCE
 
@@ -246,8 +260,7 @@ class Simulator:
         self, spec: PipelineSpec, policy: DepthPolicy | None, query_ids: Sequence[str]
     ) -> dict[str, float]:
         run = {qid: self.run(spec, policy, self.evidence[qid])[0] for qid in query_ids}
-        qrels = {qid: self.qrels[qid] for qid in query_ids}
-        return per_query_metrics(qrels, run, self.options.relevance_threshold)["nDCG@10"]
+        return ndcg_at_10({qid: self.qrels[qid] for qid in query_ids}, run)
 
     def costs(
         self, spec: PipelineSpec, policy: DepthPolicy | None, query_ids: Sequence[str]
@@ -304,8 +317,29 @@ class Fitter:
     def __init__(self, simulator: Simulator, options: TuneOptions) -> None:
         self.sim, self.options = simulator, options
         self._firsts: dict[tuple[str, ...], Fitted] = {}
+        self._fits: dict[tuple[Template, tuple[str, ...]], Fitted] = {}
 
     def fit(self, template: Template, query_ids: Sequence[str]) -> Fitted:
+        """`template` fitted on `query_ids`, with its cross-validated figures there."""
+        key = (template, tuple(query_ids))
+        if key not in self._fits:
+            self._fits[key] = self.validate(self._fit(template, query_ids), query_ids)
+        return self._fits[key]
+
+    def validate(self, fitted: Fitted, query_ids: Sequence[str]) -> Fitted:
+        """`fitted` with each query's nDCG@10 under weights fitted on the other
+        INNER_FOLDS - 1 parts of `query_ids` (interleaved)."""
+        parts = [list(query_ids[i::INNER_FOLDS]) for i in range(INNER_FOLDS)]
+        validated: dict[str, float] = {}
+        for part in parts:
+            if not part:
+                continue
+            rest = [q for q in query_ids if q not in set(part)]
+            inner = self._fit(fitted.template, rest) if rest else fitted
+            validated.update(self.sim.ndcg(inner.spec, inner.policy, part))
+        return dataclasses.replace(fitted, validated=validated)
+
+    def _fit(self, template: Template, query_ids: Sequence[str]) -> Fitted:
         first = self.first_stage(template.first, query_ids)
         if not template.stages:
             return first
@@ -332,7 +366,9 @@ class Fitter:
 
     def _fit_first(self, first: str, query_ids: Sequence[str]) -> Fitted:
         if first == TUNED:
-            fitted = [self.first_stage(name, query_ids) for name in FIRST_STAGES]
+            fitted = [
+                self.validate(self.first_stage(name, query_ids), query_ids) for name in FIRST_STAGES
+            ]
             return simplest_that_pays(fitted)
         if first == "hybrid~W":
             specs = [PipelineSpec("hybrid", (), w) for w in FUSION_WEIGHTS]
@@ -462,19 +498,19 @@ def choose(
     feasible = [m for m in candidates if fits(m)]
     floor_fit = simplest_that_pays([m.fitted for m in feasible if not m.reranks])
     floor = next(m for m in feasible if m.fitted is floor_fit)
-    best = max(feasible, key=lambda m: m.fitted.tuning_ndcg)
+    best = max(feasible, key=lambda m: m.fitted.judged_ndcg)
     return best if best.reranks and pays_off(best.fitted, floor.fitted) else floor
 
 
 def simplest_that_pays(first_stages: Sequence[Fitted]) -> Fitted:
     """The best single list, unless the best fused one pays off against it."""
     single = max(
-        (f for f in first_stages if f.spec.mode in SINGLE_LISTS), key=lambda f: f.tuning_ndcg
+        (f for f in first_stages if f.spec.mode in SINGLE_LISTS), key=lambda f: f.judged_ndcg
     )
     fused = [f for f in first_stages if f.spec.mode not in SINGLE_LISTS]
     if not fused:
         return single
-    best_fused = max(fused, key=lambda f: f.tuning_ndcg)
+    best_fused = max(fused, key=lambda f: f.judged_ndcg)
     return best_fused if pays_off(best_fused, single) else single
 
 
@@ -609,7 +645,7 @@ class TuneReport:
     @property
     def unbounded(self) -> Measured:
         """The best plan on tuning queries, whatever it costs."""
-        return max(self.measured, key=lambda m: m.fitted.tuning_ndcg)
+        return max(self.measured, key=lambda m: m.fitted.judged_ndcg)
 
     def stopped_by(self) -> list[str]:
         """The bounds that kept the tune from the best plan on tuning queries."""
@@ -649,7 +685,7 @@ class TuneReport:
             {
                 "template": m.template.name,
                 "plan": m.fitted.spec.name,
-                "tuning_ndcg10": round(m.fitted.tuning_ndcg, 4),
+                "tuning_ndcg10": round(m.fitted.judged_ndcg, 4),
                 "held_out_ndcg10": round(m.ndcg, 4),
                 "pairs_per_query": round(float(np.mean(m.pairs)), 1),
                 "cpu_ms_per_query": round(float(np.mean(m.cpu_ms)), 1),
@@ -688,8 +724,9 @@ class TuneReport:
             f"{about['cost_per_pair_cpu_ms']}); p95 is one query at a time. "
             f"The tune took {about['wall_s']} s.",
             "",
-            "| plan (fitted on all tuning queries) | held-out nDCG@10 | tuning nDCG@10 | "
-            "pairs/query | CPU ms/query | p95 ms | p vs best without rerank | Pareto | chosen |",
+            "| plan (fitted on all tuning queries) | held-out nDCG@10 | tuning nDCG@10 "
+            "(cross-validated) | pairs/query | CPU ms/query | p95 ms | p vs best without rerank "
+            "| Pareto | chosen |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in rows:
