@@ -77,6 +77,11 @@ class PipelineSpec:
             return head
         return f"{head}+" + ">".join(stage.name for stage in self.stages)
 
+    @property
+    def first_stage(self) -> PipelineSpec:
+        """The retrieval alone (mode and fusion), without its rerank stages."""
+        return PipelineSpec(self.mode, (), self.fusion_weight)
+
     def request_fields(self) -> dict[str, Any]:
         """The `QueryRequest` fields that ask for this pipeline."""
         fields: dict[str, Any] = {"retrieval": self.mode, "stages": list(self.stages)}

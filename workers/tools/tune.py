@@ -328,19 +328,27 @@ class Fitter:
 
     def validate(self, fitted: Fitted, query_ids: Sequence[str]) -> Fitted:
         """`fitted` with each query's nDCG@10 under weights fitted on the other
-        INNER_FOLDS - 1 parts of `query_ids` (interleaved)."""
+        INNER_FOLDS - 1 parts of `query_ids` (interleaved). A rerank template keeps the
+        first stage fitted on all of them (the evidence scored its candidates only)."""
         parts = [list(query_ids[i::INNER_FOLDS]) for i in range(INNER_FOLDS)]
         validated: dict[str, float] = {}
         for part in parts:
             if not part:
                 continue
             rest = [q for q in query_ids if q not in set(part)]
-            inner = self._fit(fitted.template, rest) if rest else fitted
+            first = fitted.spec.first_stage if fitted.template.stages else None
+            inner = self._fit(fitted.template, rest, first) if rest else fitted
             validated.update(self.sim.ndcg(inner.spec, inner.policy, part))
         return dataclasses.replace(fitted, validated=validated)
 
-    def _fit(self, template: Template, query_ids: Sequence[str]) -> Fitted:
-        first = self.first_stage(template.first, query_ids)
+    def _fit(
+        self, template: Template, query_ids: Sequence[str], first_spec: PipelineSpec | None = None
+    ) -> Fitted:
+        first = (
+            self.first_stage(template.first, query_ids)
+            if first_spec is None
+            else self._scored(Template(template.first), first_spec, [], None, query_ids)
+        )
         if not template.stages:
             return first
         stages: list[RerankStage] = []
