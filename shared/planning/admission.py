@@ -119,10 +119,10 @@ class Planner:
         return self._plan(request, received_at_ms, request.top_n or count, None, stages)
 
     def check_bounds(self, request: QueryRequest | RerankRequest) -> None:
-        """Every bound a request can be checked against without a table, a depth policy or a
-        model: what `plan_query` / `plan_rerank` would refuse, but for an unknown table or
-        column. For an edge (the gateway) that refuses what no worker would take, before
-        publishing it.
+        """Every bound a request can be checked against without a table or a model: what
+        `plan_query` / `plan_rerank` would refuse (`auto` included: this planner's depth policy
+        is the workers'), but for an unknown table or column. For an edge (the gateway) that
+        refuses what no worker would take, before publishing it.
 
         Raises:
             InvalidRequestError: the first bound broken (RequestTooLargeError: documents,
@@ -134,7 +134,7 @@ class Planner:
         self._check_query(request.query)
         self._timeout(request.timeout_ms)
         self._check_depth("top_k", request.top_k)
-        stages = [self._stage(stage, at_edge=True) for stage in self._cascade(request.stages)]
+        stages = self._stages(self._cascade(request.stages))
         self._check_pairs(sum(stage.max_pairs for stage in stages))
 
     def check_executable(self, candidate_set: CandidateSet) -> None:
@@ -210,13 +210,13 @@ class Planner:
             self._check_after_auto(stages)
         return stages
 
-    def _stage(self, stage: RerankStage, at_edge: bool = False) -> StagePlan:
-        """`stage` as planned; at the edge, `auto` is bounded but needs no policy."""
+    def _stage(self, stage: RerankStage) -> StagePlan:
+        """`stage` as planned: `auto` needs a depth policy and is bounded by `max_auto_depth`."""
         settings = self.settings
         auto = stage.depth == AUTO
         depth = min(settings.max_auto_depth, settings.max_depth) if auto else int(stage.depth)
         self._check_depth(f"stage {stage.name}", depth)
-        if auto and self.depth_policy is None and not at_edge:
+        if auto and self.depth_policy is None:
             raise InvalidRequestError(
                 f"stage {stage.name}: depth `auto` reads the retrieval's confidence; give a number"
             )

@@ -17,6 +17,7 @@ from rankstream.planning.scorers import PACKAGED_PREFIX
 from rankstream.wire.contract import QueryRequest, RerankDocument, RerankRequest, RerankStage
 from rankstream.wire.handoff import CandidateSet, brought_candidates
 from rankstream.wire.pipeline import PipelineSpec
+from tests.plans import TEST_DEPTH_POLICY
 
 NOW = 1_800_000_000_000.0
 POLICY = DepthPolicy("dense_margin", (DepthRule(0.1, 10), DepthRule(0.0, 30)), fallback=20)
@@ -280,8 +281,11 @@ def test_the_edge_refuses_what_admission_would_without_a_table() -> None:
         edge.check_bounds(
             query(stages=[*too_many[:1], RerankStage(depth=3, max_doc_tokens=8, long_docs="maxp")])
         )
-    # auto needs no policy at the edge
-    Planner(Settings(max_auto_depth=20)).check_bounds(query(stages=stages("ce@auto")))
+    with pytest.raises(InvalidRequestError, match="auto"):  # as a worker without a policy
+        Planner(Settings(max_auto_depth=20)).check_bounds(query(stages=stages("ce@auto", "ce@8")))
+    Planner(Settings(max_auto_depth=20), TEST_DEPTH_POLICY).check_bounds(
+        query(stages=stages("ce@auto"))
+    )
 
 
 def served(profile: Profile, tmp_path: Path, **settings: object) -> Planner:
