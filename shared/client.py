@@ -7,6 +7,7 @@ async with RankstreamClient(Settings()) as client:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import uuid
@@ -177,10 +178,17 @@ class RankstreamClient:
         await self._connection.subscribe(self.reply_subject, cb=self._on_reply)
 
     async def close(self) -> None:
-        """Drain and close the connection (answers still in flight are delivered first)."""
-        if self._connection is not None:
-            await self._connection.drain()
-            self._connection = None
+        """Drain and close the connection (answers still in flight are delivered first).
+        While NATS is away there is nothing to drain (nats-py refuses to): the connection
+        is closed as it is."""
+        connection, self._connection = self._connection, None
+        if connection is None or connection.is_closed:
+            return
+        try:
+            await connection.drain()
+        except (nats.errors.ConnectionReconnectingError, nats.errors.ConnectionClosedError):
+            with contextlib.suppress(OSError):  # a flush into the lost socket
+                await connection.close()
 
     def request(self, text: str, **options: Unpack[QueryOptions]) -> QueryRequest:
         """A query request that will be answered on this client's reply subject; the options

@@ -12,6 +12,7 @@ stack is `rankstream.workers.stack`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Sequence
@@ -20,6 +21,7 @@ from enum import StrEnum
 from functools import partial
 from typing import TYPE_CHECKING, TypeAlias
 
+import nats.errors
 from faststream.nats import NatsBroker
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 
@@ -109,6 +111,8 @@ async def running_workers(
     await ensure_streams(settings)
     broker = build_broker(settings, metrics) if broker is None else broker
     watch_max_deliveries(broker, settings, metrics)
+    names = ", ".join(kind.value for kind in kinds)
+    handed_back: list[int] = []
     async with AsyncExitStack() as stack:
         cache = await stack.enter_async_context(result_cache(settings, metrics))
         context = WorkerContext(settings, broker, metrics, cache)
@@ -118,14 +122,33 @@ async def running_workers(
             stack.push_async_callback(worker.stop)
         held = HeldMessages(broker, settings.fetch_wait_ms / 1000)
         await broker.start()
-        stack.push_async_callback(broker.stop)
-        stack.push_async_callback(held.hand_back)  # first: what has not started goes back
-        log.info(
-            "workers %s serving on %s",
-            [k.value for k in kinds],
-            loggable_url(settings.effective_nats_url),
-        )
+        stack.push_async_callback(stop_broker, broker)
+
+        async def hand_back() -> None:  # first: what has not started goes back
+            handed_back.append(await held.hand_back())
+
+        stack.push_async_callback(hand_back)
+        log.info("workers %s serving on %s", names, loggable_url(settings.effective_nats_url))
         yield workers
+    log.info("workers %s stopped (%d fetched messages handed back)", names, sum(handed_back))
+
+
+async def stop_broker(broker: NatsBroker) -> None:
+    """Stop the broker's subscribers, wait for their handlers and drain its connection.
+
+    While NATS is away there is nothing to drain: nats-py refuses to (a traceback ending in
+    ConnectionReconnectingError, on every Ctrl-C of a worker whose server is gone). The
+    connection is then closed as it is, with a warning: what the handlers did not
+    acknowledge is redelivered once NATS is back."""
+    try:
+        await broker.stop()
+    except (nats.errors.ConnectionReconnectingError, nats.errors.ConnectionClosedError):
+        log.warning("NATS unreachable while stopping: closed the connection without draining")
+        connection = broker._connection  # FastStream keeps it when the drain fails
+        if connection is not None and not connection.is_closed:
+            # nats-py flushes what was published meanwhile (naks) into the lost socket first.
+            with contextlib.suppress(OSError):
+                await connection.close()
 
 
 async def serve_workers(settings: Settings, kinds: Sequence[WorkerKind]) -> None:
@@ -136,6 +159,13 @@ async def serve_workers(settings: Settings, kinds: Sequence[WorkerKind]) -> None
     metrics = Metrics()
     async with health_endpoints(settings, metrics) as health:
         await serve_until_signal(settings, kinds, health, metrics)
+    metrics_stopped(settings)
+
+
+def metrics_stopped(settings: Settings) -> None:
+    """The stop line of the /metrics endpoint `health_endpoints` served, if it served one."""
+    if settings.metrics_port:
+        log.info("metrics on port %d stopped", settings.metrics_port)
 
 
 async def serve_until_signal(
@@ -167,4 +197,3 @@ async def serve_until_signal(
         log.info(READY_LINE)
         await stop.wait()
         health.stopping()
-    log.info("stopped")

@@ -1,32 +1,59 @@
-"""The `rankstream` command: up, gateway, demo, index, query, worker, asyncapi."""
+"""The `rankstream` command: up, gateway, demo, index, query, worker, asyncapi.
+
+Help is click's plain text (`rich_markup_mode=None`): it wraps at the terminal's width and
+never cuts a word such as the pipeline grammar short, in a terminal or a file. Each command's
+summary in `rankstream --help` is the first paragraph of its docstring, one sentence
+(`_summaries`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import inspect
 import json
 import logging
 import os
 import re
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
+from rich.markup import escape
 
 from rankstream.config import NATS_SYNC_INTERVAL_PATTERN, Settings
 from rankstream.errors import RankstreamError
+from rankstream.workers.logs import setup_logging
+from rankstream.workers.ports import Listener, first_unavailable
+
+if TYPE_CHECKING:
+    from rankstream.wire.contract import RankedResult
 
 # Packaged models load from site-packages; never wait on an unreachable model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No progress bars of model loading (transformers' "Loading weights"): a log line says it.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(
-    help="Two-stage search over NATS: retrieve, rerank, measure.", no_args_is_help=True
+    help="Two-stage search over NATS: retrieve, rerank, measure.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
-console = Console()
+# Lines are never cut to the terminal's width by rich: the terminal wraps them, and in a
+# file or a pipe a line stays one line (rich's width there is 80 columns).
+console = Console(soft_wrap=True)
 log = logging.getLogger("rankstream")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from rankstream import __version__
+
+        typer.echo(f"rankstream {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -40,15 +67,27 @@ def main(
     dtype: Annotated[str | None, typer.Option(help="float32, float16, bfloat16 (torch)")] = None,
     lancedb_uri: Annotated[str | None, typer.Option(help="LanceDB directory or URI")] = None,
     table: Annotated[str | None, typer.Option(help="LanceDB table name")] = None,
-    metrics_port: Annotated[int | None, typer.Option(help="Port of /metrics; 0 = off")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Port of /metrics, /livez and /readyz (up, worker); 0 = off"),
+    ] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v",
+            help="Log DEBUG lines, every library's INFO lines and whole tracebacks",
+        ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True,
+            help="Print rankstream's version and exit",
+        ),
+    ] = False,
+) -> None:  # fmt: skip
     """Options here override RANKSTREAM_* environment variables."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-    )
+    setup_logging(verbose)
     overrides: dict[str, Any] = {
         "nats_url": nats_url,
         "subject_prefix": subject_prefix,
@@ -68,11 +107,7 @@ def _require_extra(extra: str, *modules: str) -> None:
     installs `rankstream` without `rankstream[eval]`)."""
     missing = [module for module in modules if importlib.util.find_spec(module) is None]
     if missing:
-        console.print(
-            f"[red]error:[/red] this command needs {', '.join(missing)}: "
-            f"pip install 'rankstream[{extra}]'"
-        )
-        raise typer.Exit(1)
+        _fail(f"this command needs {', '.join(missing)}: pip install 'rankstream[{extra}]'")
 
 
 def _run(coroutine: Any) -> Any:
@@ -80,8 +115,36 @@ def _run(coroutine: Any) -> Any:
     try:
         return asyncio.run(coroutine)
     except RankstreamError as error:
-        console.print(f"[red]error:[/red] {error}", soft_wrap=True)  # one line, as raised
-        raise typer.Exit(1) from error
+        _fail(str(error))
+
+
+def _fail(message: str) -> NoReturn:
+    """Print `message` as one line (`error: ...`) and exit with code 1."""
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _metrics_listener(settings: Settings, command: str) -> Listener:
+    """/metrics, /livez and /readyz of `up` and `worker` (HealthServer binds every address)."""
+    return Listener(
+        "/metrics", settings.metrics_port, "0.0.0.0",
+        f"set RANKSTREAM_METRICS_PORT or `rankstream --metrics-port N {command}` (0: off)",
+    )  # fmt: skip
+
+
+def _gateway_listener(settings: Settings, flag: str) -> Listener:
+    return Listener(
+        "the gateway", settings.gateway_port, settings.gateway_host,
+        f"set RANKSTREAM_GATEWAY_PORT or {flag}",
+    )  # fmt: skip
+
+
+def _check_ports(*listeners: Listener) -> None:
+    """Exit with one line when a port the command will listen on is taken: before anything
+    loads, so it takes a moment, not the models' load time."""
+    problem = first_unavailable(listeners)
+    if problem is not None:
+        _fail(problem)
 
 
 PROFILE_HELP = (
@@ -104,12 +167,36 @@ def up(
         int, typer.Option(min=0, help="Start N clustered nats-server nodes (N > 1) instead of one")
     ] = 0,
     profile: Annotated[Path | None, typer.Option(help=PROFILE_HELP)] = None,
-) -> None:
-    """Run NATS (embedded when no URL is set), both workers and the HTTP gateway (on
-    RANKSTREAM_GATEWAY_PORT, default 8080; 0 turns it off) until Ctrl-C."""
+    gateway_port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="The gateway's port (default "
+                     "RANKSTREAM_GATEWAY_PORT, 8080); 0 = no gateway"),
+    ] = None,
+    nats_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="The embedded nats-server's port (default "
+                     "RANKSTREAM_EMBEDDED_NATS_PORT, 4222)"),
+    ] = None,
+) -> None:  # fmt: skip
+    """Run NATS, both workers and the HTTP gateway until Ctrl-C.
+
+    NATS is an embedded nats-server unless RANKSTREAM_NATS_URL names one. Every port is
+    checked before the models load; Ctrl-C stops the gateway, the workers, NATS and /metrics
+    in that order, a line each."""
+    settings = _with_profile(ctx.obj, profile)
+    updates = {"gateway_port": gateway_port, "embedded_nats_port": nats_port}
+    settings = settings.model_copy(update={k: v for k, v in updates.items() if v is not None})
+    listeners = [_metrics_listener(settings, "up"), _gateway_listener(settings, "--gateway-port")]
+    if not settings.nats_url and cluster <= 1:
+        listeners.insert(1, Listener(
+            "the embedded nats-server", settings.embedded_nats_port, "127.0.0.1",
+            "set RANKSTREAM_EMBEDDED_NATS_PORT or --nats-port (or RANKSTREAM_NATS_URL to use "
+            "the server there)",
+        ))  # fmt: skip
+    _check_ports(*listeners)
     from rankstream.workers.stack import serve_local_stack
 
-    _run(serve_local_stack(_with_profile(ctx.obj, profile), cluster=cluster))
+    _run(serve_local_stack(settings, cluster=cluster))
 
 
 @app.command()
@@ -117,14 +204,21 @@ def gateway(
     ctx: typer.Context,
     port: Annotated[int | None, typer.Option(help="Port (default RANKSTREAM_GATEWAY_PORT)")] = None,
 ) -> None:
-    """Serve the HTTP gateway (Cohere /v2/rerank, Jina/vLLM /v1/rerank, TEI /rerank,
-    /v1/search; docs at /docs) against the configured NATS until Ctrl-C."""
-    from rankstream.workers.gateway.app import serve_gateway
+    """Serve the HTTP gateway against the configured NATS until Ctrl-C.
 
+    Routes: Cohere /v2/rerank, Jina/vLLM /v1/rerank, TEI /rerank and /v1/search; docs at
+    /docs, metrics at /metrics."""
     settings: Settings = ctx.obj
     if port is not None:
         settings = settings.model_copy(update={"gateway_port": port})
+    _check_ports(_gateway_listener(settings, "--port"))
+    from rankstream.workers.gateway.app import serve_gateway
+
     _run(serve_gateway(settings))
+    log.info("gateway stopped")
+
+
+WORKER_KINDS = ("retrieval", "rerank")  # rankstream.workers.app.WorkerKind, not imported yet
 
 
 @app.command()
@@ -133,18 +227,17 @@ def worker(
     kind: Annotated[str, typer.Argument(help="retrieval or rerank")],
 ) -> None:
     """Run one worker against the configured NATS: one process per replica."""
+    if kind not in WORKER_KINDS:
+        raise typer.BadParameter("KIND must be retrieval or rerank")
+    _check_ports(_metrics_listener(ctx.obj, f"worker {kind}"))
     from rankstream.workers.app import WorkerKind, serve_workers
 
-    try:
-        chosen = WorkerKind(kind)
-    except ValueError as error:
-        raise typer.BadParameter("KIND must be retrieval or rerank") from error
-    _run(serve_workers(ctx.obj, [chosen]))
+    _run(serve_workers(ctx.obj, [WorkerKind(kind)]))
 
 
 @app.command()
 def demo(ctx: typer.Context) -> None:
-    """Start everything, index the sample corpus, compare bi-encoder and reranked orders."""
+    """Start everything, index the sample corpus and compare bi-encoder and reranked orders."""
     from rankstream.workers.tools.demo import run_demo
 
     _run(run_demo(ctx.obj, console))
@@ -162,60 +255,185 @@ def index(
     try:
         written = index_corpus(settings, path, console)
     except RankstreamError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from error
+        _fail(str(error))
     console.print(f"{written} documents in {settings.lancedb_uri} table {settings.table!r}")
+
+
+class Retrieval(StrEnum):
+    """`query --retrieval` (rankstream.wire.contract.RetrievalMode)."""
+
+    DENSE = "dense"
+    BM25 = "bm25"
+    HYBRID = "hybrid"
+
+
+def _depth(value: str | None) -> int | Literal["auto"] | None:
+    """`--depth`: a number of candidates, or `auto`."""
+    if value is None:
+        return None
+    if value == "auto":
+        return "auto"
+    if not value.isdigit():
+        raise typer.BadParameter(f"{value!r}: a number of candidates (0: none) or auto")
+    return int(value)
 
 
 @app.command()
 def query(
     ctx: typer.Context,
     text: Annotated[str, typer.Argument(help="The query")],
-    top_k: Annotated[int | None, typer.Option(help="Results to return")] = None,
-    depth: Annotated[int | None, typer.Option(help="Candidates to rerank; 0 = none")] = None,
-    pipeline: Annotated[
-        str | None, typer.Option(help="Retrieval and cascade, e.g. hybrid+ce@100/doc64>ce@20")
+    top_k: Annotated[int | None, typer.Option(min=1, help="Results to return")] = None,
+    depth: Annotated[
+        str | None,
+        typer.Option(
+            metavar="N|auto",
+            help="Candidates to rerank: a number (0 = none), or auto (the workers' depth "
+            "policy chooses per query)",
+        ),
     ] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option(help="Retrieval and cascade, e.g. hybrid+ce@100/doc64>ce@20 (grammar: "
+                     "`rankstream eval --help`); replaces --retrieval and --depth"),
+    ] = None,
+    retrieval: Annotated[
+        Retrieval | None,
+        typer.Option(help="Retrieval mode (default: the workers' RANKSTREAM_DEFAULT_RETRIEVAL)"),
+    ] = None,
+    table: Annotated[
+        str | None, typer.Option(help="The LanceDB table to search (default: the workers')")
+    ] = None,
+    filter_: Annotated[
+        str | None,
+        typer.Option("--filter", help="A metadata filter, e.g. \"topic = 'energy' AND year >= "
+                     "2020\""),
+    ] = None,
+    priority: Annotated[
+        int, typer.Option(min=0, max=999, help="0-333 interactive, 334-667 standard, 668-999 "
+                          "batch; lower is sooner")
+    ] = 0,
+    cache: Annotated[
+        bool, typer.Option(help="Answer from the result cache when it can (and cache the answer)")
+    ] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer")] = 30.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the ranked result as JSON")] = (
         False
     ),
-) -> None:
+) -> None:  # fmt: skip
     """Send one query through the running pipeline and print its ranked result."""
+    from pydantic import ValidationError
+
     from rankstream.client import RankstreamClient
+
+    chosen_depth = _depth(depth)
 
     async def ask() -> Any:
         async with RankstreamClient(ctx.obj) as client:
             return await client.query(
-                text, top_k=top_k, depth=depth, timeout_s=timeout, pipeline=pipeline
-            )
+                text, top_k=top_k, depth=chosen_depth, timeout_s=timeout, pipeline=pipeline,
+                retrieval=retrieval.value if retrieval else None,
+                table=table, filter=filter_, priority=priority, cache=cache,
+            )  # fmt: skip
 
-    result = _run(ask())
+    try:
+        result = _run(ask())
+    except ValidationError as error:
+        _fail(_invalid_query(error))
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
         return
+    _print_result(result)
+
+
+def _invalid_query(error: Any) -> str:
+    """A query the client refused to send, as one line naming the flag at fault."""
+    parts = []
+    for detail in error.errors()[:3]:
+        field = next((str(p) for p in detail.get("loc", ()) if isinstance(p, str)), "")
+        flag = f"--{field.replace('_', '-')}: " if field else ""
+        parts.append(f"{flag}{detail.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid query"
+
+
+TIMING_NAMES = {
+    "queue_wait": "queue wait", "cache": "cache", "embed": "embed", "search": "search",
+    "rerank_queue_wait": "rerank queue wait", "batch_wait": "batch wait",
+    "inference": "inference",
+}  # fmt: skip
+
+
+def _print_result(result: RankedResult) -> None:
+    """The ranked documents, then how the answer was made and what each step took."""
     for position, doc in enumerate(result.results, start=1):
         console.print(
-            f"{position:>2}. {doc.score:+7.3f} {doc.doc_id} (retrieval #{doc.retrieval_rank})"
+            f"{position:>2}. {doc.score:+7.3f} {doc.doc_id} (retrieval #{doc.retrieval_rank})",
+            highlight=False,
         )
-        console.print(f"    [dim]{doc.text[:160]}[/dim]")
-    console.print(f"[dim]ms: {result.timings_ms.model_dump()}[/dim]")
+        if doc.text:
+            console.print(f"    {doc.text[:160]}", style="dim", markup=False, highlight=False)
+    for line in _answer_lines(result):
+        console.print(line, style="dim", markup=False, highlight=False)
+
+
+def _answer_lines(result: RankedResult) -> list[str]:
+    """How `result` was made, in lines: retrieval, time per step, each rerank stage."""
+    retrieval = result.retrieval
+    made = f"retrieval: {retrieval.mode}"
+    if retrieval.chosen_depth is not None:
+        made += f", depth auto chose {retrieval.chosen_depth}"
+    made += f"; {result.reranked} candidates reranked"
+    lines = [made]
+    if result.degraded:
+        lines.append("degraded: the deadline came before reranking; this is the retrieval order")
+    timings = result.timings_ms
+    steps = [
+        f"{name} {getattr(timings, field):.0f}"
+        for field, name in TIMING_NAMES.items()
+        if getattr(timings, field) >= 0.5
+    ]
+    total = f"time (ms): total {timings.total:.0f}"
+    lines.append(f"{total} ({', '.join(steps)})" if steps else total)
+    if result.cached and result.stages:
+        lines.append("cache hit: stage timings are from the original answer")
+    elif result.cached:
+        lines.append("cache hit")
     for stage in result.stages:
-        console.print(
-            f"[dim]stage {stage.name}: {stage.pairs} pairs, {stage.inference_ms:.0f} ms[/dim]"
+        lines.append(
+            f"stage {stage.name}: {stage.candidates} candidates, {stage.pairs} pairs, "
+            f"{stage.inference_ms:.0f} ms inference"
         )
+    return lines
 
 
+# Click rewraps a paragraph unless its first line is \b: the grammar keeps its lines.
+PIPELINE_GRAMMAR = """\b
+  PIPELINE  MODE[+STAGE{>STAGE}]
+  MODE      dense | bm25 | hybrid | hybrid~W
+  STAGE     SCORER@DEPTH[/docN|/maxpN|/bestN][~W]
+  SCORER    ce | ce-int8 | ce-fp32 | student | maxsim
+  DEPTH     a number of candidates, or auto
+  W         a weight in [0, 1]"""
+EVAL_HELP = f"""Measure what each pipeline gains and costs: quality, latency, pairs and CPU.
+
+Each configuration of --configs is a pipeline:
+
+{PIPELINE_GRAMMAR}
+
+hybrid fuses the dense and BM25 lists by reciprocal rank, hybrid~W by normalised scores with
+weight W on dense. A stage reranks the DEPTH best candidates so far with SCORER: /docN keeps
+each document's first N tokens, /maxpN scores windows of N tokens and keeps the best, /bestN
+scores the one window of N tokens holding the most query tokens; ~W blends the stage's score
+with the order before it (W on the stage)."""
 CONFIGS_HELP = (
-    "Pipelines, comma-separated: MODE[+STAGE{>STAGE}] with MODE dense|bm25|hybrid|hybrid~W and "
-    "STAGE SCORER@DEPTH\\[/docN|/maxpN|/bestN]\\[~W], SCORER ce|ce-int8|ce-fp32|student|maxsim, "
-    "DEPTH a number or auto; `profile`: requests that name no pipeline, answered with the "
-    "profile's plan (needs --profile or RANKSTREAM_PROFILE); e.g. dense,bm25,hybrid,hybrid~0.6,"
-    "hybrid+ce@10,dense+ce@20/doc256,hybrid+ce@30/best128~0.5,hybrid+ce@100/doc64>ce@20,profile"
+    "Pipelines, comma-separated (grammar above), and `profile`: requests that name no "
+    "pipeline, answered with the profile's plan (needs --profile or RANKSTREAM_PROFILE); e.g. "
+    "dense, bm25, hybrid~0.6, dense+ce@20/doc256, hybrid+ce@30/best128~0.5, "
+    "hybrid+ce@100/doc64>ce@20, profile (default: dense, bm25, hybrid, dense+ce@10, "
+    "hybrid+ce@10, hybrid+ce@20, and profile when one is served)"
 )
 
 
-@app.command("eval")
+@app.command("eval", help=EVAL_HELP)
 def evaluate(
     ctx: typer.Context,
     data_dir: Annotated[
@@ -247,7 +465,7 @@ def evaluate(
                      "RANKSTREAM_PROFILE)"),
     ] = None,
 ) -> None:  # fmt: skip
-    """Is reranking worth its cost? Quality, latency, pairs and CPU per configuration."""
+    """`rankstream eval` (its help: EVAL_HELP)."""
     _require_extra("eval", "ir_measures", "scipy", "matplotlib")
     from rankstream.planning.profile import load_profile
     from rankstream.workers.tools.errors import UsageError
@@ -286,8 +504,7 @@ def evaluate(
     try:
         report = _run(run_eval(settings, options, console))
     except UsageError as error:
-        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
-        raise typer.Exit(1) from error
+        _fail(str(error))
     console.print(report.read_text(encoding="utf-8"))
     console.print(
         f"[bold]written to {out}[/bold]: metrics.json, about.json, report.md, tradeoff.png, runs/"
@@ -310,7 +527,9 @@ def calibrate_depth(
     tolerance: Annotated[float, typer.Option(help="nDCG@10 each quartile may lose")] = 0.005,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N queries")] = None,
 ) -> None:
-    """Fit the depth `auto` policy on a train split; use it with RANKSTREAM_AUTO_DEPTH_POLICY."""
+    """Fit the policy of depth `auto` on a train split.
+
+    Serve it with RANKSTREAM_AUTO_DEPTH_POLICY."""
     _require_extra("eval", "ir_measures", "scipy")
     from rankstream.workers.tools.calibrate import CalibrationOptions, calibrate
 
@@ -351,8 +570,10 @@ def tune(
     ] = "/best128,/doc128,/doc256",
     scorer: Annotated[str, typer.Option(help="The cross-encoder scorer to tune")] = "ce",
 ) -> None:
-    """Find the plan where reranking pays off on this collection, under a cost bound; write
-    it as a profile (serve it with RANKSTREAM_PROFILE or `rankstream up --profile`)."""
+    """Find the plan where reranking pays off on this collection, under a cost bound.
+
+    The plan is written as a profile: serve it with RANKSTREAM_PROFILE or `rankstream up
+    --profile`."""
     _require_extra("eval", "ir_measures", "scipy")
     from rankstream.workers.tools.errors import UsageError
     from rankstream.workers.tools.tune import TuneOptions, run_tune
@@ -370,8 +591,7 @@ def tune(
     try:
         report = run_tune(ctx.obj, options, console)
     except (RankstreamError, UsageError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from error
+        _fail(str(error))
     console.print(report.read_text(encoding="utf-8"))
     console.print(f"[bold]profile: {out / 'profile.json'}[/bold] (RANKSTREAM_PROFILE)")
 
@@ -430,9 +650,10 @@ def distill(
         ),
     ] = 1.0,
 ) -> None:
-    """Distil the configured cross-encoder into a smaller student on your own pairs (with
-    --labels, adapted to the split's judgements too); serve it with RANKSTREAM_STUDENT_MODEL
-    (stage `student@K`)."""
+    """Distil the configured cross-encoder into a smaller student on your own pairs.
+
+    With --labels it learns from the split's judgements too. Serve it with
+    RANKSTREAM_STUDENT_MODEL (stage `student@K`)."""
     from rankstream.workers.tools.distill import DistillOptions, run_distill
 
     options = DistillOptions(
@@ -470,29 +691,40 @@ def bench(
     depth: Annotated[int, typer.Option(min=1, help="Pairs reranked per query")] = 5,
     concurrency: Annotated[int, typer.Option(min=1, help="Closed-loop clients")] = 32,
     rate: Annotated[float | None, typer.Option(help="Also run open loop at this queries/s")] = None,
-    duration: Annotated[float, typer.Option(help="Seconds of each load phase")] = 30.0,
+    duration: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds of each load phase: saturation, 25% load, --rate; none runs longer",
+        ),
+    ] = 30.0,
     priority_duration: Annotated[
         float | None,
         typer.Option(
+            min=0,
             help="Seconds of batch-lane load in the priority phase (default: half of "
-            "--duration, at least 5); 0 skips it"
+            "--duration); 0 skips it",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout")] = False,
 ) -> None:
-    """Throughput and latency through the real pipeline, beside the model's limit and the
-    no-cross-request-batching figure, on the same model and inputs; and each priority lane's
-    p50, unloaded and under batch-lane load (`priority_p50_ms`)."""
+    """Measure throughput and latency through the real pipeline.
+
+    Beside them: the model's limit and the figure without cross-request batching, on the
+    same model and inputs, and each priority lane's p50, unloaded and under batch-lane load
+    (`priority_p50_ms`). Each load phase lasts --duration at most; loading the models,
+    warming up and timing the model alone come on top."""
     from rankstream.workers.tools.bench import BenchOptions, run_bench
 
     if priority_duration is None:
-        priority_duration = max(5.0, duration / 2)
+        priority_duration = duration / 2
+    # The 25% load phase once ran max(10, 1.5 x --duration) and the priority phase at least
+    # 5 s, whatever --duration said: `--duration 2` loaded the pipeline for 17 s.
     options = BenchOptions(
         data_dir=data, depth=depth, concurrency=concurrency, rate=rate, duration_s=duration,
-        # At 25% load few queries arrive: run longer for a stable p50 (~40 queries on CPU).
-        low_load_duration_s=max(10.0, duration * 1.5), priority_duration_s=priority_duration,
+        low_load_duration_s=duration, priority_duration_s=priority_duration,
     )  # fmt: skip
-    say = Console(stderr=True)
+    say = Console(stderr=True, soft_wrap=True)
     report = _run(run_bench(ctx.obj, options, lambda line: say.print(f"[dim]{line}[/dim]")))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -548,8 +780,10 @@ def bench_sync(
     duration: Annotated[float, typer.Option(help="Seconds of each load phase")] = 30.0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON list on stdout")] = False,
 ) -> None:
-    """What `sync_interval: always` costs: p50/p99 latency and queries/s of the same
-    closed-loop load at each depth, against an embedded server with each sync_interval."""
+    """Measure what JetStream's `sync_interval: always` costs in latency and throughput.
+
+    The same closed-loop load at each depth, against an embedded server with each
+    sync_interval: p50/p99 latency and queries/s."""
     from rich.table import Table
 
     from rankstream.workers.tools.bench import BenchOptions, run_sync_bench
@@ -563,7 +797,7 @@ def bench_sync(
     except ValueError as error:
         raise typer.BadParameter("--depths takes integers like 0,10") from error
     options = BenchOptions(concurrency=concurrency, duration_s=duration)
-    say = Console(stderr=True)
+    say = Console(stderr=True, soft_wrap=True)
     rows = _run(
         run_sync_bench(
             ctx.obj, intervals, parsed, options, lambda line: say.print(f"[dim]{line}[/dim]")
@@ -592,8 +826,10 @@ def bench_store(
     queries: Annotated[int, typer.Option(min=1, help="Queries per size")] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON list on stdout")] = False,
 ) -> None:
-    """LanceDB search over synthetic 384-d corpora: index build time, p50/p99 latency and
-    recall@100 of the ANN index against exact search."""
+    """Time LanceDB search over synthetic 384-d corpora.
+
+    Index build time, p50/p99 latency, and recall@100 of the ANN index against exact
+    search."""
     import dataclasses
 
     from rankstream.workers.tools.bench_store import render_table, run_store_bench
@@ -602,7 +838,7 @@ def bench_store(
         parsed = [int(size) for size in sizes.split(",") if size.strip()]
     except ValueError as error:
         raise typer.BadParameter("--sizes takes integers like 10000,100000") from error
-    say = Console(stderr=True)
+    say = Console(stderr=True, soft_wrap=True)
     rows = run_store_bench(
         parsed, queries=queries, on_row=lambda row: say.print(f"[dim]{row}[/dim]")
     )
@@ -633,3 +869,20 @@ def asyncapi(
         typer.echo(document)
     else:
         out.write_text(document + "\n", encoding="utf-8")
+
+
+def first_paragraph(text: str) -> str:
+    """A help text's first paragraph on one line: the command's summary."""
+    return " ".join(inspect.cleandoc(text).split("\n\n")[0].split())
+
+
+def _summaries() -> None:
+    """Each command's summary in `rankstream --help` is the first paragraph of its help,
+    whole: click would otherwise cut it at the terminal's width with "...", mid-sentence."""
+    for command in app.registered_commands:
+        text = command.help or (command.callback.__doc__ if command.callback else None)
+        if command.short_help is None and text:
+            command.short_help = first_paragraph(text)
+
+
+_summaries()

@@ -219,6 +219,7 @@ class HeldMessages:
         self._fetch_wait_s = fetch_wait_s
         self._held: dict[int, Msg] = {}
         self._stopping = False
+        self._handed_back = 0
         self._subscribers = [
             s for s in broker.subscribers if isinstance(s, ConcurrentPullStreamSubscriber)
         ]
@@ -230,6 +231,7 @@ class HeldMessages:
 
         async def fetched(msg: Msg) -> None:
             if self._stopping:
+                self._handed_back += 1
                 await _nak(msg)
                 return
             self._held[id(msg)] = msg
@@ -240,24 +242,28 @@ class HeldMessages:
             if not self._stopping:
                 return await consume(msg)
             if held is not None:
+                self._handed_back += 1
                 await _nak(msg)
             return None
 
         subscriber._put_msg = fetched  # type: ignore[method-assign]
         subscriber.consume = starting  # type: ignore[method-assign]
 
-    async def hand_back(self) -> None:
+    async def hand_back(self) -> int:
         """Stop fetching and starting messages; nak at once every message held unstarted,
         and those a fetch in flight brings. Handlers already running go on: the broker's
-        stop waits for them (`shutdown_grace_s`)."""
+        stop waits for them (`shutdown_grace_s`). Returns how many went back (the workers'
+        stop line says it)."""
         self._stopping = True
         for subscriber in self._subscribers:
             subscriber.running = False  # FastStream's own flag: no new fetch, no new start
         held, self._held = list(self._held.values()), {}
+        self._handed_back += len(held)
         for msg in held:
             await _nak(msg)
-        log.info("stopping: handed back %d messages fetched but not started", len(held))
         await asyncio.sleep(self._fetch_wait_s)
+        log.debug("handed back %d messages fetched but not started", self._handed_back)
+        return self._handed_back
 
 
 async def _nak(msg: Msg) -> None:

@@ -181,7 +181,13 @@ class EmbeddedNatsServer(ChildProcess):
             "-js", "-sd", str(self._store_dir),
             "-a", "127.0.0.1", "-p", str(self.port), *self._extra_args,
         ]  # fmt: skip
-        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # A process group of its own: Ctrl-C in a terminal signals the whole foreground
+        # group, and a server stopped by it before the workers that use it leaves them
+        # reconnecting while they stop (a screen of tracebacks). Whoever started it stops it,
+        # last (`stop`).
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, process_group=0
+        )
         try:
             wait_until(
                 lambda: port_is_open(self.port),

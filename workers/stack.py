@@ -11,8 +11,9 @@ import asyncio
 import logging
 import tempfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from rankstream.config import Settings
 from rankstream.metrics import Metrics
@@ -21,12 +22,13 @@ from rankstream.models.registry import load_embedder, load_reranker_tokenizer
 from rankstream.planning.profile import served_profile
 from rankstream.retrieval.corpus import read_documents, sample_corpus_path
 from rankstream.retrieval.store import DocumentStore
-from rankstream.workers.app import BOTH, serve_until_signal
+from rankstream.workers.app import BOTH, metrics_stopped, serve_until_signal
 from rankstream.workers.gateway.app import running_gateway
 from rankstream.workers.health import health_endpoints
 from rankstream.workers.local import EmbeddedNatsServer, NatsCluster
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @asynccontextmanager
@@ -47,10 +49,20 @@ async def local_nats(
             log.info("local nats cluster of %d nodes: %s", cluster, nodes.url)
             replicas = min(cluster, 5)
             yield settings.model_copy(update={"nats_url": nodes.url, "stream_replicas": replicas})
+        log.info("nats cluster of %d nodes stopped", cluster)
         return
     with EmbeddedNatsServer(port, sync_interval=settings.nats_sync_interval) as server:
         log.info("embedded nats-server with JetStream on %s", server.url)
         yield settings.model_copy(update={"nats_url": server.url})
+    log.info("nats-server stopped")
+
+
+@asynccontextmanager
+async def said_when_stopped(context: AbstractAsyncContextManager[T], what: str) -> AsyncIterator[T]:
+    """`context`, and the line "`what` stopped" once it has."""
+    async with context as value:
+        yield value
+    log.info("%s stopped", what)
 
 
 def index_sample(settings: Settings, embedder: Embedder) -> int:
@@ -65,7 +77,10 @@ async def serve_local_stack(settings: Settings, cluster: int = 0) -> None:
     nodes), the sample corpus when the table does not exist yet, both workers, and the HTTP
     gateway on `gateway_port` (0: none). The embedder is loaded once, for both jobs. The
     workers and the gateway serve `settings.profile`, when set, to requests that name no
-    pipeline; a profile that cannot be served stops it before anything starts."""
+    pipeline; a profile that cannot be served stops it before anything starts.
+
+    On SIGINT/SIGTERM it stops in order, a line each: the gateway (no new requests), the
+    workers (what they hold finished or handed back), NATS, and /metrics."""
     served_profile(settings)
     metrics = Metrics()
     async with (
@@ -76,5 +91,10 @@ async def serve_local_stack(settings: Settings, cluster: int = 0) -> None:
         if not DocumentStore.from_settings(settings).exists():
             indexed = await asyncio.to_thread(index_sample, settings, embedder)
             log.info("indexed %d sample passages into table %r", indexed, settings.table)
-        gateway = running_gateway(settings) if settings.gateway_port else None
+        gateway = (
+            said_when_stopped(running_gateway(settings), "gateway")
+            if settings.gateway_port
+            else None
+        )
         await serve_until_signal(settings, BOTH, health, metrics, embedder, alongside=gateway)
+    metrics_stopped(settings)

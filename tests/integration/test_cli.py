@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,18 +32,26 @@ RANKSTREAM = str(Path(sys.executable).parent / "rankstream")
 STARTUP_TIMEOUT_S = 120
 
 
+# A line of the log `up` writes to a file: date, time, level, message (never wrapped).
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (?P<level>[A-Z]+) +(?P<message>.*)$")
+
+
 @dataclass
 class Stack:
     env: dict[str, str]
     metrics_url: str
     settings: Settings
     log_path: Path
+    process: subprocess.Popen[bytes]
+    metrics_port: int
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> Iterator[Stack]:
     """`rankstream up` on free ports with an empty LanceDB: it indexes the sample itself.
-    One for the module: the tests below only read from it."""
+    One for the module: the tests below read from it, and the last one stops it with
+    Ctrl-C. It runs in a process group of its own, as a command in a terminal does: Ctrl-C
+    signals the whole group."""
     tmp_path = tmp_path_factory.mktemp("up")
     nats_port, metrics_port = free_port(), free_port()
     env = {
@@ -56,7 +66,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> It
     }
     log_path = tmp_path / "up.log"
     with log_path.open("w") as log:
-        process = subprocess.Popen([RANKSTREAM, "up"], env=env, stdout=log, stderr=log)
+        process = subprocess.Popen(
+            [RANKSTREAM, "up"], env=env, stdout=log, stderr=log, start_new_session=True
+        )
     try:
         _wait_for_line(log_path, "ready", process)
         yield Stack(
@@ -64,10 +76,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> It
             f"http://127.0.0.1:{metrics_port}/metrics",
             Settings(nats_url=f"nats://127.0.0.1:{nats_port}"),
             log_path,
+            process,
+            metrics_port,
         )
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0, log_path.read_text()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=60) == 0, log_path.read_text()
 
 
 def _wait_for_line(path: Path, needle: str, process: subprocess.Popen[bytes]) -> None:
@@ -126,6 +141,105 @@ def test_up_loads_the_embedder_once_and_an_idle_stack_logs_no_traceback(stack: S
     assert log.count("loading embedder") == 1, log
     assert "Traceback" not in log
     assert "raised an exception" not in log
+
+
+def test_query_prints_readable_lines_and_says_when_the_cache_answered(stack: Stack) -> None:
+    command = [
+        RANKSTREAM,
+        "query",
+        "What stops a DDoS attack on a web application?",
+        "--top-k",
+        "2",
+        "--depth",
+        "5",
+        "--retrieval",
+        "hybrid",
+        "--priority",
+        "400",
+    ]
+
+    def screen(*extra: str) -> str:
+        done = subprocess.run(
+            [*command, *extra], env=stack.env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    first, again, fresh = screen(), screen(), screen("--no-cache")
+    lines = first.splitlines()
+    assert lines[0].startswith(" 1. "), first
+    assert "ddos-answer" in lines[0], first
+    assert "retrieval: hybrid; 5 candidates reranked" in first
+    timings = next(line for line in lines if line.startswith("time (ms): total "))
+    assert "inference" in timings, timings
+    assert "{" not in timings, timings
+    assert any(line.startswith("stage ce@5: 5 candidates, 5 pairs, ") for line in lines), first
+    assert "cache hit" not in first
+    assert "cache hit: stage timings are from the original answer" in again
+    assert "cache hit" not in fresh
+
+
+def test_ctrl_c_stops_each_component_in_one_line_and_no_traceback(stack: Stack) -> None:
+    """Ctrl-C in a terminal: SIGINT to the whole process group. The last screen is a line
+    per component, in the order they stop, and nothing else. (Last of the tests on `stack`.)"""
+    seen = len(stack.log_path.read_text())
+    os.killpg(stack.process.pid, signal.SIGINT)
+    code = stack.process.wait(timeout=60)
+    screen = stack.log_path.read_text()
+    last = screen[seen:].strip().splitlines()
+    assert code == 0, screen
+    assert "Traceback" not in screen, screen
+    parsed = [LOG_LINE.match(line) for line in last]
+    assert all(parsed), f"a line not from the log: {last}"
+    assert [(m["level"], m["message"]) for m in parsed if m] == [
+        ("INFO", "gateway stopped"),
+        ("INFO", "workers retrieval, rerank stopped (0 fetched messages handed back)"),
+        ("INFO", "nats-server stopped"),
+        ("INFO", f"metrics on port {stack.metrics_port} stopped"),
+    ], "\n".join(last)
+
+
+@pytest.mark.parametrize(
+    ("command", "busy", "setting"),
+    [
+        (["up"], "RANKSTREAM_GATEWAY_PORT", "--gateway-port"),
+        (["up"], "RANKSTREAM_EMBEDDED_NATS_PORT", "--nats-port"),
+        (["up"], "RANKSTREAM_METRICS_PORT", "--metrics-port"),
+        (["worker", "rerank"], "RANKSTREAM_METRICS_PORT", "--metrics-port"),
+        (["gateway"], "RANKSTREAM_GATEWAY_PORT", "--port"),
+    ],
+)
+def test_a_busy_port_stops_the_command_at_once_in_one_line_naming_the_port_and_setting(
+    tmp_path: Path, command: list[str], busy: str, setting: str
+) -> None:
+    """Checked before any model loads: the line comes in well under 2 s (the models take
+    tens of seconds), and it names the port and what sets it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **os.environ,
+            "RANKSTREAM_EMBEDDED_NATS_PORT": str(free_port()),
+            "RANKSTREAM_METRICS_PORT": str(free_port()),
+            "RANKSTREAM_GATEWAY_PORT": str(free_port()),
+            "RANKSTREAM_LANCEDB_URI": str(tmp_path / "lancedb"),
+            busy: str(port),
+            "COLUMNS": "80",
+        }
+        started = time.monotonic()
+        completed = subprocess.run(
+            [RANKSTREAM, *command], env=env, capture_output=True, text=True, timeout=60
+        )
+        elapsed = time.monotonic() - started
+    screen = (completed.stdout + completed.stderr).strip()
+    assert completed.returncode == 1, screen
+    assert elapsed < 2.0, f"{elapsed:.1f} s: {screen}"
+    (line,) = screen.splitlines()
+    assert line.startswith(f"error: port {port} "), line
+    assert "is in use" in line
+    assert busy in line
+    assert setting in line
 
 
 def test_demo_shows_both_orders_and_no_traceback(tmp_path: Path, model_cache_dir: Path) -> None:

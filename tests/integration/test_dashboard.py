@@ -1,9 +1,11 @@
 """The Grafana dashboard against a real Prometheus scraping a real, loaded pipeline.
 
 Every panel query of infra/grafana/rankstream-dashboard.json must be valid PromQL and must
-return data once the workers have served some traffic (including a request that arrived
-after its deadline), so a renamed metric or a typo in a query fails here, not on a wall
-display.
+return data once the workers and the HTTP gateway have served some traffic (including a
+request that arrived after its deadline, and a gateway request refused with 422), so a
+renamed metric or a typo in a query fails here, not on a wall display. Prometheus scrapes
+the workers (job `rankstream`) and the gateway's own /metrics (job `rankstream-gateway`), as
+infra/prometheus/ does.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 import nats
 import pytest
 from prometheus_client import start_http_server
@@ -38,6 +41,8 @@ from rankstream.wire.contract import REPLY_ADAPTER, StageTimings, now_ms
 from rankstream.wire.handoff import Candidate, CandidateSet
 from rankstream.wire.subjects import Subjects
 from rankstream.workers.app import running_workers
+from rankstream.workers.gateway.app import running_gateway
+from rankstream.workers.gateway.metrics import GatewayMetrics
 from rankstream.workers.local import free_port
 from tests.plans import plan_for
 
@@ -45,8 +50,12 @@ pytestmark = pytest.mark.integration
 
 DASHBOARD = Path(__file__).parents[2] / "infra" / "grafana" / "rankstream-dashboard.json"
 JOB = "rankstream"
+GATEWAY_JOB = "rankstream-gateway"
 # What Grafana would put in for its variables (the All value of $job is its allValue).
-VARIABLES = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m", "job": ".+"}
+VARIABLES = {
+    "__rate_interval": "1m", "__interval": "15s", "__range": "5m", "job": ".+",
+    "gateway_job": ".+",
+}  # fmt: skip
 VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
 LABEL_VALUES = re.compile(r"^label_values\((.+),\s*(\w+)\)$")
 
@@ -73,7 +82,8 @@ class PanelQuery:
 @dataclass(frozen=True)
 class Prometheus:
     url: str
-    metrics_port: int  # the port it scrapes on 127.0.0.1
+    metrics_port: int  # the workers' /metrics it scrapes on 127.0.0.1 (job JOB)
+    gateway_port: int  # the gateway's /metrics it scrapes on 127.0.0.1 (job GATEWAY_JOB)
 
 
 def load_dashboard() -> dict[str, Any]:
@@ -133,7 +143,8 @@ def test_dashboard_is_importable_grafana_json_covering_every_rankstream_metric()
     expressions = " ".join(query.expr for query in panel_queries(dashboard))
     declared = {
         family.name
-        for metric in vars(Metrics()).values()
+        for metrics in (Metrics(), GatewayMetrics())
+        for metric in vars(metrics).values()
         if isinstance(metric, MetricWrapperBase)
         for family in metric.describe()
     }
@@ -141,18 +152,20 @@ def test_dashboard_is_importable_grafana_json_covering_every_rankstream_metric()
     unused = sorted(name for name in declared if name not in expressions)
     assert not unused, f"metrics no panel shows: {unused}"
     assert "faststream_" in expressions
+    assert "rankstream_gateway_requests" in declared  # (a counter family drops _total)
 
 
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
-    """A real Prometheus on loopback scraping 127.0.0.1:<metrics_port> every second."""
+    """A real Prometheus on loopback scraping the workers' and the gateway's /metrics every
+    second."""
     binary = shutil.which("prometheus")
     if binary is None:
         reason = "the `prometheus` binary is not on PATH (Debian: apt-get install prometheus)"
         if os.environ.get("CI") == "true":
             pytest.fail(f"{reason}; CI must run this test")
         pytest.skip(reason)
-    metrics_port, web_port = free_port(), free_port()
+    metrics_port, gateway_port, web_port = free_port(), free_port(), free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n"
@@ -163,6 +176,9 @@ def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
         f"  - job_name: {JOB}\n"
         "    static_configs:\n"
         f"      - targets: ['127.0.0.1:{metrics_port}']\n"
+        f"  - job_name: {GATEWAY_JOB}\n"
+        "    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{gateway_port}']\n"
     )
     url = f"http://127.0.0.1:{web_port}"
     log_path = tmp_path / "prometheus.log"
@@ -185,7 +201,7 @@ def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
             if process.poll() is not None or time.monotonic() > give_up:
                 raise AssertionError(f"Prometheus did not get ready:\n{log_path.read_text()}")
             time.sleep(0.2)
-        yield Prometheus(url, metrics_port)
+        yield Prometheus(url, metrics_port, gateway_port)
     finally:
         process.terminate()
         try:
@@ -222,14 +238,16 @@ def _instant(url: str, expr: str) -> list[dict[str, Any]]:
 
 
 def _wait_for_scrapes_after(url: str, moment_s: float) -> None:
-    """Until Prometheus has scraped the workers SCRAPES_AFTER_LOAD times after `moment_s`."""
+    """Until Prometheus has scraped the workers and the gateway SCRAPES_AFTER_LOAD times after
+    `moment_s`."""
     give_up = time.monotonic() + DATA_TIMEOUT_S
-    while True:
-        last = _instant(url, f'timestamp(up{{job="{JOB}"}} == 1)')
-        if last and float(last[0]["value"][1]) >= moment_s + SCRAPES_AFTER_LOAD:
-            return
-        assert time.monotonic() < give_up, f"no successful scrape of /metrics after load: {last}"
-        time.sleep(0.5)
+    for job in (JOB, GATEWAY_JOB):
+        while True:
+            last = _instant(url, f'timestamp(up{{job="{job}"}} == 1)')
+            if last and float(last[0]["value"][1]) >= moment_s + SCRAPES_AFTER_LOAD:
+                break
+            assert time.monotonic() < give_up, f"no successful scrape of {job} after load: {last}"
+            time.sleep(0.5)
 
 
 def _empty_queries(url: str, queries: list[PanelQuery]) -> list[PanelQuery]:
@@ -254,6 +272,25 @@ async def _put_load(client: RankstreamClient) -> None:
         )
         assert len(results) == CONCURRENT
         await asyncio.sleep(2.0)  # a couple of scrapes between the waves
+
+
+async def _call_gateway(port: int) -> None:
+    """Rerank requests through the gateway (Jina's and Cohere's routes), one it refuses (422:
+    no documents), and a health check: requests by route and status, their latency and
+    documents per request all have samples."""
+    documents = [q.text for q in sample_queries()][:DEPTH]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
+        for _ in range(WAVES):
+            jina = {"query": "How do vaccines work?", "documents": documents, "top_n": 3}
+            cohere = {**jina, "model": "rerank-v3.5"}
+            answers = await asyncio.gather(
+                http.post("/v1/rerank", json=jina), http.post("/v2/rerank", json=cohere)
+            )
+            assert [answer.status_code for answer in answers] == [200, 200], answers[0].text
+            refused = await http.post("/v1/rerank", json={"query": "q", "documents": []})
+            assert refused.status_code == 422, refused.text
+            assert (await http.get("/health")).status_code == 200
+            await asyncio.sleep(2.0)  # a couple of scrapes between the waves
 
 
 async def _send_past_deadline(client: RankstreamClient, settings: Settings) -> None:
@@ -304,7 +341,9 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
     queries = panel_queries(dashboard)
     assert queries
 
-    settings = settings.model_copy(update={"cache_ttl_s": 600.0})  # its panels need data
+    settings = settings.model_copy(
+        update={"cache_ttl_s": 600.0, "gateway_port": prometheus.gateway_port}
+    )  # the cache's panels need data; Prometheus scrapes the gateway on its port
     metrics = Metrics()
     server, thread = start_http_server(
         prometheus.metrics_port, addr="127.0.0.1", registry=metrics.registry
@@ -313,8 +352,9 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
         async with (
             running_workers(settings, metrics=metrics),
             RankstreamClient(settings) as client,
+            running_gateway(settings, client=client, metrics=GatewayMetrics()) as port,
         ):
-            await _put_load(client)
+            await asyncio.gather(_put_load(client), _call_gateway(port))
             await _send_past_deadline(client, settings)
             await asyncio.to_thread(_wait_for_scrapes_after, prometheus.url, time.time())
             empty = await asyncio.to_thread(_empty_queries, prometheus.url, queries)
@@ -326,6 +366,7 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
 
     assert not empty, "panel queries without data:\n" + "\n".join(map(str, empty))
     assert JOB in job_values["job"], job_values
+    assert GATEWAY_JOB in job_values["gateway_job"], job_values
 
 
 def _variable_values(url: str, dashboard: dict[str, Any]) -> dict[str, list[str]]:

@@ -267,6 +267,16 @@ def plot_tradeoff(summaries: list[ConfigSummary], path: Path, about: dict[str, A
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    figure = tradeoff_figure(summaries, about)
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def tradeoff_figure(summaries: list[ConfigSummary], about: dict[str, Any]) -> Any:
+    """nDCG@10 against p95 latency per configuration, the Pareto frontier joined: a
+    matplotlib Figure (close it with `plt.close`)."""
+    import matplotlib.pyplot as plt
+
     figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
     for s in summaries:
         x, y = s.latency_ms["p95"], s.metrics["nDCG@10"]
@@ -283,11 +293,28 @@ def plot_tradeoff(summaries: list[ConfigSummary], path: Path, about: dict[str, A
     latencies = [s.latency_ms["p95"] for s in summaries]
     if min(latencies) > 0 and max(latencies) / min(latencies) > 20:
         axes.set_xscale("log")
+        plain_millisecond_ticks(axes.xaxis)
     axes.set_xlabel("end-to-end latency p95 (ms)")
     axes.set_ylabel("nDCG@10")
     axes.set_title(f"Quality vs latency: {about['collection']} ({about['queries']} queries)")
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    return figure
+
+
+def plain_millisecond_ticks(axis: Any) -> None:
+    """A log-scale latency axis labelled in plain milliseconds at 1, 2 and 5 of each power of
+    ten (`20`, `50`, `100`, `2,000`), its minor ticks unlabelled. matplotlib's own labels are
+    powers (`10²`) and, on a range under two decades, labels on the minor ticks too
+    (`3×10²4×10²`), which run into each other."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(_milliseconds))
+    axis.set_minor_locator(LogLocator(base=10, subs=tuple(float(n) for n in range(2, 10))))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _milliseconds(value: float, _position: object = None) -> str:
+    return f"{value:,.0f}" if value >= 1 else f"{value:g}"
