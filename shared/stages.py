@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rankstream.errors import DeadlineExceededError, OverloadedError
-from rankstream.models.base import CrossEncoderBackend, TokenIds, finite_scores
+from rankstream.models.base import CrossEncoderBackend, PairEncoding, TokenIds, finite_scores
 from rankstream.models.budgets import DocumentBudget, PairPlan, plan_pairs
 from rankstream.scheduling.admission import PairBudget
 from rankstream.scheduling.batcher import BatchLimits, BatchStats, Ticket
@@ -91,7 +91,7 @@ class CrossEncoderStage:
         plan = plan_pairs(self.model.tokenizer, query, documents, stage.budget)
         wait_s = max(0.0, stage.deadline.remaining_s())
         async with self._budget.hold(len(plan.encodings), wait_s):
-            self._shed_if_late(len(plan.encodings), stage.deadline, stage.lane)
+            self._shed_if_late(plan.encodings, stage.deadline, stage.lane)
             scored = self.scheduler.enqueue(plan.encodings, stage.deadline.monotonic(), stage.lane)
             try:
                 # Queued pairs are dropped at the deadline by the batcher; a batch already
@@ -118,20 +118,24 @@ class CrossEncoderStage:
         documents = [ids if ids is not None else next(fresh) for ids in stored]
         return query, documents, len(missing)
 
-    def _shed_if_late(self, pairs: int, deadline: Deadline, lane: int) -> None:
+    def _shed_if_late(
+        self, encodings: Sequence[PairEncoding], deadline: Deadline, lane: int
+    ) -> None:
         """Refuse pairs that would be scored too late: overloaded when the queue ahead makes
         them late, a missed deadline when they would be late on an empty queue too (the
-        request was short of time, the worker is not short of capacity)."""
+        request was short of time, the worker is not short of capacity). Predicted from
+        their tokens at the model's recent tokens per second (PairScheduler)."""
         if not self._shed_load:
             return
-        wait_s = self.scheduler.predicted_wait_s(pairs, lane)
+        tokens = sum(len(encoding) for encoding in encodings)
+        wait_s = self.scheduler.predicted_wait_s(tokens, lane)
         if wait_s is None or wait_s <= deadline.remaining_s():
             return
-        alone_s = self.scheduler.predicted_wait_s(pairs, lane, queued=False) or 0.0
+        alone_s = self.scheduler.predicted_wait_s(tokens, lane, queued=False) or 0.0
         if alone_s > deadline.remaining_s():
             raise DeadlineExceededError(
-                f"its {pairs} pairs take about {alone_s:.1f} s to score; "
-                f"{max(0.0, deadline.remaining_s()):.1f} s were left"
+                f"its {len(encodings)} pairs ({tokens} tokens) take about {alone_s:.1f} s to "
+                f"score; {max(0.0, deadline.remaining_s()):.1f} s were left"
             )
         raise OverloadedError(
             f"{self.scheduler.queued_pairs} pairs queued ahead: about {wait_s:.1f} s to "
