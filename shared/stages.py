@@ -90,7 +90,10 @@ class CrossEncoderStage:
         query, documents, tokenized = await asyncio.to_thread(self._tokens, stage)
         plan = plan_pairs(self.model.tokenizer, query, documents, stage.budget)
         wait_s = max(0.0, stage.deadline.remaining_s())
-        async with self._budget.hold(len(plan.encodings), wait_s):
+        tokens = sum(len(encoding) for encoding in plan.encodings)
+        if self._budget.must_wait(len(plan.encodings)):
+            self._shed_if_late_for_room(tokens, stage.deadline)
+        async with self._budget.hold(len(plan.encodings), wait_s, tokens):
             self._shed_if_late(plan.encodings, stage.deadline, stage.lane)
             scored = self.scheduler.enqueue(plan.encodings, stage.deadline.monotonic(), stage.lane)
             try:
@@ -117,6 +120,27 @@ class CrossEncoderStage:
         fresh = iter(codec.encode_documents(missing))
         documents = [ids if ids is not None else next(fresh) for ids in stored]
         return query, documents, len(missing)
+
+    def _shed_if_late_for_room(self, tokens: int, deadline: Deadline) -> None:
+        """Refuse at once pairs that would wait for room in the pair budget (first come, first
+        served) and still be scored too late: every pair held and waiting goes first. Without
+        this, such a request would wait for room until its deadline and then miss it."""
+        speed = self.scheduler.tokens_per_s
+        if not self._shed_load or speed is None:
+            return
+        left = max(0.0, deadline.remaining_s())
+        wait_s = (self._budget.tokens_ahead + tokens) / speed
+        if wait_s <= left:
+            return
+        if tokens / speed > left:
+            raise DeadlineExceededError(
+                f"its {tokens} tokens take about {tokens / speed:.1f} s to score; "
+                f"{left:.1f} s were left"
+            )
+        raise OverloadedError(
+            f"{self._budget.held} pairs held and {self._budget.waiting} requests waiting for "
+            f"room ahead: about {wait_s:.1f} s to score, {left:.1f} s left before the deadline"
+        )
 
     def _shed_if_late(
         self, encodings: Sequence[PairEncoding], deadline: Deadline, lane: int

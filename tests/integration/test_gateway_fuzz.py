@@ -115,7 +115,9 @@ class GatewayPipeline(Pipeline):
 
 
 @pytest.fixture(scope="module")
-def stack(nats_url: str, sample_db: str, model_cache_dir: Path) -> Iterator[GatewayPipeline]:
+def stack(
+    nats_url: str, sample_db: str, model_cache_dir: Path, depth_policy_file: Path
+) -> Iterator[GatewayPipeline]:
     settings = Settings(
         nats_url=nats_url,
         subject_prefix=f"gf{uuid.uuid4().hex[:10]}",
@@ -126,6 +128,9 @@ def stack(nats_url: str, sample_db: str, model_cache_dir: Path) -> Iterator[Gate
         max_batch_wait_ms=20,
         max_depth=MAX_DEPTH,
         max_auto_depth=MAX_DEPTH,
+        # Depth `auto` is resolved by a fitted policy (none ships); the edge bounds it
+        # without one, so the workers need one or they dead-letter it.
+        auto_depth_policy=depth_policy_file,
         max_query_chars=MAX_QUERY_CHARS,
         max_request_pairs=24,
         default_depth=3,

@@ -12,11 +12,17 @@ import pytest
 
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
-from rankstream.errors import RequestTooLargeError
+from rankstream.errors import DeadlineExceededError, OverloadedError, RequestTooLargeError
 from rankstream.models.base import PairEncoding
+from rankstream.models.budgets import DocumentBudget
+from rankstream.scheduling.admission import PairBudget
 from rankstream.scheduling.batcher import BatchLimits, BatchStats
+from rankstream.scheduling.deadlines import Deadline
 from rankstream.scheduling.pair_scheduler import PairScheduler
+from rankstream.stages import CrossEncoderStage, StageInput
+from rankstream.wire.contract import now_ms
 from rankstream.workers.gateway.service import Budget, GatewayService
+from tests.unit.fakes import OverlapCrossEncoder
 
 
 def service(**settings: Any) -> GatewayService:
@@ -66,3 +72,37 @@ async def test_shedding_predicts_from_tokens_not_pairs() -> None:
         assert scheduler.predicted_wait_s(0, lane=0) == 0
         queued.cancel()
     await asyncio.sleep(0)
+
+
+def stage_input(documents: list[str], seconds_left: float) -> StageInput:
+    return StageInput(
+        query="heat pump",
+        documents=documents,
+        token_ids=[None] * len(documents),
+        tokenizer=None,
+        budget=DocumentBudget(),
+        deadline=Deadline(now_ms() + seconds_left * 1000),
+    )
+
+
+async def test_a_request_that_would_wait_for_room_past_its_deadline_is_shed_at_once() -> None:
+    """The worker's pair budget is full (first come, first served): a request that could not
+    be scored in time behind what is held and waiting is refused as overloaded now, not left
+    to wait for room until its deadline passes."""
+    budget = PairBudget(10)
+    stage = CrossEncoderStage(
+        OverlapCrossEncoder(),
+        BatchLimits(max_items=64, max_padded_tokens=768, max_wait_s=0),
+        budget,
+    )
+    stage.scheduler._observe(BatchStats(items=10, requests=1, real_tokens=100,
+                                        padded_tokens=100, seconds=1.0))  # fmt: skip
+    async with budget.hold(10, tokens=500):  # 5 s of work at 100 tokens/s
+        assert budget.must_wait(1)
+        assert budget.tokens_ahead == 500
+        with pytest.raises(OverloadedError, match=r"about 5\.[0-9] s to score, [23]\.[0-9] s left"):
+            await stage.score(stage_input(["a heat pump", "bread"], seconds_left=3))
+        with pytest.raises(DeadlineExceededError):  # not even alone: 1,000 words in 3 s
+            await stage.score(stage_input([" ".join(["heat"] * 1000)], seconds_left=3))
+        assert budget.waiting == 0
+    assert (budget.held, budget.held_tokens) == (0, 0)

@@ -77,9 +77,13 @@ def test_each_api_gets_its_own_error_shape() -> None:
 
 
 def test_an_overloaded_answer_says_when_to_retry() -> None:
-    """429 carries Retry-After: the queue's predicted wait, rounded up, else 1 s."""
+    """429 carries Retry-After: how much sooner the work ahead must clear for the request to
+    make its deadline, rounded up; else 1 s."""
     predicted = problem_for(
-        QueryFailedError(ErrorCode.OVERLOADED, "900 pairs queued ahead: about 3.2 s to score")
+        QueryFailedError(
+            ErrorCode.OVERLOADED,
+            "900 pairs queued ahead: about 33.9 s to score, 30.7 s left before the deadline",
+        )
     )
     bare = problem_for(QueryFailedError(ErrorCode.OVERLOADED, "busy"))
     assert (predicted.retry_after_s, bare.retry_after_s) == (4, 1)

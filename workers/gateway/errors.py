@@ -37,8 +37,9 @@ _TEI_TYPE = {
     401: "unauthorized", 413: "validation", 422: "validation", 429: "overloaded",
     503: "unhealthy", 504: "backend",
 }  # fmt: skip
-# What an `overloaded` answer says about the queue ahead ("about 3.2 s to score"): Retry-After.
-_WAIT = re.compile(r"about ([0-9]+(?:\.[0-9]+)?) s to score")
+# What an `overloaded` answer says about the work ahead ("about 33.9 s to score, 28.8 s left
+# before the deadline"): Retry-After is how much sooner the backlog must clear (5.1 s: 6).
+_WAIT = re.compile(r"about ([0-9]+(?:\.[0-9]+)?) s to score(?:, ([0-9]+(?:\.[0-9]+)?) s left)?")
 DEFAULT_RETRY_AFTER_S = 1
 # The header the official Cohere SDK (Fern-generated) sends: `/v1/rerank` answers it in
 # Cohere's v1 shape.
@@ -99,9 +100,11 @@ def _problem(status: int, code: str, message: str) -> Problem:
     message = strip_code(message, code)
     retry = None
     if status == 429:
+        retry = DEFAULT_RETRY_AFTER_S
         wait = _WAIT.search(message)
-        retry = max(DEFAULT_RETRY_AFTER_S, math.ceil(float(wait[1]))) if wait else None
-        retry = retry or DEFAULT_RETRY_AFTER_S
+        if wait is not None:
+            late_s = float(wait[1]) - float(wait[2] or 0.0)
+            retry = max(DEFAULT_RETRY_AFTER_S, math.ceil(late_s))
     return Problem(status, code, message, retry)
 
 

@@ -139,9 +139,14 @@ class ReadinessProbe:
         infos: dict[str, ConsumerInfo] = {}
         problems: list[str] = []
         streams_ok = True
-        for watched in self._watched:
+        answers = await asyncio.gather(
+            *(self._info(watched) for watched in self._watched), return_exceptions=True
+        )
+        for watched, answer in zip(self._watched, answers, strict=True):
             try:
-                infos[watched.name] = await self._info(watched)
+                if isinstance(answer, BaseException):
+                    raise answer
+                infos[watched.name] = answer
             except NotFoundError as error:
                 if error.err_code == STREAM_NOT_FOUND:
                     streams_ok = False
