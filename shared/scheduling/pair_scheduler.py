@@ -5,7 +5,7 @@ batches from `batcher`, scores them and hands the scores back; this object keeps
 recent speed from those batches, which load shedding predicts with. The speed is kept in
 tokens per second: a cross-encoder's cost grows with a pair's length, so pairs per second
 measured on long pairs would predict 1,000 short pairs many times too slow (and refuse them),
-and the other way round; tokens per second holds across lengths (on a 2-core CPU, ~6,000 for
+and the other way round; tokens per second holds across lengths (on a 2-core CPU, ~5,500 for
 pairs of 30 tokens and of 200 alike). `rankstream bench`
 drives the same object in process, to tell what the scheduler loses from what transport
 costs."""

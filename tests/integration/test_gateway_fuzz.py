@@ -45,6 +45,7 @@ from tests.integration.test_gateway import (
     CohereResponse,
     JinaResponse,
     OpenAiError,
+    ScoreResponse,
     Strict,
     TeiError,
     TeiRank,
@@ -205,6 +206,10 @@ TEI = body(
         "truncation_direction": st.sampled_from(["Right", "left"]),
     },
 )
+SCORE = body(
+    {"text_1": QUERY | st.lists(QUERY, min_size=1, max_size=3), "text_2": DOCUMENTS},
+    {"model": st.just("bge-reranker")},
+)
 PIPELINES = ["dense", "bm25+ce@3", "hybrid+ce@5>ce@2", "dense+ce@auto", "dense+ce@4/maxp16"]
 PIPELINES += ["dense+ce@9", "dense+ce@3>ce@4", "bm25+ce-int8@2/doc8"]
 # Bodies admission refuses with the settings alone (no table needed), once let through by the
@@ -267,6 +272,14 @@ def check_tei(sent: Any, answer: Any) -> None:
     )
 
 
+def check_score(sent: Any, answer: Any) -> None:
+    response = ScoreResponse.model_validate(answer)
+    queries, documents = sent["text_1"], sent["text_2"]
+    pairs = len(documents) if isinstance(queries, str) or len(queries) == 1 else len(queries)
+    assert [d.index for d in response.data] == list(range(pairs)), "request order"
+    assert all(0 <= d.score <= 1 for d in response.data)
+
+
 def check_search(sent: Any, answer: Any) -> None:
     response = SearchResponse.model_validate(answer)
     assert len(response.results) <= (sent.get("top_k") or MAX_DEPTH)
@@ -294,6 +307,13 @@ ROUTES = [
     ),
     Route("/v1/rerank", JINA, check_jina, OpenAiError),
     Route("/rerank", TEI, check_tei, TeiError),
+    Route(
+        "/score",
+        SCORE,
+        check_score,
+        OpenAiError,
+        ({"text_1": QUERIES, "text_2": TEXTS}, {"text_1": QUERIES[:2], "text_2": TEXTS}),
+    ),
     Route(
         "/v1/search",
         SEARCH,

@@ -6,6 +6,7 @@ that is not connected: nothing here reaches a worker."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -19,8 +20,10 @@ from pydantic import SecretStr
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.workers.gateway.app import create_app
+from rankstream.workers.gateway.service import GatewayService
 
 TOKEN = "s3cret"
+JSON = "application/json"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 RERANK_ROUTES = ("/v2/rerank", "/v1/rerank", "/rerank", "/score", "/v1/score")
 ERROR_SCHEMAS = {
@@ -137,6 +140,36 @@ def test_more_documents_than_the_limit_get_413_naming_the_setting(
     assert "4 " in text
     assert "at most 3" in text
     assert "RANKSTREAM_GATEWAY_MAX_TEXTS" in text
+
+
+@pytest.mark.parametrize("route", RERANK_ROUTES)
+def test_text_that_is_not_unicode_is_named(http: TestClient, route: str) -> None:
+    """JSON can carry half a surrogate pair (`\\udfff`); no encoding can: refused, naming
+    the document, never a 500."""
+    sent = body_with(route, ["fine", "\udfff"]) | (
+        {"truncation_direction": "Left"} if route == "/rerank" else {}
+    )
+    content = json.dumps(sent).encode()  # ASCII: `\\udfff` escaped, as a client may send it
+    response = http.post(route, content=content, headers=AUTH | {"Content-Type": JSON})
+    assert response.status_code == 422
+    assert message(route, response.json()).startswith(
+        f"{documents_field(route)}[1] is not valid text: it holds \\udfff"
+    )
+
+
+def test_a_bug_is_a_500_in_the_apis_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(GatewayService, "rerank", broken)
+    config = Settings(nats_url="nats://127.0.0.1:1")
+    app = create_app(config, RankstreamClient(config))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for route in RERANK_ROUTES:
+            response = client.post(route, json=body_with(route, ["a"]))
+            assert response.status_code == 500
+            assert response.headers["content-type"] == "application/json"
+            assert message(route, response.json()) == "internal error: RuntimeError"
 
 
 def test_a_missing_field_and_a_wrong_type_say_where(http: TestClient) -> None:

@@ -140,6 +140,11 @@ def create_app(
         message = validation_message(details, request.headers.get("content-type"), body)
         return error_response(api_of(request), problem_for(InvalidRequestError(message)))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        """A bug: 500 `internal` in the API's shape (the server logs the traceback)."""
+        return error_response(api_of(request), problem_for(error))
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: Exception) -> JSONResponse:
         return error_response(api_of(request), _http_problem(error))

@@ -130,13 +130,16 @@ class GatewayService:
 
     @staticmethod
     def check_texts(texts: Sequence[str], what: str = "documents") -> None:
-        """Raise InvalidRequestError (422) naming the first empty document."""
+        """Raise InvalidRequestError (422) naming the first empty document, or the first
+        that is not text (a lone surrogate such as `\\udfff`, which JSON can carry and no
+        encoding can)."""
         for index, text in enumerate(texts):
             if not text:
                 raise InvalidRequestError(
                     f"{what}[{index}] is empty: every document needs text to be ranked "
                     "(leave it out, or send its text)"
                 )
+            check_unicode(text, f"{what}[{index}]")
 
     def chunked(self, count: int, max_tokens: int | None = None) -> Budget:
         """Cohere's long documents: scored by their best chunk. A document over the room the
@@ -194,6 +197,7 @@ class GatewayService:
         """
         self.check_count(len(texts), what)
         self.check_top_n(top_n)
+        check_unicode(query, "query")
         self.check_texts(texts, what)
         # No documents: Cohere answers an empty result. The query is checked as it would be
         # with documents (one stands in; nothing is sent).
@@ -253,6 +257,18 @@ class GatewayService:
         return sum(
             len(query_ids) + specials + min(room, len(ids)) for ids in codec.encode_documents(texts)
         )
+
+
+def check_unicode(text: str, where: str) -> None:
+    """Raise InvalidRequestError when `text` holds a lone surrogate (it has no UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = error.object[error.start : error.end].encode("unicode_escape").decode()
+        raise InvalidRequestError(
+            f"{where} is not valid text: it holds {bad}, half of a UTF-16 surrogate pair; "
+            "send Unicode text"
+        ) from None
 
 
 def _ranked(result: RankedResult, texts: Sequence[str]) -> list[Ranked]:

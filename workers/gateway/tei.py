@@ -29,7 +29,7 @@ from rankstream.workers.gateway.jina import (
     rerank_documents,
 )
 from rankstream.workers.gateway.openapi import error_responses
-from rankstream.workers.gateway.service import GatewayService, sigmoid
+from rankstream.workers.gateway.service import GatewayService, check_unicode, sigmoid
 
 
 class TeiRerankRequest(BaseModel):
@@ -109,6 +109,7 @@ def build_tei_router(service: GatewayService) -> APIRouter:
         texts = body.texts
         service.check_count(len(texts), "texts")
         if body.truncation_direction.lower() == "left":
+            check_unicode(body.query, "query")
             service.check_texts(texts, "texts")
             texts = await service.keep_tails(body.query, texts)
         ranked = await service.rerank("/rerank", body.query, texts, what="texts")
