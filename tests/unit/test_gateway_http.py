@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.workers.gateway.app import create_app
+from rankstream.workers.gateway.openapi import offline_assets
 from rankstream.workers.gateway.service import GatewayService
 
 TOKEN = "s3cret"
@@ -244,6 +245,8 @@ def test_the_openapi_document_is_valid_and_lists_what_each_route_sends(tokens: b
 
 
 def test_the_docs_load_nothing_from_another_host(http: TestClient) -> None:
+    if offline_assets() is None and not os.environ.get("CI"):
+        pytest.skip("fastapi-offline (Swagger UI's and ReDoc's files) is not installed")
     for page in ("/docs", "/redoc"):
         html = http.get(page)  # open: no token
         assert html.status_code == 200
