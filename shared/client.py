@@ -18,7 +18,7 @@ from typing import Any, TypedDict, Unpack
 import nats
 from nats.aio.client import Client as NatsConnection
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
 from pydantic import ValidationError
 
@@ -109,6 +109,17 @@ class RankstreamClient:
     def connected(self) -> bool:
         """Whether the NATS connection is up now (it reconnects by itself when it is not)."""
         return self._connection is not None and self._connection.is_connected
+
+    async def consumer_info(self, stream: str, consumer: str, timeout_s: float) -> ConsumerInfo:
+        """JetStream's view of a consumer (e.g. a worker's durable: `num_waiting` is the pull
+        requests its replicas have waiting). Raises UnavailableError when not connected,
+        nats-py's errors otherwise (NotFoundError: no such stream or consumer; TimeoutError:
+        no answer, e.g. a NATS user not allowed `$JS.API.CONSUMER.INFO`)."""
+        if self._connection is None:
+            raise UnavailableError("client is not connected")
+        js = self._connection.jetstream(timeout=timeout_s)
+        info: ConsumerInfo = await js.consumer_info(stream, consumer)
+        return info
 
     @property
     def reply_subject(self) -> str:

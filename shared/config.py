@@ -315,8 +315,21 @@ class Settings(BaseSettings):
     gateway_tokens: list[SecretStr] = Field(default_factory=list)
     # Under max_message_bytes, with room for what the gateway adds (NATS_MAX_PAYLOAD_BYTES).
     gateway_max_body_bytes: int = Field(default=4 << 20, ge=1024)
-    # TEI's `POST /rerank` refuses more texts than this with 413 (TEI's own default is 32).
-    gateway_max_texts: int = Field(default=32, ge=1)
+    # Documents (texts) one rerank request may bring, on every route; more get 413. None: as
+    # many as the workers take (`max_depth` and `request_pair_cap`, 1,000 by default: what
+    # Cohere documents; Jina, vLLM and TEI promise no more, TEI's 32 is a server setting).
+    gateway_max_texts: int | None = Field(default=None, ge=1)
+    # Readiness (`/readyz`, `/health`): how long one check of NATS and the workers' consumers
+    # is reused, so a storm of probes asks NATS at most once per period.
+    gateway_ready_cache_s: float = Field(default=1.0, ge=0)
+    # The workers the gateway is ready without: a rerank-only deployment (the rerank APIs,
+    # no `/v1/search`) sets ["rerank"].
+    gateway_ready_workers: list[Literal["retrieval", "rerank"]] = Field(
+        default=["retrieval", "rerank"], min_length=1
+    )
+    # One log line per HTTP request (logger `rankstream.gateway.access`): method, path,
+    # status, milliseconds.
+    gateway_access_log: bool = True
 
     @field_validator("gateway_tokens")
     @classmethod

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rankstream.errors import DeadlineExceededError, OverloadedError
-from rankstream.models.base import CrossEncoderBackend, TokenIds, finite_scores
+from rankstream.models.base import CrossEncoderBackend, PairEncoding, TokenIds, finite_scores
 from rankstream.models.budgets import DocumentBudget, PairPlan, plan_pairs
 from rankstream.scheduling.admission import PairBudget
 from rankstream.scheduling.batcher import BatchLimits, BatchStats, Ticket
@@ -90,8 +90,11 @@ class CrossEncoderStage:
         query, documents, tokenized = await asyncio.to_thread(self._tokens, stage)
         plan = plan_pairs(self.model.tokenizer, query, documents, stage.budget)
         wait_s = max(0.0, stage.deadline.remaining_s())
-        async with self._budget.hold(len(plan.encodings), wait_s):
-            self._shed_if_late(len(plan.encodings), stage.deadline, stage.lane)
+        tokens = sum(len(encoding) for encoding in plan.encodings)
+        if self._budget.must_wait(len(plan.encodings)):
+            self._shed_if_late_for_room(tokens, stage.deadline)
+        async with self._budget.hold(len(plan.encodings), wait_s, tokens):
+            self._shed_if_late(plan.encodings, stage.deadline, stage.lane)
             scored = self.scheduler.enqueue(plan.encodings, stage.deadline.monotonic(), stage.lane)
             try:
                 # Queued pairs are dropped at the deadline by the batcher; a batch already
@@ -118,20 +121,45 @@ class CrossEncoderStage:
         documents = [ids if ids is not None else next(fresh) for ids in stored]
         return query, documents, len(missing)
 
-    def _shed_if_late(self, pairs: int, deadline: Deadline, lane: int) -> None:
+    def _shed_if_late_for_room(self, tokens: int, deadline: Deadline) -> None:
+        """Refuse at once pairs that would wait for room in the pair budget (first come, first
+        served) and still be scored too late: every pair held and waiting goes first. Without
+        this, such a request would wait for room until its deadline and then miss it."""
+        speed = self.scheduler.tokens_per_s
+        if not self._shed_load or speed is None:
+            return
+        left = max(0.0, deadline.remaining_s())
+        wait_s = (self._budget.tokens_ahead + tokens) / speed
+        if wait_s <= left:
+            return
+        if tokens / speed > left:
+            raise DeadlineExceededError(
+                f"its {tokens} tokens take about {tokens / speed:.1f} s to score; "
+                f"{left:.1f} s were left"
+            )
+        raise OverloadedError(
+            f"{self._budget.held} pairs held and {self._budget.waiting} requests waiting for "
+            f"room ahead: about {wait_s:.1f} s to score, {left:.1f} s left before the deadline"
+        )
+
+    def _shed_if_late(
+        self, encodings: Sequence[PairEncoding], deadline: Deadline, lane: int
+    ) -> None:
         """Refuse pairs that would be scored too late: overloaded when the queue ahead makes
         them late, a missed deadline when they would be late on an empty queue too (the
-        request was short of time, the worker is not short of capacity)."""
+        request was short of time, the worker is not short of capacity). Predicted from
+        their tokens at the model's recent tokens per second (PairScheduler)."""
         if not self._shed_load:
             return
-        wait_s = self.scheduler.predicted_wait_s(pairs, lane)
+        tokens = sum(len(encoding) for encoding in encodings)
+        wait_s = self.scheduler.predicted_wait_s(tokens, lane)
         if wait_s is None or wait_s <= deadline.remaining_s():
             return
-        alone_s = self.scheduler.predicted_wait_s(pairs, lane, queued=False) or 0.0
+        alone_s = self.scheduler.predicted_wait_s(tokens, lane, queued=False) or 0.0
         if alone_s > deadline.remaining_s():
             raise DeadlineExceededError(
-                f"its {pairs} pairs take about {alone_s:.1f} s to score; "
-                f"{max(0.0, deadline.remaining_s()):.1f} s were left"
+                f"its {len(encodings)} pairs ({tokens} tokens) take about {alone_s:.1f} s to "
+                f"score; {max(0.0, deadline.remaining_s()):.1f} s were left"
             )
         raise OverloadedError(
             f"{self.scheduler.queued_pairs} pairs queued ahead: about {wait_s:.1f} s to "

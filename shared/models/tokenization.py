@@ -149,6 +149,35 @@ class PairTokenizer:
         """Tokens a document may have beside `query` within `max_length`."""
         return self.max_length - len(query) - self.template.special_tokens
 
+    def keep_tails(
+        self, query: str, documents: Sequence[str], max_tokens: int | None = None
+    ) -> list[str]:
+        """Each document cut from the left (text-embeddings-inference's `truncation_direction:
+        Left`) to the room `query` leaves it (and at most `max_tokens`), as text: it then
+        fits whole, and a pair that cuts the head keeps all of it. The cut falls where a
+        word starts, so the tail tokenizes as it did inside the document (a few tokens fewer
+        than the room where the cut would split a word). Raises InvalidRequestError for a
+        query that leaves no room (`encode_query`)."""
+        room = self.document_room(self.encode_query(query))
+        if max_tokens is not None:
+            room = min(room, max_tokens)
+        if not documents:
+            return []
+        tails = []
+        encodings = self._tokenizer.encode_batch(list(documents), add_special_tokens=False)
+        for text, encoding in zip(documents, encodings, strict=True):
+            count = len(encoding.ids)
+            if count <= room:
+                tails.append(text)
+                continue
+            first, words = count - room, encoding.word_ids
+            while (
+                first < count - 1 and words[first] is not None and words[first] == words[first - 1]
+            ):
+                first += 1
+            tails.append(text[encoding.offsets[first][0] :])
+        return tails
+
     def join(self, query: TokenIds, document: TokenIds) -> PairEncoding:
         """The pair as the model reads it; the document is cut to the room the query leaves."""
         return self.template.join(query, document[: self.document_room(query)])
@@ -174,6 +203,11 @@ class PairTokenizer:
             attention_mask[row, :width] = 1
             token_type_ids[row, :width] = encoding.type_ids
         return PaddedBatch(input_ids, attention_mask, token_type_ids)
+
+
+def _inside_word(words: list[int | None], at: int) -> bool:
+    """Whether token `at` continues the word the token before it is part of."""
+    return words[at] is not None and words[at] == words[at - 1]
 
 
 def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:

@@ -21,6 +21,7 @@ from rankstream.errors import DeadlineExceededError
 @dataclass(eq=False)
 class _Waiter:
     pairs: int
+    tokens: int = 0
     admitted: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -34,6 +35,7 @@ class PairBudget:
             raise ValueError("capacity must be positive")
         self.capacity = capacity
         self.held = 0
+        self.held_tokens = 0
         self._on_change = on_change
         self._waiting: deque[_Waiter] = deque()
 
@@ -42,23 +44,37 @@ class PairBudget:
         """Requests waiting for room."""
         return len(self._waiting)
 
+    @property
+    def tokens_ahead(self) -> int:
+        """Tokens of the pairs held and of those waiting: what a request that has to wait
+        for room waits to see scored (holders say their tokens, see `hold`)."""
+        return self.held_tokens + sum(waiter.tokens for waiter in self._waiting)
+
+    def must_wait(self, pairs: int) -> bool:
+        """Whether `pairs` would wait for room now."""
+        return bool(self._waiting) or self.held + min(pairs, self.capacity) > self.capacity
+
     @asynccontextmanager
-    async def hold(self, pairs: int, timeout_s: float | None = None) -> AsyncIterator[None]:
+    async def hold(
+        self, pairs: int, timeout_s: float | None = None, tokens: int = 0
+    ) -> AsyncIterator[None]:
         """Wait until `pairs` fit behind every earlier waiter (a request larger than the whole
-        budget waits for all of it), hold them for the block, release them after.
+        budget waits for all of it), hold them for the block, release them after. `tokens`:
+        what they cost, counted in `tokens_ahead` for the requests behind them.
 
         Raises:
             DeadlineExceededError: no room within `timeout_s` (None: wait as long as it takes).
         """
         wanted = min(pairs, self.capacity)
         if not self._waiting and self.held + wanted <= self.capacity:
-            self._take(wanted)
+            self._take(wanted, tokens)
         else:
-            await self._wait_for_room(_Waiter(wanted), timeout_s)
+            await self._wait_for_room(_Waiter(wanted, tokens), timeout_s)
         try:
             yield
         finally:
             self.held -= wanted
+            self.held_tokens -= tokens
             self._admit_waiters()
 
     async def _wait_for_room(self, waiter: _Waiter, timeout_s: float | None) -> None:
@@ -77,6 +93,7 @@ class PairBudget:
         except asyncio.CancelledError:
             if waiter.admitted.done():
                 self.held -= waiter.pairs
+                self.held_tokens -= waiter.tokens
             else:
                 self._waiting.remove(waiter)
             self._admit_waiters()
@@ -86,12 +103,13 @@ class PairBudget:
         """Admit waiters in arrival order while the first of them fits."""
         while self._waiting and self.held + self._waiting[0].pairs <= self.capacity:
             waiter = self._waiting.popleft()
-            self._take(waiter.pairs)
+            self._take(waiter.pairs, waiter.tokens)
             waiter.admitted.set_result(None)
         self._report()
 
-    def _take(self, pairs: int) -> None:
+    def _take(self, pairs: int, tokens: int) -> None:
         self.held += pairs
+        self.held_tokens += tokens
         self._report()
 
     def _report(self) -> None:

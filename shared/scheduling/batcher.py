@@ -191,6 +191,10 @@ class MicroBatcher(Generic[T, R]):
         """Items queued in `lane` or a more urgent one: what a new request there waits for."""
         return sum(1 for item in self._queue if item.request.lane <= lane)
 
+    def queued_cost_ahead_of(self, lane: int) -> int:
+        """The cost (for pairs: tokens) of the items `queued_ahead_of` counts."""
+        return sum(item.cost for item in self._queue if item.request.lane <= lane)
+
     async def submit(
         self, items: Sequence[T], costs: Sequence[int], deadline: float | None = None
     ) -> Ticket[R]:

@@ -2,7 +2,11 @@
 pairs arrive already encoded (their lengths are their costs) and are pooled across requests
 by the micro-batcher under the configured limits. The worker's model runner pulls the
 batches from `batcher`, scores them and hands the scores back; this object keeps the model's
-recent speed from those batches, which load shedding predicts with. `rankstream bench`
+recent speed from those batches, which load shedding predicts with. The speed is kept in
+tokens per second: a cross-encoder's cost grows with a pair's length, so pairs per second
+measured on long pairs would predict 1,000 short pairs many times too slow (and refuse them),
+and the other way round; tokens per second holds across lengths (on a 2-core CPU, ~5,500 for
+pairs of 30 tokens and of 200 alike). `rankstream bench`
 drives the same object in process, to tell what the scheduler loses from what transport
 costs."""
 
@@ -47,6 +51,7 @@ class PairScheduler:
             limits, on_batch=self._observe
         )
         self._pairs_per_s: float | None = None
+        self._tokens_per_s: float | None = None
 
     @property
     def queued_pairs(self) -> int:
@@ -60,14 +65,20 @@ class PairScheduler:
     def queued_by_lane(self) -> dict[int, int]:
         return self.batcher.queued_by_lane()
 
-    def predicted_wait_s(self, pairs: int, lane: int = 0, queued: bool = True) -> float | None:
-        """How long `pairs` more in `lane` would take to score behind what is queued in that
-        lane or a more urgent one (`queued` False: with nothing queued), at the recent speed;
-        None while the speed is unknown."""
-        if self._pairs_per_s is None:
+    @property
+    def tokens_per_s(self) -> float | None:
+        """The model's recent scoring speed in (unpadded) pair tokens; None until a batch
+        has been scored."""
+        return self._tokens_per_s
+
+    def predicted_wait_s(self, tokens: int, lane: int = 0, queued: bool = True) -> float | None:
+        """How long pairs of `tokens` tokens in all, more in `lane`, would take to score
+        behind the tokens queued in that lane or a more urgent one (`queued` False: with
+        nothing queued), at the recent speed; None while the speed is unknown."""
+        if self._tokens_per_s is None:
             return None
-        ahead = self.batcher.queued_ahead_of(lane) if queued else 0
-        return (ahead + pairs) / self._pairs_per_s
+        ahead = self.batcher.queued_cost_ahead_of(lane) if queued else 0
+        return (ahead + tokens) / self._tokens_per_s
 
     async def submit(
         self, encodings: Sequence[PairEncoding], deadline: float | None = None
@@ -86,12 +97,14 @@ class PairScheduler:
 
     def _observe(self, stats: BatchStats) -> None:
         if stats.seconds > 0:
-            speed = stats.items / stats.seconds
-            previous = self._pairs_per_s
-            self._pairs_per_s = (
-                speed
-                if previous is None
-                else (1 - THROUGHPUT_SMOOTHING) * previous + THROUGHPUT_SMOOTHING * speed
-            )
+            self._pairs_per_s = _smoothed(self._pairs_per_s, stats.items / stats.seconds)
+            self._tokens_per_s = _smoothed(self._tokens_per_s, stats.real_tokens / stats.seconds)
         if self._on_batch is not None:
             self._on_batch(stats)
+
+
+def _smoothed(previous: float | None, speed: float) -> float:
+    """The newest speed, blended into the estimate so far."""
+    if previous is None:
+        return speed
+    return (1 - THROUGHPUT_SMOOTHING) * previous + THROUGHPUT_SMOOTHING * speed

@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, cast
 
+from pydantic import ValidationError
+
 from rankstream.errors import InvalidRequestError
 from rankstream.wire.contract import (
     AUTO,
@@ -89,6 +91,9 @@ class PipelineSpec:
             fields["fusion_weight"] = self.fusion_weight
         try:
             QueryRequest(query="check", reply_to="check", **fields)
+        except ValidationError as error:
+            reason = str(error.errors()[0].get("msg", "invalid")).removeprefix("Value error, ")
+            raise InvalidRequestError(f"pipeline {self.name!r}: {reason}") from error
         except ValueError as error:
             raise InvalidRequestError(f"pipeline {self.name!r}: {error}") from error
         return fields

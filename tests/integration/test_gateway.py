@@ -2,8 +2,9 @@
 SDK, LangChain's CohereRerank in a ContextualCompressionRetriever, TEI- and Jina/vLLM-shaped
 requests through httpx; against a real uvicorn, real NATS, the real workers and models.
 
-One stack for the module (the int8 cross-encoder scores ~5 pairs/s on a 2-core box, so the
-documents are few and short). Sync SDKs run in a thread: the gateway serves on this loop.
+One stack for the module (the int8 cross-encoder is slow on a 2-core box, so the documents
+are few and short, but for one test of 1,000 short ones: the depth each API promises). Sync
+SDKs run in a thread: the gateway serves on this loop.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -300,12 +302,13 @@ async def test_errors_come_in_each_apis_shape_with_rankstreams_code(stack: Stack
             "/rerank", json={"query": QUERY, "texts": DOCS}, headers={"Authorization": "Bearer x"}
         )
         health = await anonymous.get("/health")
+        live = await anonymous.get("/livez")
         docs = await anonymous.get("/docs")
         spec = await anonymous.get("/openapi.json")
     assert missing.status_code == wrong.status_code == 401
     assert CohereError.model_validate(missing.json()).code == "unauthorized"
     assert TeiError.model_validate(wrong.json()).code == "unauthorized"
-    assert health.status_code == 200
+    assert health.status_code == live.status_code == 200, health.text
     assert docs.status_code == 200
     assert {"/v2/rerank", "/v1/rerank", "/rerank", "/v1/search"} <= set(spec.json()["paths"])
 
@@ -316,8 +319,12 @@ async def test_errors_come_in_each_apis_shape_with_rankstreams_code(stack: Stack
         )  # fmt: skip
     sdk = cohere.ClientV2(api_key=TOKEN, base_url=stack.url)
     with pytest.raises(cohere.errors.UnprocessableEntityError) as invalid:
-        await asyncio.to_thread(sdk.rerank, model="m", query=QUERY, documents=[])
+        await asyncio.to_thread(sdk.rerank, model="m", query=QUERY, documents=[DOCS[0], ""])
     assert invalid.value.body["code"] == "invalid_request"
+    assert invalid.value.body["message"].startswith("documents[1] is empty")
+    # No documents: an empty result, as Cohere answers.
+    empty = await asyncio.to_thread(sdk.rerank, model="m", query=QUERY, documents=[])
+    assert empty.results == []
 
     async with httpx.AsyncClient(base_url=stack.url, headers=auth(), timeout=60) as http:
         too_many = await http.post(
@@ -328,7 +335,9 @@ async def test_errors_come_in_each_apis_shape_with_rankstreams_code(stack: Stack
         )
         too_large = await http.post("/v1/rerank", json={"query": QUERY, "documents": ["y" * 5000]})
         bad_tei = await http.post("/rerank", json={"query": QUERY})
-        bad_jina = await http.post("/v1/rerank", json={"query": QUERY, "documents": [], "top_n": 0})
+        bad_jina = await http.post(
+            "/v1/rerank", json={"query": QUERY, "documents": DOCS, "top_n": -1}
+        )
         metrics = await http.get("/metrics")
     assert too_many.status_code == 413
     assert TeiError.model_validate(too_many.json()).error_type == "validation"
@@ -520,3 +529,218 @@ async def test_a_degraded_answer_is_a_504_expired_never_made_up_scores(
         assert response.status_code == 504, f"{route}: {response.text}"
         assert error_code(route, response.json()) == "expired"
         assert "fewer or shorter documents" in response.text, "what to change"
+
+
+# --- what each API's own clients expect -------------------------------------------------------
+
+
+class CohereV1Result(BaseModel):
+    index: int
+    relevance_score: float
+    document: dict[str, object] | None = None
+
+
+class CohereV1Response(Strict):
+    id: str
+    results: list[CohereV1Result]
+    meta: CohereMeta
+
+
+class ScoreData(Strict):
+    index: int
+    object: str
+    score: float
+
+
+class ScoreUsage(Strict):
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int
+
+
+class ScoreResponse(Strict):
+    id: str
+    object: str
+    created: int
+    model: str
+    data: list[ScoreData]
+    usage: ScoreUsage
+
+
+async def test_the_cohere_v1_sdk_gets_cohere_v1_semantics(stack: Stack) -> None:
+    """`cohere.Client` (v1, what LlamaIndex's CohereRerank uses) posts to /v1/rerank:
+    `return_documents` defaults to false there, `rank_fields` ranks objects on the fields
+    named, and the answer is Cohere's v1 shape."""
+    sdk = cohere.Client(api_key=TOKEN, base_url=stack.url)
+    plain = await asyncio.to_thread(sdk.rerank, model="m", query=QUERY, documents=DOCS, top_n=2)
+    assert [r.index for r in plain.results] == [1, 2]
+    assert all(r.document is None for r in plain.results), "v1's default: no documents"
+    assert plain.meta is not None
+    assert plain.meta.api_version is not None
+    assert plain.meta.api_version.version == "1"
+    with_documents = await asyncio.to_thread(
+        sdk.rerank, model="m", query=QUERY, documents=DOCS, top_n=1, return_documents=True
+    )
+    assert with_documents.results[0].document is not None
+    assert with_documents.results[0].document.text == DOCS[1]
+
+    objects = [
+        {"title": "Bread recipes", "body": DOCS[1], "id": "a"},
+        {"title": "How a heat pump heats a house", "body": DOCS[0], "id": "b"},
+    ]
+    by_title, by_body = await asyncio.gather(
+        asyncio.to_thread(
+            sdk.rerank, query=QUERY, documents=objects, rank_fields=["title"],
+            return_documents=True,
+        ),
+        asyncio.to_thread(sdk.rerank, query=QUERY, documents=objects, rank_fields=["body"]),
+    )  # fmt: skip
+    assert [r.index for r in by_title.results] == [1, 0]
+    assert [r.index for r in by_body.results] == [0, 1]
+    returned = by_title.results[0].document
+    assert returned is not None
+    assert returned.model_extra == objects[1], "the object as sent, every field kept"
+
+    async with httpx.AsyncClient(base_url=stack.url, headers=auth(), timeout=60) as http:
+        raw = await http.post(
+            "/v1/rerank",
+            json={"query": QUERY, "documents": objects, "rank_fields": ["title"], "top_n": 1},
+        )
+        with_objects = await http.post(
+            "/v1/rerank",
+            json={"query": QUERY, "documents": objects, "rank_fields": ["title"],
+                  "return_documents": True},
+        )  # fmt: skip
+        missing = await http.post(
+            "/v1/rerank",
+            json={"query": QUERY, "documents": objects, "rank_fields": ["author"]},
+        )
+    body = CohereV1Response.model_validate(raw.json())
+    assert [r.index for r in body.results] == [1]
+    assert body.results[0].document is None
+    documents = CohereV1Response.model_validate(with_objects.json()).results
+    assert [r.document for r in documents] == [objects[1], objects[0]]
+    assert missing.status_code == 422
+    assert CohereError.model_validate(missing.json()).message == (
+        "documents[0] has none of the rank_fields ['author']: give it at least one of them"
+    )
+
+
+async def test_vllm_and_jina_clients_may_post_documents_to_rerank(stack: Stack) -> None:
+    """vLLM serves its Jina-style rerank on /rerank too: a body with `documents` there is
+    answered in that shape (top_n 0, vLLM's default, is every document)."""
+    async with httpx.AsyncClient(base_url=stack.url, headers=auth(), timeout=60) as http:
+        response = await http.post(
+            "/rerank", json={"model": "m", "query": QUERY, "documents": DOCS, "top_n": 0}
+        )
+    assert response.status_code == 200, response.text
+    body = JinaResponse.model_validate(response.json())
+    assert [r.index for r in body.results][:2] == [1, 2]
+    assert len(body.results) == 3
+    assert body.results[0].document == TextDoc(text=DOCS[1])
+
+
+async def test_vllm_score_scores_each_pair_in_request_order(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.url, headers=auth(), timeout=60) as http:
+        one_to_many, pairwise, one, ranked, uneven = await asyncio.gather(
+            http.post("/score", json={"model": "m", "text_1": QUERY, "text_2": DOCS}),
+            http.post(
+                "/v1/score",
+                json={"queries": [QUERY, "bread baking temperature"], "documents": DOCS[1::-1]},
+            ),
+            http.post("/v1/score", json={"text_1": QUERY, "text_2": DOCS[1]}),
+            http.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}),
+            http.post("/score", json={"text_1": [QUERY, QUERY], "text_2": DOCS}),
+        )
+    scores = ScoreResponse.model_validate(one_to_many.json())
+    assert [d.index for d in scores.data] == [0, 1, 2], "request order, not ranked"
+    assert all(d.object == "score" and 0 <= d.score <= 1 for d in scores.data)
+    assert scores.usage.total_tokens > 0
+    by_index = {r["index"]: r["relevance_score"] for r in ranked.json()["results"]}
+    for data in scores.data:
+        assert data.score == pytest.approx(by_index[data.index], abs=0.05)
+    both = ScoreResponse.model_validate(pairwise.json()).data
+    assert both[0].score > 0.5, "(heat pump question, heat pump answer)"
+    assert both[1].score > 0.5, "(bread question, bread recipe)"
+    assert len(ScoreResponse.model_validate(one.json()).data) == 1
+    assert uneven.status_code == 422
+    assert "1:N" in OpenAiError.model_validate(uneven.json()).error.message
+
+
+# ~600 tokens that do not answer the question, before (or after) the one sentence that does.
+FILLER = "The bakery on the corner sells sourdough, rye and spelt loaves every morning. " * 40
+ANSWER = "A heat pump heats a house by moving heat from the outside air indoors."
+
+
+async def test_tei_truncation_direction_left_keeps_the_tail(stack: Stack) -> None:
+    texts = [FILLER + ANSWER, ANSWER + " " + FILLER]
+    request = {"query": QUERY, "texts": texts, "raw_scores": True}
+    big = stack.settings.model_copy(update={"gateway_max_body_bytes": 1 << 20})
+    async with (
+        running_gateway(big) as port,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=auth(), timeout=60) as http,
+    ):
+        right, left = await asyncio.gather(
+            http.post("/rerank", json=request),
+            http.post("/rerank", json={**request, "truncation_direction": "Left"}),
+        )
+    assert right.status_code == left.status_code == 200, left.text
+    right_scores = {r["index"]: r["score"] for r in right.json()}
+    left_scores = {r["index"]: r["score"] for r in left.json()}
+    assert right_scores[1] > right_scores[0] + 3, "the head holds the answer of text 1 only"
+    assert left_scores[0] > left_scores[1] + 3, "the tail holds the answer of text 0 only"
+
+
+async def test_cohere_scores_a_long_document_by_its_best_chunk(stack: Stack) -> None:
+    """Past the model's 512 tokens a document is chunked and scored by its best chunk, as
+    Cohere does; `max_tokens_per_doc` up to 512 cuts it to its head instead."""
+    # The answer, at length, after the ~600 tokens of filler: in the third window only.
+    documents = [FILLER + (ANSWER + " ") * 20, DOCS[0]]
+    big = stack.settings.model_copy(update={"gateway_max_body_bytes": 1 << 20})
+    async with running_gateway(big) as port:
+        sdk = cohere.AsyncClientV2(api_key=TOKEN, base_url=f"http://127.0.0.1:{port}")
+        chunked, cut = await asyncio.gather(
+            sdk.rerank(model="m", query=QUERY, documents=documents),
+            sdk.rerank(model="m", query=QUERY, documents=documents, max_tokens_per_doc=256),
+        )
+    assert chunked.results[0].index == 0
+    assert chunked.results[0].relevance_score > 0.9
+    cut_score = {r.index: r.relevance_score for r in cut.results}[0]
+    assert cut_score < 0.01, "its first 256 tokens are about bread"
+
+
+async def test_a_thousand_documents_are_answered(stack: Stack) -> None:
+    """Real retrieval depths: 1,000 documents (Cohere's documented limit, the default
+    max_depth) on /v1/rerank and through the Cohere SDK on /v2/rerank, 40 on TEI's /rerank,
+    with the default limits; each answered within its deadline on this machine, or refused
+    with 429 and Retry-After, never a 413."""
+    settings = stack.settings.model_copy(
+        update={"gateway_max_texts": None, "gateway_max_body_bytes": 4 << 20}
+    )
+    documents = [
+        f"{i}. " + (DOCS[1] if i % 100 == 7 else "Recipe: bake the bread at 220 C for an hour.")
+        for i in range(1000)
+    ]
+    async with (
+        running_gateway(settings) as port,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=auth(), timeout=90) as http,
+    ):
+        started = time.perf_counter()
+        jina = await http.post("/v1/rerank", json={"query": QUERY, "documents": documents})
+        jina_s = time.perf_counter() - started
+        sdk = cohere.AsyncClientV2(api_key=TOKEN, base_url=f"http://127.0.0.1:{port}")
+        started = time.perf_counter()
+        v2 = await sdk.rerank(model="m", query=QUERY, documents=documents, top_n=10)
+        v2_s = time.perf_counter() - started
+        tei = await http.post("/rerank", json={"query": QUERY, "texts": documents[:40]})
+    print(f"\n1,000 documents: /v1/rerank {jina_s:.1f} s, /v2/rerank {v2_s:.1f} s")
+    if jina.status_code == 429:
+        assert int(jina.headers["retry-after"]) >= 1
+    else:
+        assert jina.status_code == 200, jina.text
+        results = JinaResponse.model_validate(jina.json()).results
+        assert len(results) == 1000
+        assert {r.index for r in results[:10]} == {i for i in range(1000) if i % 100 == 7}
+    assert {r.index for r in v2.results} == {i for i in range(1000) if i % 100 == 7}
+    assert tei.status_code == 200, tei.text
+    assert len(tei.json()) == 40

@@ -45,6 +45,7 @@ from tests.integration.test_gateway import (
     CohereResponse,
     JinaResponse,
     OpenAiError,
+    ScoreResponse,
     Strict,
     TeiError,
     TeiRank,
@@ -115,7 +116,9 @@ class GatewayPipeline(Pipeline):
 
 
 @pytest.fixture(scope="module")
-def stack(nats_url: str, sample_db: str, model_cache_dir: Path) -> Iterator[GatewayPipeline]:
+def stack(
+    nats_url: str, sample_db: str, model_cache_dir: Path, depth_policy_file: Path
+) -> Iterator[GatewayPipeline]:
     settings = Settings(
         nats_url=nats_url,
         subject_prefix=f"gf{uuid.uuid4().hex[:10]}",
@@ -126,6 +129,9 @@ def stack(nats_url: str, sample_db: str, model_cache_dir: Path) -> Iterator[Gate
         max_batch_wait_ms=20,
         max_depth=MAX_DEPTH,
         max_auto_depth=MAX_DEPTH,
+        # Depth `auto` is resolved by a fitted policy (none ships); the edge bounds it
+        # without one, so the workers need one or they dead-letter it.
+        auto_depth_policy=depth_policy_file,
         max_query_chars=MAX_QUERY_CHARS,
         max_request_pairs=24,
         default_depth=3,
@@ -200,6 +206,10 @@ TEI = body(
         "truncation_direction": st.sampled_from(["Right", "left"]),
     },
 )
+SCORE = body(
+    {"text_1": QUERY | st.lists(QUERY, min_size=1, max_size=3), "text_2": DOCUMENTS},
+    {"model": st.just("bge-reranker")},
+)
 PIPELINES = ["dense", "bm25+ce@3", "hybrid+ce@5>ce@2", "dense+ce@auto", "dense+ce@4/maxp16"]
 PIPELINES += ["dense+ce@9", "dense+ce@3>ce@4", "bm25+ce-int8@2/doc8"]
 # Bodies admission refuses with the settings alone (no table needed), once let through by the
@@ -262,6 +272,14 @@ def check_tei(sent: Any, answer: Any) -> None:
     )
 
 
+def check_score(sent: Any, answer: Any) -> None:
+    response = ScoreResponse.model_validate(answer)
+    queries, documents = sent["text_1"], sent["text_2"]
+    pairs = len(documents) if isinstance(queries, str) or len(queries) == 1 else len(queries)
+    assert [d.index for d in response.data] == list(range(pairs)), "request order"
+    assert all(0 <= d.score <= 1 for d in response.data)
+
+
 def check_search(sent: Any, answer: Any) -> None:
     response = SearchResponse.model_validate(answer)
     assert len(response.results) <= (sent.get("top_k") or MAX_DEPTH)
@@ -289,6 +307,13 @@ ROUTES = [
     ),
     Route("/v1/rerank", JINA, check_jina, OpenAiError),
     Route("/rerank", TEI, check_tei, TeiError),
+    Route(
+        "/score",
+        SCORE,
+        check_score,
+        OpenAiError,
+        ({"text_1": QUERIES, "text_2": TEXTS}, {"text_1": QUERIES[:2], "text_2": TEXTS}),
+    ),
     Route(
         "/v1/search",
         SEARCH,

@@ -19,7 +19,14 @@ from rankstream.errors import (
     UnavailableError,
 )
 from rankstream.wire.filters import FilterError, parse_filter
-from rankstream.workers.gateway.errors import Api, Problem, api_for_path, error_body, problem_for
+from rankstream.workers.gateway.errors import (
+    Api,
+    Problem,
+    api_for_path,
+    error_body,
+    error_response,
+    problem_for,
+)
 from rankstream.workers.gateway.service import sigmoid
 
 
@@ -56,14 +63,40 @@ def test_errors_map_to_status_and_code(error: Exception, status: int, code: str)
 def test_each_api_gets_its_own_error_shape() -> None:
     problem = Problem(413, "invalid_request", "too many")
     assert set(error_body(Api.COHERE, problem)) == {"id", "message", "code"}
-    assert error_body(Api.JINA, problem)["error"]["type"] == "invalid_request_error"
+    assert error_body(Api.OPENAI, problem)["error"]["type"] == "invalid_request_error"
     assert error_body(Api.TEI, problem) == {
         "error": "too many", "error_type": "validation", "code": "invalid_request"
     }  # fmt: skip
     assert error_body(Api.RANKSTREAM, problem)["error"]["code"] == "invalid_request"
-    assert [api_for_path(p) for p in ("/v2/rerank", "/v1/rerank", "/rerank", "/v1/search")] == [
-        Api.COHERE, Api.JINA, Api.TEI, Api.RANKSTREAM
+    paths = ("/v2/rerank", "/v1/rerank", "/rerank", "/score", "/v1/score", "/v1/search")
+    assert [api_for_path(p) for p in paths] == [
+        Api.COHERE, Api.OPENAI, Api.TEI, Api.OPENAI, Api.OPENAI, Api.RANKSTREAM
     ]  # fmt: skip
+    # Cohere's SDK posts its v1 rerank to /v1/rerank: its errors come in Cohere's shape.
+    assert api_for_path("/v1/rerank", {b"x-fern-sdk-name": b"cohere"}) == Api.COHERE
+
+
+def test_an_overloaded_answer_says_when_to_retry() -> None:
+    """429 carries Retry-After: how much sooner the work ahead must clear for the request to
+    make its deadline, rounded up; else 1 s."""
+    predicted = problem_for(
+        QueryFailedError(
+            ErrorCode.OVERLOADED,
+            "900 pairs queued ahead: about 33.9 s to score, 30.7 s left before the deadline",
+        )
+    )
+    bare = problem_for(QueryFailedError(ErrorCode.OVERLOADED, "busy"))
+    assert (predicted.retry_after_s, bare.retry_after_s) == (4, 1)
+    for api in Api:
+        response = error_response(api, predicted)
+        assert response.status_code == 429
+        assert response.headers["retry-after"] == "4"
+    assert "retry-after" not in error_response(Api.COHERE, problem_for(ExpiredError("x"))).headers
+
+
+def test_a_message_never_repeats_its_code() -> None:
+    doubled = QueryFailedError(ErrorCode.INVALID_REQUEST, "invalid_request: invalid_request: no")
+    assert problem_for(doubled).message == "no"
 
 
 def test_filters_are_re_rendered_with_quoted_columns() -> None:

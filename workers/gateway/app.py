@@ -5,8 +5,10 @@
 
 Every rerank route publishes a RerankRequest and awaits the answer, so HTTP requests in flight
 together share the rerank workers' model batches like any other requests. Bearer tokens
-(`gateway_tokens`) guard every route but `/health`, `/metrics` and the docs; bodies over
-`gateway_max_body_bytes` get 413.
+(`gateway_tokens`) guard every route but the probes (`/livez`, `/readyz`, `/health`),
+`/metrics` and the docs; bodies over `gateway_max_body_bytes` get 413. Each request is logged
+in one line (logger `rankstream.gateway.access`: method, path, status, milliseconds) unless
+`gateway_access_log` is off.
 """
 
 from __future__ import annotations
@@ -42,18 +44,30 @@ from rankstream.models.registry import load_reranker_tokenizer
 from rankstream.planning.profile import served_profile
 from rankstream.workers.gateway.cohere import build_cohere_router
 from rankstream.workers.gateway.errors import (
+    Api,
     Problem,
-    api_for_path,
+    api_for_scope,
     error_response,
     problem_for,
 )
 from rankstream.workers.gateway.jina import build_jina_router
 from rankstream.workers.gateway.metrics import GatewayMetrics
+from rankstream.workers.gateway.openapi import (
+    OPEN_PATHS,
+    OPEN_PREFIXES,
+    OPENAPI_URL,
+    install_docs,
+    install_openapi,
+)
+from rankstream.workers.gateway.readiness import LivenessBody, ReadinessBody, ReadinessProbe
 from rankstream.workers.gateway.search import build_search_router
 from rankstream.workers.gateway.service import GatewayService
 from rankstream.workers.gateway.tei import build_tei_router
+from rankstream.workers.gateway.validation import validation_message
+from rankstream.workers.gateway.vllm import build_vllm_router
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("rankstream.gateway.access")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -61,14 +75,22 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-OPEN_PATHS = frozenset({"/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
-ROUTES = frozenset({"/v2/rerank", "/v1/rerank", "/rerank", "/v1/search", "/health", "/metrics"})
+ROUTES = frozenset(
+    {
+        "/v2/rerank", "/v1/rerank", "/rerank", "/score", "/v1/score", "/v1/search", "/health",
+        "/livez", "/readyz", "/metrics",
+    }
+)  # fmt: skip
 DESCRIPTION = """Rerank APIs your clients already speak, in front of rankstream's micro-batched
-cross-encoder over NATS. Scores: `/v2/rerank` (Cohere) and `/v1/rerank` (Jina, vLLM) return
-sigmoid(logit) in [0, 1]; `/rerank` (TEI) sigmoid unless `raw_scores`; `/v1/search` raw
-logits. Auth: `Authorization: Bearer <token>` when RANKSTREAM_GATEWAY_TOKENS is set. Errors
-carry rankstream's code (`invalid_request` 422/413, `unauthorized` 401, `overloaded` 429,
-`unavailable` 503, `expired` 504) in each API's own error shape."""
+cross-encoder over NATS. Scores: `/v2/rerank` (Cohere), `/v1/rerank` (Jina, vLLM, Cohere v1)
+and `/score` (vLLM) return sigmoid(logit) in [0, 1]; `/rerank` (TEI) sigmoid unless
+`raw_scores`; `/v1/search` raw logits. Up to 1,000 documents a request by default
+(RANKSTREAM_GATEWAY_MAX_TEXTS, RANKSTREAM_MAX_DEPTH, RANKSTREAM_MAX_REQUEST_PAIRS); no
+documents, no results. Auth: `Authorization: Bearer <token>` when RANKSTREAM_GATEWAY_TOKENS is
+set. Errors carry rankstream's code (`invalid_request` 422/413, `unauthorized` 401,
+`overloaded` 429 with Retry-After, `unavailable` 503, `expired` 504, `model_error`,
+`store_error`, `internal` 500) in each API's own error shape. Probes: `/livez` (the process
+serves), `/readyz` and `/health` (NATS connected, streams there, workers consuming them)."""
 
 
 def create_app(
@@ -83,14 +105,30 @@ def create_app(
     """
     metrics = metrics or GatewayMetrics()
     service = GatewayService(settings, client, load_reranker_tokenizer(settings), metrics)
-    app = FastAPI(title="rankstream gateway", version="1", description=DESCRIPTION)
-    for router in (build_cohere_router, build_jina_router, build_tei_router, build_search_router):
+    readiness = ReadinessProbe(settings, client)
+    app = FastAPI(
+        title="rankstream gateway",
+        version="1",
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=OPENAPI_URL,
+    )
+    routers = (
+        build_cohere_router, build_jina_router, build_tei_router, build_vllm_router,
+        build_search_router,
+    )  # fmt: skip
+    for router in routers:
         app.include_router(router(service))
+
+    def api_of(request: Request) -> Api:
+        chosen = getattr(request.state, "api", None)
+        return chosen if isinstance(chosen, Api) else api_for_scope(request.scope)
 
     @app.exception_handler(RankstreamError)
     @app.exception_handler(TimeoutError)
     async def _problem(request: Request, error: Exception) -> JSONResponse:
-        return error_response(api_for_path(request.url.path), problem_for(error))
+        return error_response(api_of(request), problem_for(error))
 
     @app.exception_handler(RequestValidationError)
     @app.exception_handler(ValidationError)
@@ -98,26 +136,85 @@ def create_app(
         details = (
             error.errors() if isinstance(error, RequestValidationError | ValidationError) else []
         )
-        problem = problem_for(InvalidRequestError(_validation_message(details)))
-        return error_response(api_for_path(request.url.path), problem)
+        body = error.body if isinstance(error, RequestValidationError) else None
+        message = validation_message(details, request.headers.get("content-type"), body)
+        return error_response(api_of(request), problem_for(InvalidRequestError(message)))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        """A bug: 500 `internal` in the API's shape (the server logs the traceback)."""
+        return error_response(api_of(request), problem_for(error))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: Exception) -> JSONResponse:
-        return error_response(api_for_path(request.url.path), _http_problem(error))
+        return error_response(api_of(request), _http_problem(error))
 
-    @app.get("/health", tags=["operations"], summary="200 when connected to NATS, else 503")
+    probe_responses: dict[int | str, dict[str, Any]] = {
+        503: {"model": ReadinessBody, "description": "Not ready: the reason says what is missing."}
+    }
+
+    async def ready() -> JSONResponse:
+        result = await readiness.check()
+        return JSONResponse(
+            result.body().model_dump(),
+            status_code=200 if result.ok else 503,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        response_model=ReadinessBody,
+        responses=probe_responses,
+        summary="Readiness: 200 when NATS, the streams and the workers are there, else 503",
+        description="200 only when connected to NATS, the work-queue streams exist and a "
+        "worker of each kind (RANKSTREAM_GATEWAY_READY_WORKERS) consumes them; 503 with the "
+        "reason otherwise. Checked at most once per RANKSTREAM_GATEWAY_READY_CACHE_S.",
+    )
+    async def readyz() -> JSONResponse:
+        return await ready()
+
+    @app.get(
+        "/health",
+        tags=["operations"],
+        response_model=ReadinessBody,
+        responses=probe_responses,
+        summary="Readiness, as `/readyz` (what load balancers probe)",
+        description="The same answer as `/readyz`: a load balancer that probes `/health` "
+        "stops sending requests no worker would answer. Liveness is `/livez`.",
+    )
     async def health() -> JSONResponse:
-        ok = client.connected
-        return JSONResponse({"status": "ok" if ok else "unavailable"}, 200 if ok else 503)
+        return await ready()
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics of the gateway")
+    @app.get(
+        "/livez",
+        tags=["operations"],
+        response_model=LivenessBody,
+        summary="Liveness: 200 while the process serves HTTP",
+        description="Says nothing of NATS or the workers (that is `/readyz`): restart the "
+        "gateway only when this fails.",
+    )
+    async def livez() -> LivenessBody:
+        return LivenessBody(status="ok")
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics of the gateway",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    # Outermost first: metrics see every answer, auth runs before the body is read.
+    install_docs(app)
+    install_openapi(app, settings)
+
+    # Outermost first: metrics and the access log see every answer, auth runs before the
+    # body is read.
     app.add_middleware(BodyLimit, max_bytes=settings.gateway_max_body_bytes)
     app.add_middleware(BearerAuth, tokens=[t.get_secret_value() for t in settings.gateway_tokens])
-    app.add_middleware(Measured, metrics=metrics)
+    app.add_middleware(Measured, metrics=metrics, access_log=settings.gateway_access_log)
     return app
 
 
@@ -133,14 +230,6 @@ def _http_problem(error: Exception) -> Problem:
         ))  # fmt: skip
     detail = error.detail if isinstance(error, StarletteHTTPException) else "internal error"
     return Problem(status, ErrorCode.INVALID_REQUEST.value, str(detail))
-
-
-def _validation_message(details: Any) -> str:
-    parts = []
-    for detail in list(details)[:5]:
-        where = ".".join(str(p) for p in detail.get("loc", ()) if p != "body")
-        parts.append(f"{where}: {detail.get('msg', 'invalid')}" if where else detail.get("msg"))
-    return "; ".join(str(p) for p in parts) or "invalid request"
 
 
 class BodyLimit:
@@ -195,7 +284,7 @@ class BodyLimit:
         problem = problem_for(RequestTooLargeError(
             f"request body over {self.max_bytes} bytes (RANKSTREAM_GATEWAY_MAX_BODY_BYTES)"
         ))  # fmt: skip
-        await error_response(api_for_path(scope["path"]), problem)(scope, receive, send)
+        await error_response(api_for_scope(scope), problem)(scope, receive, send)
 
 
 class BearerAuth:
@@ -205,7 +294,9 @@ class BearerAuth:
         self.app, self.tokens = app, [t.encode() for t in tokens]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.tokens or scope["path"] in OPEN_PATHS:
+        path = scope.get("path", "")
+        is_open = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+        if scope["type"] != "http" or not self.tokens or is_open:
             await self.app(scope, receive, send)
             return
         header = dict(scope.get("headers", [])).get(b"authorization", b"")
@@ -218,14 +309,15 @@ class BearerAuth:
         problem = problem_for(
             UnauthorizedError("a valid `Authorization: Bearer <token>` is required")
         )
-        await error_response(api_for_path(scope["path"]), problem)(scope, receive, send)
+        await error_response(api_for_scope(scope), problem)(scope, receive, send)
 
 
 class Measured:
-    """Counts every answer by route and status, and times it."""
+    """Counts every answer by route and status, times it, and logs it in one line
+    (`access_log`): `POST /v2/rerank 200 12.3 ms`."""
 
-    def __init__(self, app: Asgi, metrics: GatewayMetrics) -> None:
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: Asgi, metrics: GatewayMetrics, access_log: bool = True) -> None:
+        self.app, self.metrics, self.log = app, metrics, access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -244,8 +336,14 @@ class Measured:
         try:
             await self.app(scope, receive, watched)
         finally:
+            seconds = time.perf_counter() - started
             self.metrics.requests.labels(route=route, status=str(status)).inc()
-            self.metrics.seconds.labels(route=route).observe(time.perf_counter() - started)
+            self.metrics.seconds.labels(route=route).observe(seconds)
+            if self.log:
+                access_log.info(
+                    "%s %s %d %.1f ms", scope.get("method", "-"), scope["path"], status,
+                    seconds * 1000,
+                )  # fmt: skip
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -20,6 +20,8 @@ from rankstream.wire.contract import (
     StageTimings,
 )
 from rankstream.wire.filters import MAX_FILTER_CHARS
+from rankstream.workers.gateway.errors import Api
+from rankstream.workers.gateway.openapi import error_responses
 from rankstream.workers.gateway.service import GatewayService
 
 
@@ -86,6 +88,7 @@ def build_search_router(service: GatewayService) -> APIRouter:
         "/v1/search",
         response_model=SearchResponse,
         response_model_exclude_none=True,
+        responses=error_responses(Api.RANKSTREAM, service.settings),
         summary="Two-stage search",
         description="Retrieve from a table (optionally filtered) and rerank. Scores are raw: "
         "the cross-encoder's logit, or the retrieval score where `stage` is `retrieval`. "

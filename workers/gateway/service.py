@@ -1,5 +1,5 @@
-"""What every route shares: the rankstream client, the limits, score transforms, and token
-counts for the APIs' usage fields."""
+"""What every route shares: the rankstream client, the limits, score transforms, how long
+documents are cut or chunked, and token counts for the APIs' usage fields."""
 
 from __future__ import annotations
 
@@ -20,8 +20,15 @@ from rankstream.errors import (
     RequestTooLargeError,
 )
 from rankstream.models.base import PairCodec
+from rankstream.models.tokenization import PairTokenizer
 from rankstream.planning.admission import Planner
-from rankstream.wire.contract import ErrorResult, RankedResult, RerankDocument
+from rankstream.wire.contract import (
+    ErrorResult,
+    LongDocuments,
+    RankedResult,
+    RerankDocument,
+    RerankStage,
+)
 from rankstream.workers.gateway.metrics import GatewayMetrics
 
 
@@ -43,15 +50,30 @@ class Ranked:
     logit: float
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How a route's documents meet the model's window: `max_doc_tokens` a pair gives a
+    document and what happens to one over it (`long_docs`: `head`, `maxp`, `best`); None
+    for either: the workers' defaults (RANKSTREAM_DEFAULT_MAX_DOC_TOKENS, _LONG_DOCS)."""
+
+    max_doc_tokens: int | None = None
+    long_docs: LongDocuments | None = None
+
+    @property
+    def is_default(self) -> bool:
+        return self.max_doc_tokens is None and self.long_docs is None
+
+
 @dataclass
 class GatewayService:
     """The routes' access to the pipeline.
 
     Args:
-        settings: the limits (`gateway_max_texts`, `max_depth`) and request defaults.
+        settings: the limits (`gateway_max_texts`, `max_depth`, the request pair cap) and
+            request defaults.
         client: a connected RankstreamClient; the gateway publishes through it.
-        codec: the reranker's tokenizer, to count the tokens the `usage` fields report
-            (None: usage counts are 0).
+        codec: the reranker's tokenizer, to count the tokens the `usage` fields report and
+            to cut documents from the left (None: usage counts are 0, no left cuts).
         metrics: where the documents of each rerank request are counted.
     """
 
@@ -67,7 +89,28 @@ class GatewayService:
 
     @property
     def max_documents(self) -> int:
-        return min(self.settings.gateway_max_texts, self.settings.max_depth)
+        """Documents one rerank request may bring: `gateway_max_texts` (None: no limit of
+        the gateway's own), `max_depth`, and the pairs a request may have scored (a
+        document is at least one pair)."""
+        settings = self.settings
+        limits = [settings.max_depth, settings.request_pair_cap]
+        if settings.gateway_max_texts is not None:
+            limits.append(settings.gateway_max_texts)
+        return min(limits)
+
+    def _limit_names(self) -> str:
+        """The settings that bound `max_documents`, as their environment variables."""
+        settings, limit = self.settings, self.max_documents
+        names = [
+            name
+            for name, value in (
+                ("RANKSTREAM_GATEWAY_MAX_TEXTS", settings.gateway_max_texts),
+                ("RANKSTREAM_MAX_DEPTH", settings.max_depth),
+                ("RANKSTREAM_MAX_REQUEST_PAIRS", settings.request_pair_cap),
+            )
+            if value == limit
+        ]
+        return ", ".join(names)
 
     def check_count(self, count: int, what: str = "documents") -> None:
         """Raise RequestTooLargeError (413) when a request brings more documents than the
@@ -75,8 +118,53 @@ class GatewayService:
         if count > self.max_documents:
             raise RequestTooLargeError(
                 f"{count} {what}; at most {self.max_documents} per request "
-                "(RANKSTREAM_GATEWAY_MAX_TEXTS, RANKSTREAM_MAX_DEPTH)",
+                f"({self._limit_names()}): send fewer, or raise the limit",
             )
+
+    def check_top_n(self, top_n: int | None, name: str = "top_n") -> None:
+        if top_n is not None and top_n > self.max_documents:
+            raise InvalidRequestError(
+                f"{name} {top_n} is over the {self.max_documents} documents a request may "
+                f"bring: ask for at most {self.max_documents}",
+            )
+
+    @staticmethod
+    def check_texts(texts: Sequence[str], what: str = "documents") -> None:
+        """Raise InvalidRequestError (422) naming the first empty document, or the first
+        that is not text (a lone surrogate such as `\\udfff`, which JSON can carry and no
+        encoding can)."""
+        for index, text in enumerate(texts):
+            if not text:
+                raise InvalidRequestError(
+                    f"{what}[{index}] is empty: every document needs text to be ranked "
+                    "(leave it out, or send its text)"
+                )
+            check_unicode(text, f"{what}[{index}]")
+
+    def chunked(self, count: int, max_tokens: int | None = None) -> Budget:
+        """Cohere's long documents: scored by their best chunk. A document over the room the
+        query leaves is split into windows of that room, half-overlapping, at most
+        RANKSTREAM_MAXP_MAX_WINDOWS of them, each scored, the best kept (`maxp`), while
+        `count` documents of that many windows fit the request pair cap; past it (e.g.
+        1,000 documents x 4 windows > 2,048 pairs), the one window holding the most of the
+        query's tokens is scored (`best`: one pair a document, as cheap as a cut).
+        `max_tokens` (Cohere v2's `max_tokens_per_doc`) at most the model's max_length cuts
+        each document to that many tokens instead, as Cohere does: one chunk."""
+        settings = self.settings
+        if max_tokens is not None and max_tokens <= settings.max_length:
+            return Budget(max_tokens, "head")
+        fits = count * settings.maxp_max_windows <= settings.request_pair_cap
+        return Budget(None, "maxp" if fits else "best")
+
+    async def keep_tails(
+        self, query: str, texts: Sequence[str], max_tokens: int | None = None
+    ) -> list[str]:
+        """`texts` cut from the left to the room `query` leaves them (TEI's
+        `truncation_direction: Left`): the rerank worker then scores each tail whole.
+        Unchanged without the reranker's tokenizer."""
+        if not isinstance(self.codec, PairTokenizer) or not texts:
+            return list(texts)
+        return await asyncio.to_thread(self.codec.keep_tails, query, texts, max_tokens)
 
     async def rerank(
         self,
@@ -85,17 +173,21 @@ class GatewayService:
         texts: Sequence[str],
         *,
         top_n: int | None = None,
-        max_doc_tokens: int | None = None,
+        budget: Budget = Budget(),
         priority: int = 0,
+        what: str = "documents",
     ) -> list[Ranked]:
-        """Rerank `texts` for `query` through the rerank workers, best first.
+        """Rerank `texts` for `query` through the rerank workers, best first; no texts, no
+        results (the query is still checked).
 
         Args:
             route: the HTTP route asking (the `route` label of the documents histogram).
+            budget: how documents over the model's window are cut or chunked.
+            what: what the route calls its documents (`texts`, `text_2`), for messages.
 
         Raises:
             RequestTooLargeError: too many texts (413).
-            InvalidRequestError: a request the wire schema or the
+            InvalidRequestError: an empty text, or a request the wire schema or the
                 workers' limits refuse (a blank or over-long query, `top_n` over the
                 documents a request may bring), refused here rather than dead-lettered by a
                 worker (422).
@@ -103,20 +195,35 @@ class GatewayService:
             QueryFailedError, QueryTimeoutError, RankstreamError: from the client; the
                 routes turn them into API errors (errors.problem_for).
         """
-        self.check_count(len(texts))
-        if top_n is not None and top_n > self.max_documents:
-            raise InvalidRequestError(
-                f"top_n {top_n} is over the {self.max_documents} documents a request may "
-                f"bring: ask for at most {self.max_documents}",
-            )
-        documents = [RerankDocument(text=t, id=str(i)) for i, t in enumerate(texts)]
+        self.check_count(len(texts), what)
+        self.check_top_n(top_n)
+        check_unicode(query, "query")
+        self.check_texts(texts, what)
+        # No documents: Cohere answers an empty result. The query is checked as it would be
+        # with documents (one stands in; nothing is sent).
+        documents = [RerankDocument(text=t, id=str(i)) for i, t in enumerate(texts)] or [
+            RerankDocument(text="-")
+        ]
+        stages = (
+            []
+            if budget.is_default
+            else [
+                RerankStage(
+                    depth=len(documents),
+                    max_doc_tokens=budget.max_doc_tokens,
+                    long_docs=budget.long_docs,
+                )
+            ]
+        )
         try:
             request = self.client.rerank_request(
-                query, documents, top_n=top_n, max_doc_tokens=max_doc_tokens, priority=priority
+                query, documents, top_n=top_n, stages=stages, priority=priority
             )
         except ValidationError as error:
             raise InvalidRequestError(_first_error(error)) from error
         self.planner.check_bounds(request)
+        if not texts:
+            return []
         self.metrics.documents.labels(route=route).observe(len(texts))
         reply = await self.client.send(request)
         if isinstance(reply, ErrorResult):
@@ -150,6 +257,18 @@ class GatewayService:
         return sum(
             len(query_ids) + specials + min(room, len(ids)) for ids in codec.encode_documents(texts)
         )
+
+
+def check_unicode(text: str, where: str) -> None:
+    """Raise InvalidRequestError when `text` holds a lone surrogate (it has no UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = error.object[error.start : error.end].encode("unicode_escape").decode()
+        raise InvalidRequestError(
+            f"{where} is not valid text: it holds {bad}, half of a UTF-16 surrogate pair; "
+            "send Unicode text"
+        ) from None
 
 
 def _ranked(result: RankedResult, texts: Sequence[str]) -> list[Ranked]:
