@@ -248,12 +248,6 @@ async def test_haystack_hugging_face_tei_ranker(stack: Stack) -> None:
     check_ranking([(d.content or "", d.score or 0.0) for d in result["documents"]])
 
 
-@pytest.mark.xfail(
-    raises=KeyError,
-    strict=True,
-    reason="tei-client asks TEI's `GET /info` for the model type before it reranks; the "
-    "gateway serves no /info (404), so the client fails reading `model_type`",
-)
 async def test_tei_client(stack: Stack) -> None:
     client = TeiHttpClient(stack.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
     result = await timed(

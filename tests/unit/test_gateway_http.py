@@ -242,6 +242,16 @@ def test_the_openapi_document_is_valid_and_lists_what_each_route_sends(tokens: b
         assert set(spec["paths"][probe]["get"]["responses"]) == {"200", "503"}
         assert "security" not in spec["paths"][probe]["get"]
     assert set(spec["paths"]["/livez"]["get"]["responses"]) == {"200"}
+    info = spec["paths"]["/info"]["get"]
+    assert set(info["responses"]) == ({"200", "401"} if tokens else {"200"})
+
+
+def test_info_describes_a_reranker_as_tei_does() -> None:
+    with make_client() as client:
+        info = client.get("/info").json()
+    assert set(info["model_type"]) == {"reranker"}
+    assert info["max_client_batch_size"] == 1000  # the default document limit
+    assert info["max_input_length"] == 512
 
 
 def test_the_docs_load_nothing_from_another_host(http: TestClient) -> None:

@@ -77,8 +77,8 @@ Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ROUTES = frozenset(
     {
-        "/v2/rerank", "/v1/rerank", "/rerank", "/score", "/v1/score", "/v1/search", "/health",
-        "/livez", "/readyz", "/metrics",
+        "/v2/rerank", "/v1/rerank", "/rerank", "/info", "/score", "/v1/score", "/v1/search",
+        "/health", "/livez", "/readyz", "/metrics",
     }
 )  # fmt: skip
 DESCRIPTION = """Rerank APIs your clients already speak, in front of rankstream's micro-batched

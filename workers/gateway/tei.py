@@ -1,4 +1,5 @@
-"""text-embeddings-inference's `POST /rerank`, which also takes the Jina / vLLM shape.
+"""text-embeddings-inference's `POST /rerank` (which also takes the Jina / vLLM shape) and
+`GET /info` (TEI's clients read the model type there before they rerank).
 
 A body with `texts` is TEI's: answered with TEI's list of `{index, score, text?}`. A body
 with `documents` instead (what vLLM serves on `/rerank`, and what Jina's and vLLM's clients
@@ -20,6 +21,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rankstream import __version__
 from rankstream.workers.gateway.cohere import CohereV1Response
 from rankstream.workers.gateway.errors import Api
 from rankstream.workers.gateway.jina import (
@@ -78,9 +80,55 @@ class TeiRank(BaseModel):
     score: float = Field(description="sigmoid(logit), or the logit with `raw_scores`.")
 
 
+class TeiInfo(BaseModel):
+    """TEI's `GET /info`: what its clients read before they call (tei-client checks that
+    `model_type` is a reranker). TEI's fields with no rankstream meaning are null."""
+
+    model_id: str
+    model_sha: str | None = None
+    model_dtype: str
+    model_type: dict[str, dict[str, dict[str, Any]]]
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_requests: int | None = None
+    max_client_batch_size: int
+    tokenization_workers: int | None = None
+    version: str
+    sha: str | None = None
+    docker_label: str | None = None
+
+
+def tei_info(service: GatewayService) -> TeiInfo:
+    """The gateway's reranker, described as TEI describes its model."""
+    settings = service.settings
+    model = settings.reranker_model
+    return TeiInfo(
+        model_id=model,
+        model_dtype="int8" if model.endswith("int8") else "float32",
+        model_type={"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}},
+        max_concurrent_requests=settings.max_inflight_pairs,
+        max_input_length=settings.max_length,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_client_batch_size=service.max_documents,
+        version=__version__,
+    )
+
+
 def build_tei_router(service: GatewayService) -> APIRouter:
-    """`POST /rerank` over `service`."""
+    """`POST /rerank` and `GET /info` over `service`."""
     router = APIRouter(tags=["text-embeddings-inference"])
+
+    @router.get(
+        "/info",
+        response_model=TeiInfo,
+        responses=error_responses(Api.TEI, service.settings, statuses=()),
+        summary="The reranker, in TEI's shape",
+        description="TEI's `/info`: `model_type` says reranker, `max_client_batch_size` is "
+        "the most texts `/rerank` takes.",
+    )
+    async def info() -> TeiInfo:
+        return tei_info(service)
 
     @router.post(
         "/rerank",
