@@ -717,7 +717,9 @@ class RequestSpec:
             query=self.query,
             top_k=self.top_k,
             stages=[RerankStage(depth=self.depth)] if self.depth else [],
-            created_at_ms=self.created if self.absolute else now_ms() + self.created,
+            # relative: a draw further back than the epoch means "created at the epoch" (the
+            # schema takes no earlier time), still a deadline long past
+            created_at_ms=self.created if self.absolute else max(0.0, now_ms() + self.created),
             timeout_ms=self.timeout_ms,
             reply_to=pipeline.results_reply_to,
         )
