@@ -276,7 +276,7 @@ async def _put_load(client: RankstreamClient) -> None:
 
 async def _call_gateway(port: int) -> None:
     """Rerank requests through the gateway (Jina's and Cohere's routes), one it refuses (422:
-    no documents), and a health check: requests by route and status, their latency and
+    an empty document), and a health check: requests by route and status, their latency and
     documents per request all have samples."""
     documents = [q.text for q in sample_queries()][:DEPTH]
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
@@ -287,7 +287,7 @@ async def _call_gateway(port: int) -> None:
                 http.post("/v1/rerank", json=jina), http.post("/v2/rerank", json=cohere)
             )
             assert [answer.status_code for answer in answers] == [200, 200], answers[0].text
-            refused = await http.post("/v1/rerank", json={"query": "q", "documents": []})
+            refused = await http.post("/v1/rerank", json={"query": "q", "documents": [""]})
             assert refused.status_code == 422, refused.text
             assert (await http.get("/health")).status_code == 200
             await asyncio.sleep(2.0)  # a couple of scrapes between the waves
