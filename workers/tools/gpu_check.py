@@ -79,6 +79,7 @@ class CheckOptions:
         lengths: tokens per pair in the model-alone sweep.
         max_batch_tokens: the largest batch (pairs × length) the sweep tries.
         point_s: the least timed seconds per batch shape.
+        warmup_calls: untimed calls before each timing (the first pays for the new shape).
         model_phase_s: the model-alone sweep's cap, all dtypes and lengths together.
         lists: 100-candidate lists (or `candidates`-candidate) scored against fp32.
         candidates: candidates per list (the depth).
@@ -100,6 +101,7 @@ class CheckOptions:
     lengths: tuple[int, ...]
     max_batch_tokens: int
     point_s: float
+    warmup_calls: int
     model_phase_s: float
     lists: int
     candidates: int
@@ -124,6 +126,7 @@ def gpu_options(out_dir: Path, work_dir: Path, int8_dir: Path | None) -> CheckOp
         lengths=(128, 256, 512),
         max_batch_tokens=1 << 18,
         point_s=0.5,
+        warmup_calls=2,
         model_phase_s=150.0,
         lists=32,
         candidates=100,
@@ -146,13 +149,14 @@ def dry_run_options(out_dir: Path, work_dir: Path, int8_dir: Path | None) -> Che
         dry_run=True,
         device="cpu",
         dtypes=("float16", "bfloat16"),
-        lengths=(32, 64),
-        max_batch_tokens=128,
+        lengths=(24, 32),
+        max_batch_tokens=64,
         point_s=0.05,
-        model_phase_s=15.0,
+        warmup_calls=1,
+        model_phase_s=8.0,
         lists=2,
-        candidates=8,
-        agreement_max_length=48,
+        candidates=6,
+        agreement_max_length=32,
         scheduler_s=1.0,
         scheduler_clients=2,
         matmul_size=1024,
@@ -223,10 +227,12 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed_rate(call: Callable[[], object], items: int, device: str, min_s: float) -> float:
-    """Items/s of `call` (each call handles `items`): two warm-up calls, then calls until at
-    least `min_s` seconds have passed, synchronized at both ends."""
-    for _ in range(2):
+def timed_rate(
+    call: Callable[[], object], items: int, device: str, min_s: float, warmup: int
+) -> float:
+    """Items/s of `call` (each call handles `items`) on `device`: `warmup` untimed calls,
+    then calls until at least `min_s` seconds have passed, synchronized at both ends."""
+    for _ in range(warmup):
         call()
     synchronize(device)
     calls, started = 0, time.perf_counter()
@@ -245,7 +251,7 @@ def measured_peak(options: CheckOptions) -> dict[str, Any]:
     n = options.matmul_size
     a = torch.randn(n, n, device=options.device, dtype=dtype)
     b = torch.randn(n, n, device=options.device, dtype=dtype)
-    rate = timed_rate(lambda: a @ b, 1, options.device, options.point_s * 4)
+    rate = timed_rate(lambda: a @ b, 1, options.device, options.point_s * 4, options.warmup_calls)
     return {
         "matmul_n": n,
         "dtype": str(dtype).removeprefix("torch."),
@@ -371,7 +377,13 @@ def sweep_length(
         features = full_length_features(model, length, size)
         try:
             with torch.inference_mode():
-                rate = timed_rate(partial(model, features), size, options.device, options.point_s)
+                rate = timed_rate(
+                    partial(model, features),
+                    size,
+                    options.device,
+                    options.point_s,
+                    options.warmup_calls,
+                )
         except torch.OutOfMemoryError:
             say(f"  {length} tokens: out of memory at batch {size}")
             break
@@ -547,14 +559,14 @@ async def scheduler_pairs_per_s(
     return scored / (time.perf_counter() - started)
 
 
-def bench_scheduler() -> Any | None:
-    """bench's own `scheduler_pairs_per_s`, where its imports (LanceDB, NATS) are installed."""
+def bench_scheduler() -> tuple[Any | None, str]:
+    """bench's own `scheduler_pairs_per_s`, where its imports (LanceDB, NATS, FastStream)
+    are installed; else None and the import error."""
     try:
         from rankstream.workers.tools.bench import scheduler_pairs_per_s as bench_version
     except ImportError as error:
-        say(f"bench's scheduler phase cannot be imported here ({error})")
-        return None
-    return bench_version
+        return None, f"{type(error).__name__}: {error}"
+    return bench_version, ""
 
 
 def scheduler_phase(options: CheckOptions, report: Report) -> None:
@@ -566,10 +578,12 @@ def scheduler_phase(options: CheckOptions, report: Report) -> None:
     requests = candidate_lists(max(options.lists, 8), options.candidates)
     args = (model, requests, settings, options.scheduler_clients, options.scheduler_s)
     mirror = asyncio.run(scheduler_pairs_per_s(*args))
-    bench_version = bench_scheduler()
+    bench_version, why_not = bench_scheduler()
     from_bench = asyncio.run(bench_version(*args)) if bench_version is not None else None
-    if from_bench is None:
-        report.skip("scheduler: bench's own function (needs LanceDB); its mirror here ran")
+    if bench_version is None:
+        report.skip(
+            f"scheduler: bench's own function cannot be imported ({why_not}); the mirror ran"
+        )
     tokens = [len(e) for pairs in requests for e in model.tokenizer.encode(pairs)]
     report.phases["scheduler"] = {
         "dtype": dtype,
