@@ -7,14 +7,14 @@
 #   infra/gpu/check.sh --dry-run    on a CPU machine, tiny sizes (CI runs this)
 #
 # Environment: PYTHON (default python3: on the device, the one that holds CUDA torch), OUT
-# (default ./gpu-check-out). Further arguments go to `python -m
+# (default $TMPDIR/gpu-check-out). Further arguments go to `python -m
 # rankstream.workers.tools.gpu_check` (--no-pipeline, --int8-dir DIR).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TQDM_DISABLE=1
 PYTHON="${PYTHON:-python3}"
-OUT="${OUT:-$PWD/gpu-check-out}"
+OUT="${OUT:-${TMPDIR:-/tmp}/gpu-check-out}"
 DRY_RUN=false
 for arg in "$@"; do [[ "$arg" == "--dry-run" ]] && DRY_RUN=true; done
 
