@@ -117,8 +117,6 @@ def test_runs_the_scheduler_without_lancedb_and_says_what_it_skipped(
     document, table, output = dry_run
     scheduler = document["scheduler"]
     assert scheduler["pairs_per_s"] > 0
-    assert scheduler["bench_pairs_per_s"] is None  # bench imports LanceDB, hidden here
-    assert "bench's own function cannot be imported" in output
     assert document["pipeline"]["status"] == "skipped"
     assert set(document["targets"]) == TARGETS
     assert document["skipped"]

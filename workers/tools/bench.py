@@ -20,7 +20,7 @@ from rankstream.errors import RankstreamError
 from rankstream.models.base import CrossEncoderBackend, Pair, PairEncoding
 from rankstream.models.registry import load_cross_encoder
 from rankstream.retrieval.corpus import sample_corpus_path, sample_queries
-from rankstream.scheduling.pair_scheduler import PairScheduler, rerank_batch_limits
+from rankstream.scheduling.pair_scheduler import rerank_batch_limits
 from rankstream.wire.contract import RankedResult, StageTimings
 from rankstream.workers.local import (
     PEAK_RSS_METRIC,
@@ -29,8 +29,8 @@ from rankstream.workers.local import (
     free_port,
     metric_samples,
 )
-from rankstream.workers.model_runner import ModelRunner
 from rankstream.workers.stack import local_nats
+from rankstream.workers.tools.bench_scheduler import scheduler_pairs_per_s
 from rankstream.workers.tools.bench_transport import jetstream_hop_ms
 from rankstream.workers.tools.evaluation import read_queries
 from rankstream.workers.tools.indexing import ensure_indexed
@@ -407,42 +407,6 @@ def model_references(
     )
     by_shape = {name: _shape_pairs_per_s(model, batches) for name, batches in shapes.items()}
     return ModelReferences(by_shape, _shape_pairs_per_s(model, per_request))
-
-
-async def scheduler_pairs_per_s(
-    model: CrossEncoderBackend,
-    requests: list[list[Pair]],
-    settings: Settings,
-    clients: int,
-    seconds: float,
-) -> float:
-    """Pairs/s of the rerank worker's scheduler, model runner and model in this process, fed
-    by `clients` closed-loop requesters replaying `requests` (tokenized in a thread before
-    they are queued, as the worker does): no NATS, no retrieval, no other process. Between it
-    and the limit is what the scheduler loses; between it and the pipeline, what the work
-    around the model costs it (decoding, transport, and sharing the cores)."""
-    requests = [pairs for pairs in requests if pairs]
-    if not requests:
-        return 0.0
-
-    scored = 0
-    stop_at = time.perf_counter() + seconds
-
-    async def one_client(offset: int) -> None:
-        nonlocal scored
-        position = offset
-        while time.perf_counter() < stop_at:
-            pairs = requests[position % len(requests)]
-            encodings = await asyncio.to_thread(model.tokenizer.encode, pairs)
-            await scheduler.submit(encodings)
-            scored += len(pairs)
-            position += clients
-
-    started = time.perf_counter()
-    scheduler = PairScheduler(rerank_batch_limits(settings))
-    async with ModelRunner(scheduler.batcher, model.score, "bench:scheduler"):
-        await asyncio.gather(*(one_client(i) for i in range(clients)))
-    return scored / (time.perf_counter() - started)
 
 
 def tight_batches(

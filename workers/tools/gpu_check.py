@@ -44,8 +44,7 @@ from rankstream.models.registry import load_cross_encoder, packaged_int8_reranke
 from rankstream.models.torch_cross_encoder import DTYPES
 from rankstream.planning.scorers import MINILM_RERANKER_FP32, PACKAGED_PREFIX
 from rankstream.retrieval.corpus import sample_corpus_path, sample_queries
-from rankstream.scheduling.pair_scheduler import PairScheduler, rerank_batch_limits
-from rankstream.workers.model_runner import ModelRunner
+from rankstream.workers.tools.bench_scheduler import scheduler_pairs_per_s
 
 JSON_NAME = "gpu-check.json"
 MARKDOWN_NAME = "gpu-check.md"
@@ -529,46 +528,6 @@ def best_dtype_and_budget(report: Report, options: CheckOptions) -> tuple[str, i
     return dtype, int(found[dtype]["saturating_token_budget"])
 
 
-async def scheduler_pairs_per_s(
-    model: CrossEncoderBackend,
-    requests: list[list[Pair]],
-    settings: Settings,
-    clients: int,
-    seconds: float,
-) -> float:
-    """The same measurement as `rankstream.workers.tools.bench.scheduler_pairs_per_s`, built
-    of the same parts (PairScheduler, ModelRunner, the model's tokenizer in a thread): that
-    module imports LanceDB, whose wheel alone (75 MB) is over what a device call may carry."""
-    scored = 0
-    stop_at = time.perf_counter() + seconds
-
-    async def one_client(offset: int) -> None:
-        nonlocal scored
-        position = offset
-        while time.perf_counter() < stop_at:
-            pairs = requests[position % len(requests)]
-            encodings = await asyncio.to_thread(model.tokenizer.encode, pairs)
-            await scheduler.submit(encodings)
-            scored += len(pairs)
-            position += clients
-
-    started = time.perf_counter()
-    scheduler = PairScheduler(rerank_batch_limits(settings))
-    async with ModelRunner(scheduler.batcher, model.score, "gpu-check:scheduler"):
-        await asyncio.gather(*(one_client(i) for i in range(clients)))
-    return scored / (time.perf_counter() - started)
-
-
-def bench_scheduler() -> tuple[Any | None, str]:
-    """bench's own `scheduler_pairs_per_s`, where its imports (LanceDB, NATS, FastStream)
-    are installed; else None and the import error."""
-    try:
-        from rankstream.workers.tools.bench import scheduler_pairs_per_s as bench_version
-    except ImportError as error:
-        return None, f"{type(error).__name__}: {error}"
-    return bench_version, ""
-
-
 def scheduler_phase(options: CheckOptions, report: Report) -> None:
     """Depth-`candidates` requests through the worker's scheduler and model runner, in the
     best dtype at the token budget the model-alone sweep found saturating."""
@@ -577,13 +536,7 @@ def scheduler_phase(options: CheckOptions, report: Report) -> None:
     model = load_cross_encoder(settings)
     requests = candidate_lists(max(options.lists, 8), options.candidates)
     args = (model, requests, settings, options.scheduler_clients, options.scheduler_s)
-    mirror = asyncio.run(scheduler_pairs_per_s(*args))
-    bench_version, why_not = bench_scheduler()
-    from_bench = asyncio.run(bench_version(*args)) if bench_version is not None else None
-    if bench_version is None:
-        report.skip(
-            f"scheduler: bench's own function cannot be imported ({why_not}); the mirror ran"
-        )
+    pairs_per_s = asyncio.run(scheduler_pairs_per_s(*args))
     tokens = [len(e) for pairs in requests for e in model.tokenizer.encode(pairs)]
     report.phases["scheduler"] = {
         "dtype": dtype,
@@ -593,10 +546,9 @@ def scheduler_phase(options: CheckOptions, report: Report) -> None:
         "depth": options.candidates,
         "seconds": options.scheduler_s,
         "tokens_per_pair_mean": float(np.mean(tokens)),
-        "pairs_per_s": mirror,
-        "bench_pairs_per_s": from_bench,
+        "pairs_per_s": pairs_per_s,
     }
-    say(f"  scheduler in process ({dtype}, {budget} tokens a batch): {mirror:,.0f} pairs/s")
+    say(f"  scheduler in process ({dtype}, {budget} tokens a batch): {pairs_per_s:,.0f} pairs/s")
 
 
 def pipeline_missing() -> list[str]:
