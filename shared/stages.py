@@ -132,7 +132,7 @@ class CrossEncoderStage:
         wait_s = (self._budget.tokens_ahead + tokens) / speed
         if wait_s <= left:
             return
-        if tokens / speed > left:
+        if short_of_time(tokens / speed, left):
             raise DeadlineExceededError(
                 f"its {tokens} tokens take about {tokens / speed:.1f} s to score; "
                 f"{left:.1f} s were left"
@@ -152,16 +152,31 @@ class CrossEncoderStage:
         if not self._shed_load:
             return
         tokens = sum(len(encoding) for encoding in encodings)
+        left = max(0.0, deadline.remaining_s())
         wait_s = self.scheduler.predicted_wait_s(tokens, lane)
-        if wait_s is None or wait_s <= deadline.remaining_s():
+        if wait_s is None or wait_s <= left:
             return
         alone_s = self.scheduler.predicted_wait_s(tokens, lane, queued=False) or 0.0
-        if alone_s > deadline.remaining_s():
+        if short_of_time(alone_s, left):
             raise DeadlineExceededError(
                 f"its {len(encodings)} pairs ({tokens} tokens) take about {alone_s:.1f} s to "
-                f"score; {max(0.0, deadline.remaining_s()):.1f} s were left"
+                f"score; {left:.1f} s were left"
             )
         raise OverloadedError(
             f"{self.scheduler.queued_pairs} pairs queued ahead: about {wait_s:.1f} s to "
-            f"score, {max(0.0, deadline.remaining_s()):.1f} s left before the deadline"
+            f"score, {left:.1f} s left before the deadline"
         )
+
+
+# Under this much time left, a request that misses its deadline is expired, never overloaded:
+# no retry could be answered in time.
+MIN_SLACK_S = 0.05
+
+
+def short_of_time(alone_s: float, left_s: float) -> bool:
+    """Whether a request that would be late behind the queue is short of time rather than
+    shed for load: it has less than twice what its own pairs take on an empty queue (or
+    under MIN_SLACK_S) left, so even a retry at once, with nothing queued, would be late.
+    Such a request misses its deadline (`expired`); only one with room to spare is told
+    `overloaded` and when to retry."""
+    return left_s < max(2 * alone_s, MIN_SLACK_S)

@@ -31,6 +31,7 @@ from rankstream import (
 from rankstream.metrics import Metrics
 from rankstream.models.base import TokenIds
 from rankstream.planning.admission import Planner
+from rankstream.stages import short_of_time
 from rankstream.wire.contract import REPLY_ADAPTER, Depth, LongDocuments, RerankStage, now_ms
 from rankstream.wire.handoff import Candidate, CandidateSet
 from rankstream.wire.subjects import Subjects
@@ -287,6 +288,12 @@ async def test_a_request_too_short_of_time_for_its_own_pairs_misses_its_deadline
     assert isinstance(answer, RankedResult)
     assert answer.degraded
     assert pipeline.count("rerank", "overloaded") == 0
+
+
+def test_only_a_request_with_room_to_retry_is_told_overloaded() -> None:
+    assert short_of_time(alone_s=0.0, left_s=0.01), "a deadline this close is expired"
+    assert short_of_time(alone_s=0.1, left_s=0.15), "a retry at once would be late too"
+    assert not short_of_time(alone_s=0.1, left_s=0.5)
 
 
 async def test_each_pipeline_counts_on_its_own_registry(settings: Settings) -> None:
