@@ -818,6 +818,77 @@ def bench_sync(
     console.print(table)
 
 
+@app.command("bench-peers")
+def bench_peers(
+    ctx: typer.Context,
+    data: Annotated[
+        Path, typer.Argument(help="A BEIR folder: its test queries and corpus make the workload")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for peers.md, peers.png, results.json")] = Path(
+        "bench-peers"
+    ),
+    systems: Annotated[
+        str, typer.Option(help="Systems to run, comma-separated (default: all)")
+    ] = "",
+    depths: Annotated[str, typer.Option(help="Candidates per request, comma-separated")] = "10,50",
+    clients: Annotated[str, typer.Option(help="Closed-loop client counts")] = "1,8,32",
+    duration: Annotated[float, typer.Option(min=0.1, help="Seconds of each load phase")] = 20.0,
+    queries: Annotated[int, typer.Option(min=1, help="Test queries in the workload")] = 100,
+    doc_tokens: Annotated[
+        int, typer.Option(min=8, help="Document tokens each candidate is cut to, once, for all")
+    ] = 128,
+    agreement_lists: Annotated[
+        int, typer.Option(min=1, help="Lists compared with the fp32 model's ranking")
+    ] = 10,
+    infinity_venv: Annotated[
+        Path | None,
+        typer.Option(
+            help="Infinity's own environment, made on first use (default: "
+            "~/.cache/rankstream/peers/infinity)"
+        ),
+    ] = None,
+) -> None:
+    """Rerank the same workload with rankstream and the servers users would pick instead.
+
+    rankstream over HTTP and over NATS, Infinity (torch and ONNX engines), FlashRank and a
+    plain CrossEncoder.predict loop, all on the packaged reranker's weights, one at a
+    time: throughput at saturation, p50/p95/p99 at each load, CPU and memory per 1,000
+    pairs, rank agreement with the fp32 model. Needs `pip install 'rankstream[peers]'`."""
+    _require_extra("peers", "flashrank", "httpx", "scipy", "matplotlib")
+    from rankstream.workers.tools.errors import UsageError
+    from rankstream.workers.tools.peers.run import PeersOptions, run_peers
+
+    try:
+        options = PeersOptions(
+            data_dir=data,
+            out_dir=out,
+            infinity_venv=infinity_venv or Path.home() / ".cache/rankstream/peers/infinity",
+            systems=tuple(name.strip() for name in systems.split(",") if name.strip()),
+            depths=_integers(depths, "--depths"),
+            clients=_integers(clients, "--clients"),
+            duration_s=duration,
+            queries=queries,
+            doc_tokens=doc_tokens,
+            agreement_lists=agreement_lists,
+        )
+        say = Console(stderr=True, soft_wrap=True)
+        _run(run_peers(ctx.obj, options, lambda line: say.print(f"[dim]{line}[/dim]")))
+    except UsageError as error:
+        _fail(str(error))
+    console.print((out / "peers.md").read_text(encoding="utf-8"), markup=False, highlight=False)
+    console.print(f"written: {out / 'peers.md'}, {out / 'peers.png'}, {out / 'results.json'}")
+
+
+def _integers(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(value) for value in text.split(",") if value.strip())
+    except ValueError as error:
+        raise typer.BadParameter(f"{option} takes positive integers like 10,50") from error
+    if not values or min(values) < 1:
+        raise typer.BadParameter(f"{option} takes positive integers like 10,50")
+    return values
+
+
 @app.command("bench-store")
 def bench_store(
     sizes: Annotated[
