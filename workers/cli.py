@@ -856,13 +856,14 @@ def bench_peers(
     pairs, rank agreement with the fp32 model. Needs `pip install 'rankstream[peers]'`."""
     _require_extra("peers", "flashrank", "httpx", "scipy", "matplotlib")
     from rankstream.workers.tools.errors import UsageError
+    from rankstream.workers.tools.peers.infinity_env import DEFAULT_VENV
     from rankstream.workers.tools.peers.run import PeersOptions, run_peers
 
     try:
         options = PeersOptions(
             data_dir=data,
             out_dir=out,
-            infinity_venv=infinity_venv or Path.home() / ".cache/rankstream/peers/infinity",
+            infinity_venv=infinity_venv or DEFAULT_VENV,
             systems=tuple(name.strip() for name in systems.split(",") if name.strip()),
             depths=_integers(depths, "--depths"),
             clients=_integers(clients, "--clients"),

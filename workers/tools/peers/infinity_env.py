@@ -26,7 +26,10 @@ REQUIREMENTS = (
 )
 
 
-def infinity_command(venv: Path) -> Path:
+DEFAULT_VENV = Path.home() / ".cache" / "rankstream" / "peers" / "infinity"
+
+
+def infinity_command(venv: Path = DEFAULT_VENV) -> Path:
     """The `infinity_emb` program of the environment at `venv`, made there first if absent
     (about 45 s with a local package index; the pip output goes to `venv/install.log`)."""
     program = venv / "bin" / "infinity_emb"
@@ -46,3 +49,7 @@ def infinity_command(venv: Path) -> Path:
     if not program.is_file():
         raise UsageError(f"{program} is missing after the install: see {log}")
     return program
+
+
+if __name__ == "__main__":  # `python -m rankstream.workers.tools.peers.infinity_env`: make it now
+    print(infinity_command())
