@@ -115,10 +115,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(1, len(depths), figsize=(6.5 * len(depths), 5), squeeze=False)
     for axis, k in zip(axes[0], depths, strict=True):
         for row in (r for r in rows if r["k"] == k):
-            points = sorted(
-                (p["pairs_per_s"], p["latency_ms"]["p95"])
-                for p in row["phases"]
-                if p["latency_ms"] is not None
+            points = sorted(  # light load to heavy: latency grows with it
+                (
+                    (p["pairs_per_s"], p["latency_ms"]["p95"])
+                    for p in row["phases"]
+                    if p["latency_ms"]
+                ),
+                key=lambda point: point[1],
             )
             style = "-" if row["precision"] == "int8" else "--"
             axis.plot(*zip(*points, strict=True), style, marker="o", label=row["system"])
