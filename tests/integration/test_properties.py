@@ -813,8 +813,12 @@ def check_one_reply(
     reply = delivered.reply
     assert reply.request_id == request.request_id
     if isinstance(reply, ErrorResult):
-        assert reply.code in (ErrorCode.INVALID_REQUEST, ErrorCode.EXPIRED), reply
-        if reply.code == ErrorCode.EXPIRED:
+        refused_for_time = (ErrorCode.EXPIRED, ErrorCode.OVERLOADED)
+        assert reply.code in (ErrorCode.INVALID_REQUEST, *refused_for_time), reply
+        if reply.code in refused_for_time:
+            # A valid request is refused only for its deadline: expired when even an idle
+            # worker could not answer it in time, overloaded when the batch sent with it
+            # queues ahead of it and another replica still could (rankstream.stages).
             assert not generous(request, sent_at_ms), reply
             assert not outcome.letters
             return None
