@@ -69,6 +69,33 @@ def depth_policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def token_model(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> Path:
+    """A late-interaction model (`maxsim`) distilled from the packaged teacher on three
+    train queries of the sample collection: tiny, but a real one."""
+    from rich.console import Console
+
+    from rankstream.workers.tools.distill import LATE_INTERACTION, DistillOptions, run_distill
+    from tests.collections import sample_beir
+
+    root = tmp_path_factory.mktemp("token-model")
+    model_dir = root / "tokens"
+    # The setting may already name the model being written: distilling must not load it.
+    settings = Settings(
+        lancedb_uri=str(root / "db"),
+        model_cache_dir=model_cache_dir,
+        late_interaction_model=str(model_dir),
+    )
+    options = DistillOptions(
+        sample_beir(root / "beir", train=4), model_dir, limit=3, depth=4, mode="dense",
+        batch_size=8, max_length=64, student=LATE_INTERACTION,
+        teacher_cache=root / "teacher.sqlite",
+    )  # fmt: skip
+    report = run_distill(settings, options, Console(quiet=True))
+    assert report.onnx_dir is None
+    return model_dir
+
+
 @pytest.fixture
 def settings(
     nats_url: str, sample_db: str, model_cache_dir: Path, depth_policy_file: Path

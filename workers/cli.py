@@ -568,7 +568,9 @@ def tune(
     budgets: Annotated[
         str, typer.Option(help="Token budgets to try: /docN, /bestN, /maxpN, full")
     ] = "/best128,/doc128,/doc256",
-    scorer: Annotated[str, typer.Option(help="The cross-encoder scorer to tune")] = "ce",
+    scorer: Annotated[
+        str, typer.Option(help="The rerank scorer to tune: ce, student, maxsim (budgets full)")
+    ] = "ce",
 ) -> None:
     """Find the plan where reranking pays off on this collection, under a cost bound.
 

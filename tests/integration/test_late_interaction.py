@@ -4,8 +4,6 @@ token model distilled here from the packaged teacher."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 from pathlib import Path
 
 import lancedb
@@ -18,7 +16,6 @@ from rankstream.config import Settings
 from rankstream.retrieval.corpus import sample_corpus_path, sample_queries
 from rankstream.retrieval.token_store import TokenStore
 from rankstream.workers.app import running_workers
-from rankstream.workers.tools.distill import LATE_INTERACTION, DistillOptions, run_distill
 from rankstream.workers.tools.indexing import index_corpus
 
 pytestmark = pytest.mark.integration
@@ -89,43 +86,19 @@ def test_the_id_index_covers_rows_written_after_it(
 
 
 async def test_a_maxsim_cascade_ranks_with_a_distilled_token_model(
-    settings: Settings, tmp_path: Path, model_cache_dir: Path
+    settings: Settings, tmp_path: Path, token_model: Path
 ) -> None:
-    beir = tmp_path / "beir"
-    (beir / "qrels").mkdir(parents=True)
-    (beir / "corpus.jsonl").write_bytes(sample_corpus_path().read_bytes())
-    queries = sample_queries()
-    (beir / "queries.jsonl").write_text(
-        "".join(json.dumps({"_id": q.query_id, "text": q.text}) + "\n" for q in queries)
-    )
-    (beir / "qrels" / "train.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q.query_id}\td\t1\n" for q in queries)
-    )
-    model_dir = tmp_path / "tokens"
-    # The setting may already name the model being written: distilling must not load it.
-    distill_settings = Settings(
-        lancedb_uri=str(tmp_path / "d"),
-        model_cache_dir=model_cache_dir,
-        late_interaction_model=str(model_dir),
-    )
-    options = DistillOptions(
-        beir, model_dir, limit=3, depth=4, mode="dense", batch_size=8, max_length=64,
-        student=LATE_INTERACTION, teacher_cache=tmp_path / "teacher.sqlite",
-    )  # fmt: skip
-    report = await asyncio.to_thread(run_distill, distill_settings, options, Console(quiet=True))
-    assert report.onnx_dir is None
-    assert (model_dir / "modules.json").is_file()
-
+    assert (token_model / "modules.json").is_file()
     settings = settings.model_copy(
-        update={"lancedb_uri": str(tmp_path / "db"), "late_interaction_model": str(model_dir)}
+        update={"lancedb_uri": str(tmp_path / "db"), "late_interaction_model": str(token_model)}
     )
     index_corpus(settings, sample_corpus_path(), Console(quiet=True))
-    question = next(q for q in queries if q.relevant)
+    question = next(q for q in sample_queries() if q.relevant)
     async with running_workers(settings), RankstreamClient(settings) as client:
         result = await client.query(
             question.text, top_k=3, pipeline="dense+maxsim@10>ce@3", timeout_s=120
         )
     assert [stage.name for stage in result.stages] == ["maxsim@10", "ce@3"]
     first = result.stages[0]
-    assert (first.model_id, first.candidates, first.pairs) == (str(model_dir), 10, 10)
+    assert (first.model_id, first.candidates, first.pairs) == (str(token_model), 10, 10)
     assert result.results[0].doc_id in question.relevant

@@ -13,7 +13,9 @@ from rich.console import Console
 from rankstream.config import Settings
 from rankstream.planning.profile import load_profile
 from rankstream.wire.pipeline import PipelineSpec
+from rankstream.workers.tools.errors import UsageError
 from rankstream.workers.tools.tune import TuneOptions, run_tune, templates
+from rankstream.workers.tools.tune_evidence import FULL
 from tests.collections import sample_beir
 
 pytestmark = pytest.mark.integration
@@ -24,6 +26,11 @@ def options(data: Path, out: Path, folds: int = 5, max_cpu_ms: float | None = No
         data_dir=data, out=out, max_cpu_ms=max_cpu_ms, folds=folds, depths=(2, 4),
         budgets=("/best32", "/doc32"),
     )  # fmt: skip
+
+
+def maxsim_options(data: Path, out: Path, budgets: tuple[str, ...] = (FULL,)) -> TuneOptions:
+    return TuneOptions(data_dir=data, out=out, folds=4, depths=(2, 4), budgets=budgets,
+                       scorer="maxsim")  # fmt: skip
 
 
 def tune(settings: Settings, options: TuneOptions) -> dict[str, object]:
@@ -81,3 +88,36 @@ def test_a_train_split_is_fitted_on_and_the_test_split_only_measured(
     assert not chosen.stages
     best = PipelineSpec.parse(str(about["best_unbounded"]))
     assert about["stopped_by"] == (["--max-cpu-ms 0"] if best.stages else [])
+
+
+def test_maxsim_is_tuned_like_a_cross_encoder_from_the_stored_token_vectors(
+    settings: Settings, tmp_path: Path, token_model: Path
+) -> None:
+    settings = settings.model_copy(update={"late_interaction_model": str(token_model)})
+    asked = maxsim_options(sample_beir(tmp_path / "data"), tmp_path / "out")
+    report = tune(settings, asked)  # indexes the token vectors beside the content table
+
+    about, plans = report["about"], report["plans"]
+    assert isinstance(about, dict)
+    assert isinstance(plans, list)
+    assert about["scorer"] == "maxsim"
+    assert set(about["cost_per_pair_cpu_ms"]) == {FULL}
+    reranked = [row for row in plans if "@" in row["plan"]]
+    assert reranked, "no plan with a maxsim stage"
+    assert all("maxsim@" in row["plan"] for row in reranked)
+    assert {"tuned+@4~I", "tuned+@auto"} <= {row["template"] for row in plans}
+    # A maxsim "pair" is one candidate: a plan's pairs are its depths'.
+    (deepest,) = [row for row in plans if row["plan"] == "dense+maxsim@4"]
+    assert deepest["pairs_per_query"] == 4
+    PipelineSpec.parse(str(about["chosen"]))
+
+
+def test_maxsim_with_a_token_budget_is_refused_before_any_work(
+    settings: Settings, tmp_path: Path, token_model: Path
+) -> None:
+    settings = settings.model_copy(update={"late_interaction_model": str(token_model)})
+    asked = maxsim_options(sample_beir(tmp_path / "data"), tmp_path / "out", ("/doc32", FULL))
+    with pytest.raises(UsageError, match="maxsim scores whole documents"):
+        tune(settings, asked)
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "db").exists(), "the collection was indexed before the refusal"

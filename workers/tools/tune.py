@@ -37,10 +37,9 @@ import numpy as np
 from rich.console import Console
 
 from rankstream.config import Settings
-from rankstream.models.registry import load_cross_encoder, load_embedder
+from rankstream.models.registry import load_embedder
 from rankstream.planning.adaptive_depth import DepthPolicy, retrieval_features
 from rankstream.planning.profile import Profile
-from rankstream.planning.scorers import scorer_model
 from rankstream.ranking import stage_order
 from rankstream.retrieval.fusion import fuse, overlap_at_10
 from rankstream.wire.contract import AUTO, RerankStage
@@ -60,6 +59,8 @@ from rankstream.workers.tools.tune_evidence import (
     Budget,
     QueryEvidence,
     ScoringCost,
+    check_scorer,
+    query_scorer,
     retrieve,
     score,
 )
@@ -92,7 +93,8 @@ class TuneOptions:
         depths: rerank depths to try (the deepest also bounds what is scored).
         budgets: token budgets to try, as the grammar writes them after the depth:
             `/best128`, `/doc128`, `/maxp128`, or `full` (what max_length leaves).
-        scorer: the cross-encoder scorer to tune (`ce`, `ce-fp32`, `student`, ...).
+        scorer: the rerank scorer to tune (`ce`, `ce-fp32`, `student`, `maxsim`, ...;
+            `maxsim` with the budget `full` only).
         fusion_depth: hits of each list hybrid search fuses (the workers' default: 100).
     """
 
@@ -579,16 +581,17 @@ def run_tune(settings: Settings, options: TuneOptions, console: Console) -> Path
     started = time.perf_counter()
     queries = read_queries(options.data_dir)
     folds, qrels = make_folds(options, queries)
+    check_scorer(settings, options.scorer, options.budgets)  # before any indexing
     settings = ensure_indexed(settings, options.data_dir, console)
-    model_name = scorer_model(settings, options.scorer)  # an unknown scorer fails here
+    scoring = query_scorer(settings, options.scorer, options.budgets)
     asked = {q: queries[q] for q in dict.fromkeys(folds.tuning + folds.pairs[0][1] + [
         q for _, held_out in folds.pairs for q in held_out])}  # fmt: skip
     depth = max(options.fusion_depth, max(options.depths), RESULTS)
     evidence = asyncio.run(retrieve(settings, load_embedder(settings), asked, depth, console))
     simulator = Simulator(evidence, qrels, options)
     fitter = Fitter(simulator, options)
-    model = load_cross_encoder(settings, model_name)
-    simulator.cost = score(model, evidence, wanted(fitter, folds, options), console)
+    with scoring as scorer:
+        simulator.cost = score(scorer, evidence, wanted(fitter, folds, options), console)
     with console.status("fitting and measuring every plan"):
         measured = [measure(fitter, template, folds) for template in templates(options)]
         bounds = Bounds(options.max_cpu_ms, options.max_p95_ms)

@@ -2,17 +2,22 @@
 the dense and BM25 lists (with their scores and what they cost), and each candidate's score
 by the scorer under each token budget (with what a pair cost).
 
-Scoring goes through the code the rerank worker runs: the model's own tokenizer, the
-budget's pair plan (`rankstream.models.budgets.plan_pairs`: head, MaxP windows or the
-query-aware best window) and the model, in batches of `SCORE_BATCH` pairs. A (query,
-document, budget) is scored once, whatever number of plans read it.
+Scoring goes through the code the rerank worker runs. A cross-encoder: the model's own
+tokenizer, the budget's pair plan (`rankstream.models.budgets.plan_pairs`: head, MaxP
+windows or the query-aware best window) and the model, in batches of `SCORE_BATCH` pairs.
+`maxsim`: the query's token vectors against the candidates' stored ones
+(`rankstream.retrieval.token_store.TokenStore.maxsim`), one "pair" per candidate and no
+token budget. A (query, document, budget) is scored once, whatever number of plans read it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,8 +27,12 @@ from rich.progress import Progress
 from rankstream.config import Settings
 from rankstream.models.base import CrossEncoderBackend, Embedder, finite_scores
 from rankstream.models.budgets import DocumentBudget, plan_pairs
+from rankstream.models.late_interaction import TokenEmbedder
+from rankstream.models.registry import load_cross_encoder, load_token_embedder
+from rankstream.planning.scorers import MAXSIM_SCORER, scorer_model
 from rankstream.retrieval.fusion import SearchMode
 from rankstream.retrieval.store import DocumentStore
+from rankstream.retrieval.token_store import TokenStore
 from rankstream.wire.pipeline import LONG_DOCS
 from rankstream.workers.tools.errors import UsageError
 
@@ -120,8 +129,43 @@ async def _retrieve_one(
     )
 
 
+# Scores `docs` of a query under a budget into its evidence; returns the pairs it took.
+QueryScorer = Callable[["QueryEvidence", Sequence[str], "Budget"], int]
+
+
+def check_scorer(settings: Settings, scorer: str, budgets: Sequence[str]) -> str:
+    """The model of a rerank stage's scorer name, checked against the budgets to try.
+
+    Raises InvalidRequestError for a scorer the settings give no model (see
+    `rankstream.planning.scorers`), UsageError for a token budget on `maxsim`, which scores
+    whole documents' stored vectors."""
+    model = scorer_model(settings, scorer)
+    if scorer == MAXSIM_SCORER and any(budget != FULL for budget in budgets):
+        raise UsageError(f"maxsim scores whole documents: give --budgets {FULL}")
+    return model
+
+
+def query_scorer(
+    settings: Settings, scorer: str, budgets: Sequence[str]
+) -> AbstractContextManager[QueryScorer]:
+    """The scoring of a rerank stage's scorer name, as the rerank worker would run it (enter
+    it to score); `settings` name the indexed table. Raises as `check_scorer` does."""
+    model = check_scorer(settings, scorer, budgets)
+    if scorer != MAXSIM_SCORER:
+        return nullcontext(functools.partial(_score_pairs, load_cross_encoder(settings, model)))
+    return _maxsim_scoring(settings)
+
+
+@contextmanager
+def _maxsim_scoring(settings: Settings) -> Iterator[QueryScorer]:
+    embedder = load_token_embedder(settings)
+    store = TokenStore.of(embedder, settings.lancedb_uri, settings.table)
+    with asyncio.Runner() as runner:  # one loop: the store's async table belongs to it
+        yield functools.partial(_score_maxsim, embedder, store, runner)
+
+
 def score(
-    model: CrossEncoderBackend,
+    scorer: QueryScorer,
     evidence: Sequence[QueryEvidence],
     wanted: dict[str, dict[str, set[str]]],
     console: Console,
@@ -142,7 +186,7 @@ def score(
             for item, docs in todo:
                 if docs:
                     cpu, wall = time.process_time(), time.perf_counter()
-                    pairs += _score_query(model, item, docs, budget)
+                    pairs += scorer(item, docs, budget)
                     cpu_s += time.process_time() - cpu
                     wall_s += time.perf_counter() - wall
                     progress.advance(task, len(docs))
@@ -152,10 +196,10 @@ def score(
     return cost
 
 
-def _score_query(
+def _score_pairs(
     model: CrossEncoderBackend, item: QueryEvidence, docs: Sequence[str], budget: Budget
 ) -> int:
-    """Score `docs` of `item` under `budget` into it; returns the pairs it took."""
+    """Score `docs` of `item` under `budget` with a cross-encoder."""
     codec = model.tokenizer
     query = codec.encode_query(item.text)
     documents = codec.encode_documents([item.texts[doc] for doc in docs])
@@ -165,10 +209,31 @@ def _score_query(
         outputs += model.score(plan.encodings[start : start + SCORE_BATCH])
     scores = finite_scores(outputs, model.model_id)
     windows = np.bincount(plan.owners, minlength=len(docs))
-    item.scores.setdefault(budget.key, {}).update(
-        zip(docs, plan.candidate_scores(scores), strict=True)
-    )
-    item.pairs.setdefault(budget.key, {}).update(
-        (doc, int(n)) for doc, n in zip(docs, windows, strict=True)
-    )
+    _record(item, budget, docs, plan.candidate_scores(scores), [int(n) for n in windows])
     return len(plan.encodings)
+
+
+def _score_maxsim(
+    embedder: TokenEmbedder,
+    store: TokenStore,
+    runner: asyncio.Runner,
+    item: QueryEvidence,
+    docs: Sequence[str],
+    budget: Budget,
+) -> int:
+    """Score `docs` of `item` by MaxSim against their stored token vectors."""
+    query = embedder.embed_query(item.text)
+    scores = runner.run(store.maxsim(query, docs))
+    _record(item, budget, docs, scores, [1] * len(docs))
+    return len(docs)
+
+
+def _record(
+    item: QueryEvidence,
+    budget: Budget,
+    docs: Sequence[str],
+    scores: Sequence[float],
+    pairs: Sequence[int],
+) -> None:
+    item.scores.setdefault(budget.key, {}).update(zip(docs, scores, strict=True))
+    item.pairs.setdefault(budget.key, {}).update(zip(docs, pairs, strict=True))
