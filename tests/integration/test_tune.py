@@ -101,6 +101,8 @@ def test_maxsim_is_tuned_like_a_cross_encoder_from_the_stored_token_vectors(
     assert isinstance(about, dict)
     assert isinstance(plans, list)
     assert about["scorer"] == "maxsim"
+    # The token model was distilled on three of the collection's queries: never tuned on.
+    assert str(about["fitted_on"]).endswith("; 3 queries its scorer was trained on left out")
     assert set(about["cost_per_pair_cpu_ms"]) == {FULL}
     reranked = [row for row in plans if "@" in row["plan"]]
     assert reranked, "no plan with a maxsim stage"

@@ -77,6 +77,7 @@ from rankstream.retrieval.store import DocumentStore
 from rankstream.workers.tools.errors import UsageError
 from rankstream.workers.tools.evaluation import Qrels, read_qrels, read_queries
 from rankstream.workers.tools.indexing import ensure_indexed
+from rankstream.workers.tools.provenance import record_training
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -252,6 +253,7 @@ def run_distill(settings: Settings, options: DistillOptions, console: Console) -
             train_student(student, pairs, scores, options)
         student.save_pretrained(str(options.out))
     train_s = time.perf_counter() - started
+    record_training(options.out, options.data_dir, options.split, queries)
 
     started = time.perf_counter()
     onnx_dir = None

@@ -54,6 +54,7 @@ from rankstream.workers.tools.evaluation import (
     read_queries,
 )
 from rankstream.workers.tools.indexing import ensure_indexed
+from rankstream.workers.tools.provenance import trained_texts
 from rankstream.workers.tools.tune_evidence import (
     FULL,
     Budget,
@@ -579,9 +580,14 @@ def make_folds(options: TuneOptions, queries: dict[str, str]) -> tuple[Folds, Qr
 def run_tune(settings: Settings, options: TuneOptions, console: Console) -> Path:
     """Evidence, fitting, choice, profile and report; returns the report's path."""
     started = time.perf_counter()
-    queries = read_queries(options.data_dir)
+    every_query = read_queries(options.data_dir)
+    seen = trained_texts(check_scorer(settings, options.scorer, options.budgets))
+    queries = {q: text for q, text in every_query.items() if text not in seen}
     folds, qrels = make_folds(options, queries)
-    check_scorer(settings, options.scorer, options.budgets)  # before any indexing
+    if left_out := len(every_query) - len(queries):
+        folds = dataclasses.replace(
+            folds, how=f"{folds.how}; {left_out} queries its scorer was trained on left out"
+        )
     settings = ensure_indexed(settings, options.data_dir, console)
     scoring = query_scorer(settings, options.scorer, options.budgets)
     asked = {q: queries[q] for q in dict.fromkeys(folds.tuning + folds.pairs[0][1] + [
