@@ -15,7 +15,9 @@ of your own (query, candidate) pairs.
    what a reranker is judged on is the order within a list, and the margins keep the
    teacher's logit units but not a query's offset.
 5. Output: a folder `CrossEncoder` loads, and `onnx-int8/` inside it (int8 ONNX, for CPU
-   serving): set RANKSTREAM_STUDENT_MODEL to either.
+   serving): set RANKSTREAM_STUDENT_MODEL to either. Beside it, the texts of the queries
+   it was trained on (`rankstream.workers.tools.provenance`), which `rankstream tune` never
+   fits or judges a plan on.
 
 Domain adaptation (`labels`, a cross-encoder student): the split's own judgements
 (`qrels/<split>.tsv`) join the teacher. Each query's list is its judged positives (grade > 0;
