@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import Progress
 
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
@@ -33,6 +32,7 @@ from rankstream.workers.stack import local_nats
 from rankstream.workers.tools.errors import UsageError
 from rankstream.workers.tools.evaluation import Qrels, per_query_metrics, read_qrels, read_queries
 from rankstream.workers.tools.indexing import ensure_indexed
+from rankstream.workers.tools.progress import progress
 
 QUANTILES = (0.75, 0.5, 0.25)  # confidence cut points, most confident first
 
@@ -103,7 +103,7 @@ async def _observe(
                 cache=False,
             )  # fmt: skip
             reply = await client.send(request)
-            progress.advance(task)
+            advance(1)
         if isinstance(reply, ErrorResult):
             console.print(f"[yellow]{query_id}: {reply.code}: {reply.message}[/yellow]")
             return None
@@ -114,8 +114,7 @@ async def _observe(
         running_workers(settings),
         RankstreamClient(settings) as client,
     ):
-        with Progress(console=console) as progress:
-            task = progress.add_task(f"{spec.name} on {options.split}", total=len(query_ids))
+        with progress(console, f"{spec.name} on {options.split}", len(query_ids)) as advance:
             found = await asyncio.gather(*(one(client, q) for q in query_ids))
     return [o for o in found if o is not None]
 

@@ -59,7 +59,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import Progress
 
 from rankstream.config import Settings
 from rankstream.errors import ModelError
@@ -79,6 +78,7 @@ from rankstream.retrieval.store import DocumentStore
 from rankstream.workers.tools.errors import UsageError
 from rankstream.workers.tools.evaluation import Qrels, read_qrels, read_queries
 from rankstream.workers.tools.indexing import ensure_indexed
+from rankstream.workers.tools.progress import progress
 from rankstream.workers.tools.provenance import record_training
 
 if TYPE_CHECKING:
@@ -397,13 +397,12 @@ def teacher_scores(
     """The teacher's raw score of every pair (in order) and how many were not cached."""
     known = cache.get(pairs)
     missing = list(dict.fromkeys(pair for pair in pairs if pair not in known))
-    with Progress(console=console) as progress:
-        task = progress.add_task("teacher scores", total=len(pairs), completed=len(known))
+    with progress(console, "teacher scores", len(pairs), completed=len(known)) as advance:
         for batch in _batches(missing, TEACHER_BATCH):
             scores = teacher.score(teacher.tokenizer.encode(batch))
             cache.put(zip(batch, scores, strict=True))
             known.update(zip(batch, scores, strict=True))
-            progress.advance(task, len(batch))
+            advance(len(batch))
     return [known[pair] for pair in pairs], len(missing)
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import nats
 from rich.console import Console
-from rich.progress import Progress
 
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
@@ -42,6 +41,7 @@ from rankstream.workers.tools.eval_report import (
 )
 from rankstream.workers.tools.evaluation import read_qrels, read_queries
 from rankstream.workers.tools.indexing import ensure_indexed
+from rankstream.workers.tools.progress import progress
 
 RESULTS_PER_QUERY = 100  # Recall@100 needs a hundred results
 WARM_UP_QUERIES = 4
@@ -208,11 +208,10 @@ class _Trial:
         async def one(query_id: str) -> QueryOutcome:
             async with in_flight:
                 outcome = await self._ask(config, query_id, cache)
-                progress.advance(task)
+                advance(1)
                 return outcome
 
-        with Progress(console=self._console) as progress:
-            task = progress.add_task(f"{label:>28}", total=len(query_ids))
+        with progress(self._console, f"{label:>28}", len(query_ids)) as advance:
             return list(await asyncio.gather(*(one(q) for q in query_ids)))
 
     async def _ask(self, config: EvalConfig, query_id: str, cache: bool) -> QueryOutcome:

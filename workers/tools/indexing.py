@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import Progress
 
 from rankstream.config import Settings
 from rankstream.models.base import Embedder
@@ -18,6 +17,7 @@ from rankstream.models.registry import load_embedder, load_reranker_tokenizer, l
 from rankstream.retrieval.corpus import corpus_file, read_documents
 from rankstream.retrieval.store import TABLE_LAYOUT, DocumentStore
 from rankstream.retrieval.token_store import VECTOR_BYTES, TokenStore
+from rankstream.workers.tools.progress import progress
 
 if TYPE_CHECKING:
     from rankstream.models.late_interaction import TokenEmbedder
@@ -40,14 +40,8 @@ def index_corpus(
         with console.status("loading the embedder"):
             embedder = load_embedder(settings)
     tokenizer = load_reranker_tokenizer(settings)
-    with Progress(console=console, transient=False) as progress:
-        task = progress.add_task(f"indexing {path}", total=count_lines(path))
-        indexed = store.index(
-            read_documents(path),
-            embedder,
-            tokenizer,
-            on_chunk=lambda n: progress.advance(task, n),
-        )
+    with progress(console, f"indexing {path}", count_lines(path)) as advance:
+        indexed = store.index(read_documents(path), embedder, tokenizer, on_chunk=advance)
     if settings.late_interaction_model is not None:
         index_token_vectors(settings, path, console)
     return indexed
@@ -62,15 +56,14 @@ def index_token_vectors(
     embedder = embedder or load_token_embedder(settings)
     tokens = TokenStore.of(embedder, settings.lancedb_uri, settings.table)
     started, stored_bytes, documents = time.perf_counter(), 0, 0
-    with Progress(console=console, transient=False) as progress:
-        task = progress.add_task("token vectors", total=count_lines(path))
+    with progress(console, "token vectors", count_lines(path)) as advance:
         documents_left = read_documents(path)
         while chunk := list(itertools.islice(documents_left, TOKEN_CHUNK)):
             vectors = embedder.embed_documents([document.content for document in chunk])
             tokens.write([document.doc_id for document in chunk], vectors)
             stored_bytes += sum(v.shape[0] * v.shape[1] * VECTOR_BYTES for v in vectors)
             documents += len(chunk)
-            progress.advance(task, len(chunk))
+            advance(len(chunk))
     tokens.ensure_id_index()
     report = TokenReport(documents, stored_bytes, time.perf_counter() - started)
     console.print(

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from rich.console import Console
-from rich.progress import Progress
 
 from rankstream.config import Settings
 from rankstream.models.base import CrossEncoderBackend, Embedder, finite_scores
@@ -35,6 +34,7 @@ from rankstream.retrieval.store import DocumentStore
 from rankstream.retrieval.token_store import TokenStore
 from rankstream.wire.pipeline import LONG_DOCS
 from rankstream.workers.tools.errors import UsageError
+from rankstream.workers.tools.progress import progress
 
 SCORE_BATCH = 32
 FULL = "full"  # the budget key of a stage with no document budget: what max_length leaves
@@ -100,11 +100,10 @@ async def retrieve(
     query at a time (so the costs are one query's)."""
     store = DocumentStore.from_settings(settings)
     found = []
-    with Progress(console=console) as progress:
-        task = progress.add_task("retrieval (dense and BM25)", total=len(queries))
+    with progress(console, "retrieval (dense and BM25)", len(queries)) as advance:
         for query_id, text in queries.items():
             found.append(await _retrieve_one(store, embedder, query_id, text, depth))
-            progress.advance(task)
+            advance(1)
     return found
 
 
@@ -181,15 +180,14 @@ def score(
         ]
         cpu_s = wall_s = 0.0
         pairs = 0
-        with Progress(console=console) as progress:
-            task = progress.add_task(f"scoring {key}", total=sum(len(d) for _, d in todo))
+        with progress(console, f"scoring {key}", sum(len(d) for _, d in todo)) as advance:
             for item, docs in todo:
                 if docs:
                     cpu, wall = time.process_time(), time.perf_counter()
                     pairs += scorer(item, docs, budget)
                     cpu_s += time.process_time() - cpu
                     wall_s += time.perf_counter() - wall
-                    progress.advance(task, len(docs))
+                    advance(len(docs))
         if pairs:
             cost.cpu_ms[key] = cpu_s * 1000 / pairs
             cost.wall_ms[key] = wall_s * 1000 / pairs
