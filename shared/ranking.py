@@ -111,4 +111,5 @@ def ranked_result(
         embedder_model=candidate_set.embedder_model,
         stages=list(stages),
         retrieval=candidate_set.retrieval,
+        profile=plan.profile,
     )

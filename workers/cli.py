@@ -376,13 +376,20 @@ def _print_result(result: RankedResult) -> None:
 
 
 def _answer_lines(result: RankedResult) -> list[str]:
-    """How `result` was made, in lines: retrieval, time per step, each rerank stage."""
+    """How `result` was made, in lines: retrieval, the profile that planned it, time per
+    step, each rerank stage."""
+    from rankstream.wire.contract import weight_text
+
     retrieval = result.retrieval
     made = f"retrieval: {retrieval.mode}"
+    if retrieval.fusion_weight is not None:
+        made += f"~{weight_text(retrieval.fusion_weight)}"
     if retrieval.chosen_depth is not None:
         made += f", depth auto chose {retrieval.chosen_depth}"
     made += f"; {result.reranked} candidates reranked"
     lines = [made]
+    if result.profile is not None:
+        lines.append(f"plan: the served profile's ({result.profile})")
     if result.degraded:
         lines.append("degraded: the deadline came before reranking; this is the retrieval order")
     timings = result.timings_ms

@@ -232,8 +232,10 @@ class RetrievalWorker:
         """The plan with depth `auto` resolved from the search's confidence, and the
         search's report."""
         features = retrieval_features(result.dense_scores, result.bm25_scores, result.overlap_at_10)
+        fusion = plan.retrieval.fusion if plan.retrieval is not None else None
         report = RetrievalReport(
             mode=result.mode,
+            fusion_weight=fusion.dense_weight if fusion and fusion.method == "convex" else None,
             dense_ms=result.dense_ms,
             bm25_ms=result.bm25_ms,
             table_version=result.table_version,

@@ -283,14 +283,20 @@ class StageTimings(BaseModel):
 
 
 class RetrievalReport(BaseModel):
-    """How the candidates were found: the mode; the time the vector (`dense_ms`) and the
-    full-text (`bm25_ms`) searches took; the table version searched; for depth `auto`, the
-    depth chosen and the confidence it was chosen from; and the search's confidence signals
-    (`features`, what adaptive depth reads)."""
+    """How the candidates were found: the mode and, for a convex `hybrid`, its weight on
+    dense; the time the vector (`dense_ms`) and the full-text (`bm25_ms`) searches took; the
+    table version searched; for depth `auto`, the depth chosen and the confidence it was
+    chosen from; and the search's confidence signals (`features`, what adaptive depth
+    reads)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mode: RetrievalMode | Literal["none"] = "dense"
+    fusion_weight: float | None = Field(
+        default=None,
+        description="`hybrid~W`: the weight W on dense (asked, or the profile's); null: "
+        "reciprocal rank fusion, or one list.",
+    )
     dense_ms: float = 0.0
     bm25_ms: float = 0.0
     table_version: int | None = None
@@ -348,6 +354,11 @@ class RankedResult(WireModel):
     stages: list[StageReport] = Field(default_factory=list)
     retrieval: RetrievalReport = Field(default_factory=RetrievalReport)
     cached: bool = Field(default=False, description="Answered from the result cache.")
+    profile: str | None = Field(
+        default=None,
+        description="Digest of the served profile whose plan answered (the request named "
+        "none); null: the request's own plan.",
+    )
 
     def as_asked(self, return_documents: bool) -> RankedResult:
         """What a request asked to be sent: without the texts if it set `return_documents`

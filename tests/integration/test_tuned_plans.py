@@ -15,7 +15,7 @@ from rankstream.client import RankstreamClient
 from rankstream.config import Settings
 from rankstream.models.budgets import DocumentBudget, plan_pairs
 from rankstream.models.registry import load_cross_encoder, load_embedder
-from rankstream.planning.profile import Profile
+from rankstream.planning.profile import Profile, load_profile
 from rankstream.planning.scorers import MINILM_RERANKER_FP32, PACKAGED_PREFIX
 from rankstream.retrieval.fusion import SearchMode, fuse
 from rankstream.retrieval.store import DocumentStore
@@ -84,6 +84,10 @@ async def test_workers_serve_their_profile_to_a_request_naming_none_and_cache_it
     assert not first.cached
     assert stage_names(first) == ["ce@3/best64~0.5"]
     assert first.retrieval.mode == "hybrid"
+    # The answer says how it was made: the fusion's weight, and the profile that planned it.
+    assert first.retrieval.fusion_weight == 0.6
+    assert tuned.profile is not None
+    assert first.profile == load_profile(tuned.profile).digest
     assert [doc.stage for doc in first.results] == ["ce@3/best64~0.5"] * 3 + ["retrieval"] * 2
     # Convex fusion with 0.6 on dense: the best fused score is at least 0.6 (the dense top hit
     # alone gives that), where reciprocal rank fusion's is at most 2/61.
@@ -100,12 +104,16 @@ async def test_workers_serve_their_profile_to_a_request_naming_none_and_cache_it
 
     assert not under_other.cached
     assert (stage_names(under_other), under_other.retrieval.mode) == (["ce@2"], "dense")
+    assert under_other.profile not in (None, first.profile)
+    assert under_other.retrieval.fusion_weight is None
     assert not unprofiled.cached
     assert stage_names(unprofiled) == [f"ce@{settings.default_depth}"]
     # The same plan asked by name, of workers serving no profile, is keyed apart from the
     # profile's answer: the key holds the profile the plan came from.
     assert stage_names(named_without_profile) == ["ce@3/best64~0.5"]
     assert not named_without_profile.cached
+    assert named_without_profile.profile is None
+    assert named_without_profile.retrieval.fusion_weight == 0.6
     # ... while the profile's own answer is still there for workers serving it again.
     assert back.cached
     assert ids(back) == ids(first)
