@@ -553,7 +553,7 @@ def calibrate_depth(
 @app.command()
 def tune(
     ctx: typer.Context,
-    data_dir: Annotated[Path, typer.Argument(help="BEIR folder (a train split, or k-fold)")],
+    data_dir: Annotated[Path, typer.Argument(help="BEIR folder (a train or dev split, or k-fold)")],
     out: Annotated[Path, typer.Option(help="Folder for profile.json and the report")] = Path(
         "profile"
     ),
@@ -565,9 +565,15 @@ def tune(
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Tune on the first N queries")] = None,
     test_limit: Annotated[
-        int | None, typer.Option(min=1, help="With a train split: report on N test queries")
+        int | None, typer.Option(min=1, help="With a tuning split: report on N held-out queries")
     ] = None,
-    folds: Annotated[int, typer.Option(min=2, help="Folds where there is no train split")] = 5,
+    folds: Annotated[int, typer.Option(min=2, help="Folds where there is no tuning split")] = 5,
+    tuning_split: Annotated[
+        str | None, typer.Option(help="qrels/<split>.tsv fitted on (default: train, else dev)")
+    ] = None,
+    held_out_split: Annotated[
+        str | None, typer.Option(help="qrels/<split>.tsv measured on (default: test, else dev)")
+    ] = None,
     relevance_threshold: Annotated[
         int, typer.Option(min=1, help="Grade counted relevant by binary metrics")
     ] = 1,
@@ -596,6 +602,7 @@ def tune(
     options = TuneOptions(
         data_dir, out, max_cpu_ms, max_p95_ms, limit, test_limit, folds, relevance_threshold,
         depth_grid, tuple(b.strip() for b in budgets.split(",") if b.strip()), scorer,
+        tuning_split=tuning_split, held_out_split=held_out_split,
     )  # fmt: skip
     try:
         report = run_tune(ctx.obj, options, console)

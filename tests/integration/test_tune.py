@@ -49,7 +49,7 @@ def test_a_collection_without_a_train_split_is_tuned_by_cross_validation(
     about, plans = report["about"], report["plans"]
     assert isinstance(about, dict)
     assert isinstance(plans, list)
-    assert "4-fold cross-validation over 8 queries" in about["fitted_on"]
+    assert "4-fold cross-validation over 8 test queries" in about["fitted_on"]
     names = {row["template"] for row in plans}
     assert names == {template.name for template in templates(asked)}
     assert {

@@ -6,8 +6,8 @@ chooses them, fills in queries a run missed, and aggregates.
 
 from __future__ import annotations
 
-import csv
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,24 +25,65 @@ METRIC_NAMES = ("nDCG@10", "MRR@10", "Recall@10", "Recall@100")
 
 
 def read_queries(data_dir: Path) -> dict[str, str]:
+    """`queries.jsonl`: one JSON object a line with `_id` and `text` (other keys ignored).
+
+    Raises UsageError naming the file and line of a line that is not such an object."""
     path = data_dir / "queries.jsonl"
     if not path.is_file():
         raise UsageError(f"{data_dir} has no queries.jsonl (BEIR layout expected)")
+    queries: dict[str, str] = {}
     with path.open(encoding="utf-8") as lines:
-        rows = (json.loads(line) for line in lines if line.strip())
-        return {str(row["_id"]): str(row["text"]) for row in rows}
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                queries[str(row["_id"])] = str(row["text"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise UsageError(
+                    f"{path}:{number}: not a query (a JSON object with _id and text): {error!r}"
+                ) from error
+    return queries
 
 
 def read_qrels(data_dir: Path, split: str) -> Qrels:
-    """`qrels/<split>.tsv` with a header `query-id corpus-id score`; grades kept as given."""
+    """`qrels/<split>.tsv`: BEIR's `query-id corpus-id score` rows, tab-separated, the header
+    optional; TREC's four columns (`query-id iteration corpus-id grade`, any whitespace) are
+    read too. Grades are kept as given (integers; `2.0` reads as 2).
+
+    Raises UsageError naming the file and line of a row it cannot read."""
     path = data_dir / "qrels" / f"{split}.tsv"
     if not path.is_file():
         raise UsageError(f"{data_dir} has no qrels/{split}.tsv")
     qrels: Qrels = {}
     with path.open(encoding="utf-8") as file:
-        for row in csv.DictReader(file, delimiter="\t"):
-            qrels.setdefault(str(row["query-id"]), {})[str(row["corpus-id"])] = int(row["score"])
+        for number, line in enumerate(file, start=1):
+            fields = line.split("\t") if line.count("\t") == 2 else line.split()
+            if not fields or (number == 1 and not _is_number(fields[-1])):
+                continue  # blank, or the header
+            query_id, doc_id, grade = _judgement(fields, f"{path}:{number}")
+            qrels.setdefault(query_id, {})[doc_id] = grade
     return qrels
+
+
+def _judgement(fields: Sequence[str], where: str) -> tuple[str, str, int]:
+    """(query id, document id, grade) of one qrels row."""
+    if len(fields) not in (3, 4):
+        raise UsageError(
+            f"{where}: {len(fields)} columns; expected query-id, corpus-id, score (BEIR) or "
+            "query-id, iteration, corpus-id, grade (TREC)"
+        )
+    query_id, doc_id, grade = fields[0], fields[-2], fields[-1]
+    if not _is_number(grade) or not float(grade).is_integer():
+        raise UsageError(f"{where}: the grade {grade.strip()!r} is not an integer")
+    return query_id.strip(), doc_id.strip(), int(float(grade))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def measures(relevance_threshold: int) -> dict[str, Any]:

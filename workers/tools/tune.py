@@ -9,9 +9,10 @@ collection, prove it on held-out queries, and write it as a profile the workers 
    `calibrate-depth` does), and cascades of a cheap budget at the deepest depth followed by
    the scorer's fullest budget at each shallower depth (both weights fitted). As a
    reference, `dense+SCORER@D` with no fitting at all, as most users would run it.
-3. Fitting and choosing on tuning queries only: a collection's `train` split (held out: its
-   `test` split), or, with no train split, k-fold cross-validation over its queries (each
-   fold's figures come from weights and a choice made on the other folds). Every plan is
+3. Fitting and choosing on tuning queries only: a collection's `train` split, else its
+   `dev` split (held out: its `test` split, else `dev`), or, with neither beside the
+   held-out split, k-fold cross-validation over the held-out split's queries (each fold's
+   figures come from weights and a choice made on the other folds). Every plan is
    computed from the evidence (`simulate`), so fitting a weight costs no model call.
 4. The choice: the plan with the best tuning nDCG@10 whose estimated cost per query (CPU ms,
    and p95 wall ms at one query at a time) is within the bounds; costs are the measured
@@ -86,10 +87,10 @@ class TuneOptions:
         max_cpu_ms: the most CPU milliseconds a query may cost (None: no bound).
         max_p95_ms: the most p95 wall milliseconds a query may take, one at a time (None: no
             bound).
-        limit: tune on at most this many queries (the train split's first, or, without one,
+        limit: tune on at most this many queries (the tuning split's first, or, without one,
             the first of all judged queries).
-        test_limit: with a train split, report on at most this many test queries.
-        folds: cross-validation folds where there is no train split.
+        test_limit: with a tuning split, report on at most this many held-out queries.
+        folds: cross-validation folds where there is no tuning split.
         relevance_threshold: grade that counts as relevant for binary metrics.
         depths: rerank depths to try (the deepest also bounds what is scored).
         budgets: token budgets to try, as the grammar writes them after the depth:
@@ -97,6 +98,9 @@ class TuneOptions:
         scorer: the rerank scorer to tune (`ce`, `ce-fp32`, `student`, `maxsim`, ...;
             `maxsim` with the budget `full` only).
         fusion_depth: hits of each list hybrid search fuses (the workers' default: 100).
+        tuning_split: the qrels split fitted on (None: `train`, else `dev`, else k folds of
+            the held-out split); never the held-out split.
+        held_out_split: the qrels split measured on (None: `test`, else `dev`).
     """
 
     data_dir: Path
@@ -111,6 +115,8 @@ class TuneOptions:
     budgets: tuple[str, ...] = ("/best128", "/doc128", "/doc256")
     scorer: str = "ce"
     fusion_depth: int = 100
+    tuning_split: str | None = None
+    held_out_split: str | None = None
 
 
 @dataclass(frozen=True)
@@ -552,18 +558,51 @@ def pareto(measured: Sequence[Measured]) -> set[str]:
     return {m.template.name for m in measured if not dominated(m)}
 
 
+def tune_splits(options: TuneOptions) -> tuple[str | None, str]:
+    """The qrels split fitted on (None: cross-validation) and the one measured on.
+
+    Raises UsageError when no held-out split is found, or when both name the same split."""
+
+    def has(split: str) -> bool:
+        return (options.data_dir / "qrels" / f"{split}.tsv").is_file()
+
+    held_out = options.held_out_split or next((s for s in ("test", "dev") if has(s)), None)
+    if held_out is None:
+        raise UsageError(
+            f"{options.data_dir} has no qrels/test.tsv or qrels/dev.tsv to measure on: name "
+            "the split with --held-out-split"
+        )
+    tuning = options.tuning_split
+    if tuning is None:
+        tuning = next((s for s in ("train", "dev") if s != held_out and has(s)), None)
+    if tuning == held_out:
+        raise UsageError(
+            f"--tuning-split and the held-out split are both {held_out!r}: a figure measured "
+            "on the queries it was fitted on is not held out"
+        )
+    return tuning, held_out
+
+
 def make_folds(options: TuneOptions, queries: dict[str, str]) -> tuple[Folds, Qrels]:
-    """Train and test when the collection has a train split; k folds over its judged
-    queries (shuffled with a fixed seed) when it does not."""
-    test = read_qrels(options.data_dir, "test")
-    if (options.data_dir / "qrels" / "train.tsv").is_file():
-        train = read_qrels(options.data_dir, "train")
+    """The tuning split and the held-out split when the collection has both (a query judged
+    in both is only tuned on); k folds over the held-out split's judged queries (shuffled
+    with a fixed seed) when it has no tuning split."""
+    tuning_split, held_out_split = tune_splits(options)
+    test = read_qrels(options.data_dir, held_out_split)
+    if tuning_split is not None:
+        train = read_qrels(options.data_dir, tuning_split)
         tuning = [q for q in queries if q in train][: options.limit]
-        held_out = [q for q in queries if q in test][: options.test_limit]
+        held_out = [q for q in queries if q in test and q not in train][: options.test_limit]
         if not tuning or not held_out:
-            raise UsageError(f"{options.data_dir}: no judged train or test query")
-        how = f"fitted on {len(tuning)} train queries, measured on {len(held_out)} test queries"
-        return Folds([(tuning, held_out)], tuning, how), {**train, **test}
+            raise UsageError(
+                f"{options.data_dir}: no judged query in {tuning_split!r} or none left in "
+                f"{held_out_split!r} (queries judged in both are only tuned on)"
+            )
+        how = (
+            f"fitted on {len(tuning)} {tuning_split} queries, measured on {len(held_out)} "
+            f"{held_out_split} queries"
+        )
+        return Folds([(tuning, held_out)], tuning, how), {**test, **train}
     judged = [q for q in queries if q in test][: options.limit]
     if len(judged) < options.folds:
         raise UsageError(f"{len(judged)} judged queries cannot make {options.folds} folds")
@@ -571,7 +610,8 @@ def make_folds(options: TuneOptions, queries: dict[str, str]) -> tuple[Folds, Qr
     parts = [shuffled[i :: options.folds] for i in range(options.folds)]
     pairs = [([q for p in parts if p is not part for q in p], part) for part in parts]
     how = (
-        f"{options.folds}-fold cross-validation over {len(judged)} queries (no train split): "
+        f"{options.folds}-fold cross-validation over {len(judged)} {held_out_split} queries "
+        "(no tuning split): "
         "each held-out figure comes from weights and choices fitted on the other folds"
     )
     return Folds(pairs, judged, how), test
