@@ -15,7 +15,6 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import cohere
@@ -30,7 +29,6 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from rankstream.client import RankstreamClient
-from rankstream.config import Settings
 from rankstream.metrics import Metrics
 from rankstream.models.registry import load_embedder
 from rankstream.retrieval.corpus import read_documents
@@ -38,6 +36,7 @@ from rankstream.retrieval.store import DocumentStore
 from rankstream.wire.contract import REPLY_ADAPTER, RankedResult
 from rankstream.workers.app import running_workers
 from rankstream.workers.gateway.app import running_gateway
+from tests.integration.gateway_stack import Stack, serving, stack_settings
 
 pytestmark = pytest.mark.integration
 
@@ -142,43 +141,26 @@ class CohereError(Strict):
     code: str
 
 
-@dataclass(frozen=True)
-class Stack:
-    url: str
-    metrics: Metrics
-    settings: Settings
-
-
 @pytest.fixture(scope="module")
 async def stack(
     nats_url: str, sample_db: str, model_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
-    settings = Settings(
-        nats_url=nats_url,
-        subject_prefix=f"g{uuid.uuid4().hex[:10]}",
-        lancedb_uri=sample_db,
-        model_cache_dir=model_cache_dir,
-        metrics_port=0,
+    settings = stack_settings(
+        nats_url, sample_db, model_cache_dir,
         cache_ttl_s=0,
         max_batch_wait_ms=50,
         max_batch_tokens=16384,
-        gateway_host="127.0.0.1",
-        gateway_port=0,
         gateway_tokens=[SecretStr(TOKEN)],
         gateway_max_texts=MAX_TEXTS,
         gateway_max_body_bytes=4096,
-    )
+    )  # fmt: skip
     corpus = tmp_path_factory.mktemp("meta") / "corpus.jsonl"
     corpus.write_text("\n".join(json.dumps(row) for row in META_ROWS))
     embedder = load_embedder(settings)
     meta = settings.model_copy(update={"table": META_TABLE})
     DocumentStore.from_settings(meta).index(read_documents(corpus), embedder)
-    metrics = Metrics()
-    async with (
-        running_workers(settings, metrics=metrics, embedder=embedder),
-        running_gateway(settings) as port,
-    ):
-        yield Stack(f"http://127.0.0.1:{port}", metrics, settings)
+    async with serving(settings, embedder=embedder) as stack:
+        yield stack
 
 
 def auth() -> dict[str, str]:
