@@ -266,7 +266,8 @@ class RetrievalWorker:
     ) -> None:
         timings = timings.model_copy(update={"total": now_ms() - plan.created_at_ms})
         self._metrics.observe_timings(timings)
-        await self._replies.answer(plan, answer.as_result(plan.request_id, plan.query, timings))
+        replayed = answer.as_result(plan.request_id, plan.query, timings, plan.profile)
+        await self._replies.answer(plan, replayed)
 
     async def _store_for(self, table: str | None) -> Retriever:
         """The store of `table` (default: the configured one).

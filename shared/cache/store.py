@@ -76,12 +76,16 @@ class CachedAnswer(WireModel):
         kept = {name: getattr(result, name) for name in KEPT_FIELDS}
         return cls(query=key.query, context=key.context, query_vector=query_vector, **kept)
 
-    def as_result(self, request_id: str, query: str, timings: StageTimings) -> RankedResult:
-        """The answer replayed for a request that hit it."""
+    def as_result(
+        self, request_id: str, query: str, timings: StageTimings, profile: str | None
+    ) -> RankedResult:
+        """The answer replayed for a request that hit it; `profile` is the digest of the
+        profile that planned the request (part of the key, so the one the answer was made
+        under)."""
         kept = {name: getattr(self, name) for name in KEPT_FIELDS}
         return RankedResult(
             request_id=request_id, query=query, timings_ms=timings, batch_pairs=0,
-            batch_requests=0, cached=True, **kept,
+            batch_requests=0, cached=True, profile=profile, **kept,
         )  # fmt: skip
 
 

@@ -42,6 +42,20 @@ class WireModel(BaseModel):
     schema_version: Literal[2] = SCHEMA_VERSION
 
 
+# Replies and their parts are read tolerantly: a field the reader does not know is ignored.
+# During a rolling upgrade a client meets workers a version ahead of it, and a field added
+# to an answer must not make the whole answer unreadable (the client would wait for its
+# timeout). A change that a reader must not miss changes `schema_version` instead. Requests
+# stay strict: a misspelt option is refused, never silently ignored.
+TOLERANT = ConfigDict(extra="ignore", frozen=True)
+
+
+class ReplyModel(WireModel):
+    """Base for replies: versioned, unknown fields ignored (see `TOLERANT`)."""
+
+    model_config = TOLERANT
+
+
 RetrievalMode = Literal["dense", "bm25", "hybrid"]
 LongDocuments = Literal["head", "maxp", "best"]
 FusionMethod = Literal["rrf", "convex"]
@@ -270,7 +284,7 @@ class RerankRequest(WireModel):
 class StageTimings(BaseModel):
     """Milliseconds per stage. Stages are disjoint intervals, so their sum is <= total_ms."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     queue_wait: float = 0.0
     cache: float = 0.0
@@ -289,7 +303,7 @@ class RetrievalReport(BaseModel):
     chosen from; and the search's confidence signals (`features`, what adaptive depth
     reads)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = TOLERANT
 
     mode: RetrievalMode | Literal["none"] = "dense"
     fusion_weight: float | None = Field(
@@ -306,7 +320,7 @@ class RetrievalReport(BaseModel):
 
 
 class RankedDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = TOLERANT
 
     doc_id: str
     text: str | None = Field(
@@ -323,7 +337,7 @@ class RankedDoc(BaseModel):
 class StageReport(BaseModel):
     """One rerank stage of the answer: what it scored and what it took."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = TOLERANT
 
     name: str = Field(description="As in the pipeline grammar, e.g. `ce@20/doc256`.")
     model_id: str
@@ -335,7 +349,7 @@ class StageReport(BaseModel):
     inference_ms: float = 0.0
 
 
-class RankedResult(WireModel):
+class RankedResult(ReplyModel):
     """The answer to a query, sent to its `reply_to` subject."""
 
     kind: Literal["result"] = "result"
@@ -369,7 +383,7 @@ class RankedResult(WireModel):
         return self.model_copy(update={"results": results})
 
 
-class ErrorResult(WireModel):
+class ErrorResult(ReplyModel):
     """A request that could not be answered; `code` is for machines, `message` for people."""
 
     kind: Literal["error"] = "error"

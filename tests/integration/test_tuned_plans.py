@@ -95,6 +95,7 @@ async def test_workers_serve_their_profile_to_a_request_naming_none_and_cache_it
     # Interpolated scores are blends of two min-max normalised lists: within [0, 1].
     assert all(0.0 <= doc.score <= 1.0 for doc in first.results[:3])
     assert repeated.cached, "the profile's answer was never served from the cache"
+    assert repeated.profile == first.profile
     assert ids(repeated) == ids(first)
 
     under_other = await ask(other)

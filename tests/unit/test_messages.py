@@ -39,9 +39,39 @@ def test_an_unknown_schema_version_is_refused() -> None:
         a_request(schema_version=1)
 
 
-def test_unknown_fields_are_refused_rather_than_ignored() -> None:
+def test_unknown_fields_of_a_request_are_refused_rather_than_ignored() -> None:
     with pytest.raises(ValidationError, match="Extra inputs"):
         a_request(topk=3)
+
+
+def test_a_reply_from_a_worker_a_version_ahead_is_read_without_the_fields_it_added() -> None:
+    """A rolling upgrade: the workers add fields to their answers before every client
+    knows them; the client still reads the answer (it would otherwise wait out its
+    timeout), and the version number is still checked."""
+    newer = {
+        "kind": "result", "request_id": "r1", "query": "q", "timings_ms": {"total": 3.0,
+        "rerank_gpu": 1.0}, "batch_pairs": 0, "batch_requests": 0, "reranked": 1,
+        "model_id": "m", "embedder_model": "e", "explanation": "added later",
+        "results": [{"doc_id": "d1", "text": None, "score": 1.0, "retrieval_rank": 1,
+                     "retrieval_score": 0.5, "highlights": [[0, 4]]}],
+        "stages": [{"name": "ce@1", "model_id": "m", "candidates": 1, "pairs": 1,
+                    "over_budget": 0, "truncated_tokens": 0, "device": "cuda:0"}],
+        "retrieval": {"mode": "hybrid", "reranker_hint": 0.1},
+    }  # fmt: skip
+    error = {"kind": "error", "request_id": "r2", "code": "expired", "message": "late",
+             "retry_after_ms": 200}  # fmt: skip
+
+    result = REPLY_ADAPTER.validate_json(json.dumps(newer))
+    assert isinstance(result, RankedResult)
+    assert [doc.doc_id for doc in result.results] == ["d1"]
+    assert result.stages[0].pairs == 1
+    assert result.retrieval.mode == "hybrid"
+    assert "explanation" not in result.model_dump()
+    assert REPLY_ADAPTER.validate_json(json.dumps(error)) == ErrorResult(
+        request_id="r2", code=ErrorCode.EXPIRED, message="late"
+    )
+    with pytest.raises(ValidationError, match="schema_version"):
+        REPLY_ADAPTER.validate_json(json.dumps(newer | {"schema_version": 3}))
 
 
 @pytest.mark.parametrize(
