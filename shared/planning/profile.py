@@ -3,7 +3,8 @@
 A profile is a JSON file with the chosen pipeline (in the pipeline grammar, its fitted
 weights written in: `hybrid~0.62+ce@20/best128~0.45`), the depth policy fitted for `auto`
 when the pipeline uses it, and `about`: the collection, the split it was fitted on, the
-cost bound and the held-out figures. Workers started with `RANKSTREAM_PROFILE` (or
+cost bound, the held-out figures, and the models it was fitted with (`embedder_model`,
+`scorer_model`). Workers started with `RANKSTREAM_PROFILE` (or
 `rankstream up --profile`) give its plan to every query that names no pipeline; the plan
 records the profile's digest, which is part of the cache key.
 """
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rankstream.config import Settings
 from rankstream.errors import InvalidRequestError
 from rankstream.planning.adaptive_depth import DepthPolicy
+from rankstream.planning.scorers import scorer_models
 from rankstream.wire.contract import AUTO
 from rankstream.wire.pipeline import PipelineSpec
 
@@ -35,7 +37,9 @@ class Profile(BaseModel):
         depth_policy: the policy that resolves its first stage's `auto` depth (the JSON
             document of rankstream.planning.adaptive_depth.DepthPolicy); required exactly
             when that stage is `auto`.
-        about: how it was fitted: collection, split, bound, held-out figures.
+        about: how it was fitted: collection, split, bound, held-out figures, and
+            `embedder_model` / `scorer_model`, the models whose scores its weights were
+            fitted on.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -112,11 +116,35 @@ def served_profile(settings: Settings) -> Profile | None:
     if settings.profile is None:
         return None
     profile = load_profile(settings.profile)
+    _check_models(profile, settings)
     log.info(
         "serving profile %s to requests that name no pipeline: %s (digest %s)",
         settings.profile, profile.pipeline, profile.digest,
     )  # fmt: skip
     return profile
+
+
+def _check_models(profile: Profile, settings: Settings) -> None:
+    """Refuse a profile fitted with another embedder (its fusion weight and depth policy
+    were fitted on that model's scores, and a table is searched with the model that indexed
+    it); warn when its scorer now stands for another model."""
+    fitted = profile.about.get("embedder_model")
+    if fitted is not None and fitted != settings.embedder_model:
+        raise InvalidRequestError(
+            f"profile {settings.profile}: fitted with the embedder {fitted!r}, served with "
+            f"{settings.embedder_model!r}: set RANKSTREAM_EMBEDDER_MODEL={fitted} (with a "
+            "table indexed by it), or tune again with this embedder"
+        )
+    scorer, scorer_fitted = profile.about.get("scorer"), profile.about.get("scorer_model")
+    if scorer is None or scorer_fitted is None:
+        return
+    serving = scorer_models(settings).get(str(scorer))
+    if serving != scorer_fitted:
+        log.warning(
+            "profile %s was fitted with %s as its %s scorer; these workers score %s with %s: "
+            "its interpolation weights may not suit it", settings.profile, scorer_fitted,
+            scorer, scorer, serving,
+        )  # fmt: skip
 
 
 def _one_line(error: ValidationError) -> str:

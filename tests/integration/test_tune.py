@@ -50,6 +50,8 @@ def test_a_collection_without_a_train_split_is_tuned_by_cross_validation(
     assert isinstance(about, dict)
     assert isinstance(plans, list)
     assert "4-fold cross-validation over 8 test queries" in about["fitted_on"]
+    assert about["embedder_model"] == settings.embedder_model
+    assert about["scorer_model"] == settings.reranker_model
     names = {row["template"] for row in plans}
     assert names == {template.name for template in templates(asked)}
     assert {

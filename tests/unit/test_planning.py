@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from rankstream.errors import InvalidRequestError, RequestTooLargeError
 from rankstream.planning.adaptive_depth import DepthPolicy, DepthRule
 from rankstream.planning.admission import CLOCK_SKEW_MS, Planner
 from rankstream.planning.plan import QueryPlan
-from rankstream.planning.profile import Profile, load_profile
+from rankstream.planning.profile import Profile, load_profile, served_profile
 from rankstream.planning.scorers import PACKAGED_PREFIX
 from rankstream.wire.contract import QueryRequest, RerankDocument, RerankRequest, RerankStage
 from rankstream.wire.handoff import CandidateSet, brought_candidates
@@ -383,6 +384,23 @@ def test_a_profile_that_cannot_serve_is_refused_when_loaded(tmp_path: Path) -> N
         assert "\n" not in message
     with pytest.raises(InvalidRequestError, match=f"profile {tmp_path / 'none.json'}: "):
         load_profile(tmp_path / "none.json")
+
+
+def test_a_profile_fitted_with_another_embedder_is_refused_and_another_scorer_model_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tuned.json"
+    about = {"embedder_model": "packaged:bge-small-en-v1.5", "scorer": "ce",
+             "scorer_model": "packaged:ms-marco-MiniLM-L-12-v2-fp32"}  # fmt: skip
+    path.write_text(Profile(pipeline="hybrid~0.7+ce@30", about=about).to_json())
+
+    with pytest.raises(InvalidRequestError, match="RANKSTREAM_EMBEDDER_MODEL=packaged:bge"):
+        served_profile(Settings(profile=path))  # the default embedder is MiniLM
+
+    served = Settings(profile=path, embedder_model="packaged:bge-small-en-v1.5")
+    with caplog.at_level(logging.WARNING, logger="rankstream.planning.profile"):
+        assert served_profile(served) is not None
+    assert "fitted with packaged:ms-marco-MiniLM-L-12-v2-fp32 as its ce scorer" in caplog.text
 
 
 def test_auto_is_refused_without_a_fitted_policy() -> None:

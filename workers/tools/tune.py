@@ -4,8 +4,9 @@ collection, prove it on held-out queries, and write it as a profile the workers 
 1. Evidence (`tune_evidence`): every query's dense and BM25 lists, and each candidate the
    plan space can rerank scored once per token budget by the real model.
 2. Plan space: first stages (`dense`, `bm25`, `hybrid` by rank fusion, `hybrid~W` with W
-   fitted), then, over the tuned first stage, one stage `SCORER@D/BUDGET~I` for every depth
-   and budget (I fitted, or none), `SCORER@auto/BUDGET` (its depth policy fitted, as
+   fitted), then, over whichever first stage serves it best on the tuning queries (the
+   list best to rerank is not always the best to show), one stage `SCORER@D/BUDGET~I` for
+   every depth and budget (I fitted, or none), `SCORER@auto/BUDGET` (its depth policy fitted, as
    `calibrate-depth` does), and cascades of a cheap budget at the deepest depth followed by
    the scorer's fullest budget at each shallower depth (both weights fitted). As a
    reference, `dense+SCORER@D` with no fitting at all, as most users would run it.
@@ -353,13 +354,30 @@ class Fitter:
     def _fit(
         self, template: Template, query_ids: Sequence[str], first_spec: PipelineSpec | None = None
     ) -> Fitted:
-        first = (
-            self.first_stage(template.first, query_ids)
-            if first_spec is None
-            else self._scored(Template(template.first), first_spec, [], None, query_ids)
-        )
+        if first_spec is not None:
+            firsts = [self._scored(Template(template.first), first_spec, [], None, query_ids)]
+        elif template.stages and template.first == TUNED:
+            firsts = self.rerank_first_stages(query_ids)
+        else:
+            firsts = [self.first_stage(template.first, query_ids)]
         if not template.stages:
-            return first
+            return firsts[0]
+        # max() keeps the first of equals: the tuned first stage, on a tie.
+        fits = [self._fit_stages(template, first, query_ids) for first in firsts]
+        return max(fits, key=lambda fitted: fitted.tuning_ndcg)
+
+    def rerank_first_stages(self, query_ids: Sequence[str]) -> list[Fitted]:
+        """The first stages a rerank stage may sit on: the tuned one (best for retrieval
+        alone), then each of FIRST_STAGES fitted for retrieval. The best list to rerank is
+        not always the best list to show: a fusion that ranks no better at 10 can hold more
+        of the relevant documents at 30."""
+        found: dict[PipelineSpec, Fitted] = {}
+        for name in (TUNED, *FIRST_STAGES):
+            fitted = self.first_stage(name, query_ids)
+            found.setdefault(fitted.spec, fitted)
+        return list(found.values())
+
+    def _fit_stages(self, template: Template, first: Fitted, query_ids: Sequence[str]) -> Fitted:
         stages: list[RerankStage] = []
         policy: DepthPolicy | None = None
         best = first
@@ -621,7 +639,8 @@ def run_tune(settings: Settings, options: TuneOptions, console: Console) -> Path
     """Evidence, fitting, choice, profile and report; returns the report's path."""
     started = time.perf_counter()
     every_query = read_queries(options.data_dir)
-    seen = trained_texts(check_scorer(settings, options.scorer, options.budgets))
+    scorer_model = check_scorer(settings, options.scorer, options.budgets)
+    seen = trained_texts(scorer_model)
     queries = {q: text for q, text in every_query.items() if text not in seen}
     folds, qrels = make_folds(options, queries)
     if left_out := len(every_query) - len(queries):
@@ -643,8 +662,9 @@ def run_tune(settings: Settings, options: TuneOptions, console: Console) -> Path
         bounds = Bounds(options.max_cpu_ms, options.max_p95_ms)
         chosen = choose(fitter, measured, bounds, folds.tuning)
         procedure = held_out_choice(fitter, measured, bounds, folds)
+    models = {"embedder_model": settings.embedder_model, "scorer_model": scorer_model}
     report = TuneReport(options, folds, measured, chosen, procedure, fitter, bounds,
-                        time.perf_counter() - started)  # fmt: skip
+                        time.perf_counter() - started, models)  # fmt: skip
     return report.write()
 
 
@@ -653,8 +673,8 @@ def wanted(fitter: Fitter, folds: Folds, options: TuneOptions) -> dict[str, dict
     choose (on any fold, or on all tuning queries); under the fullest, dense's too (the
     reference plan)."""
     deepest = max(options.depths)
-    firsts = {fitter.first_stage(TUNED, tuning).spec for tuning, _ in folds.pairs}
-    firsts.add(fitter.first_stage(TUNED, folds.tuning).spec)
+    tunings = [tuning for tuning, _ in folds.pairs] + [folds.tuning]
+    firsts = {first.spec for q in tunings for first in fitter.rerank_first_stages(q)}
     sim = fitter.sim
     tops = {
         qid: {doc for spec in firsts for doc, _ in sim.first_order(spec, item)[: deepest + 1]}
@@ -678,6 +698,7 @@ class TuneReport:
     fitter: Fitter
     bounds: Bounds
     wall_s: float
+    models: dict[str, str]  # embedder_model, scorer_model: what the figures were fitted with
 
     @property
     def floor(self) -> Measured:
@@ -719,6 +740,7 @@ class TuneReport:
             "collection": self.options.data_dir.resolve().name,
             "fitted_on": self.folds.how,
             "scorer": self.options.scorer,
+            **self.models,
             "max_cpu_ms": self.options.max_cpu_ms,
             "max_p95_ms": self.options.max_p95_ms,
             "chosen": self.chosen.fitted.spec.name,
