@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rankstream.workers.tools.bench import tight_batches
+from rankstream.scheduling.packing import tight_batches
 
 
 @given(

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from rankstream.client import RankstreamClient
 from rankstream.config import Settings
@@ -20,6 +20,7 @@ from rankstream.errors import RankstreamError
 from rankstream.models.base import CrossEncoderBackend, Pair, PairEncoding
 from rankstream.models.registry import load_cross_encoder
 from rankstream.retrieval.corpus import sample_corpus_path, sample_queries
+from rankstream.scheduling.packing import tight_batches
 from rankstream.scheduling.pair_scheduler import rerank_batch_limits
 from rankstream.wire.contract import RankedResult, StageTimings
 from rankstream.workers.local import (
@@ -35,8 +36,6 @@ from rankstream.workers.tools.bench_transport import jetstream_hop_ms
 from rankstream.workers.tools.evaluation import read_queries
 from rankstream.workers.tools.indexing import ensure_indexed
 from rankstream.workers.tools.stats import percentiles
-
-T = TypeVar("T")
 
 MODEL_SAMPLE_PAIRS = 64  # pairs replayed in process for the model-alone figures
 SHAPE_MIN_S = 1.0  # each batch shape is timed over whole passes for at least this long
@@ -407,24 +406,6 @@ def model_references(
     )
     by_shape = {name: _shape_pairs_per_s(model, batches) for name, batches in shapes.items()}
     return ModelReferences(by_shape, _shape_pairs_per_s(model, per_request))
-
-
-def tight_batches(
-    items: list[T], costs: list[int], max_items: int, max_tokens: int
-) -> list[list[T]]:
-    """Sorted by cost, cut where the next item would break a limit: least padding possible."""
-    if not items:
-        return []
-    batches: list[list[T]] = [[]]
-    longest = 0
-    for cost, item in sorted(zip(costs, items, strict=True), key=lambda t: t[0]):
-        size = len(batches[-1]) + 1
-        if batches[-1] and (size > max_items or size * max(longest, cost) > max_tokens):
-            batches.append([])
-            longest = 0
-        batches[-1].append(item)
-        longest = max(longest, cost)
-    return batches
 
 
 def _shape_pairs_per_s(model: CrossEncoderBackend, batches: list[list[PairEncoding]]) -> float:

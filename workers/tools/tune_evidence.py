@@ -4,7 +4,10 @@ by the scorer under each token budget (with what a pair cost).
 
 Scoring goes through the code the rerank worker runs. A cross-encoder: the model's own
 tokenizer, the budget's pair plan (`rankstream.models.budgets.plan_pairs`: head, MaxP
-windows or the query-aware best window) and the model, in batches of `SCORE_BATCH` pairs.
+windows or the query-aware best window) and the model, each query's pairs batched as a rerank
+worker batches them (sorted by length, cut at its `max_batch_pairs` and `max_batch_tokens`:
+the cost per pair the tune reports is what the worker pays, and on CPU one batch of 32 mixed
+lengths costs over twice as much per pair).
 `maxsim`: the query's token vectors against the candidates' stored ones
 (`rankstream.retrieval.token_store.TokenStore.maxsim`), one "pair" per candidate and no
 token budget. A (query, document, budget) is scored once, whatever number of plans read it.
@@ -32,11 +35,13 @@ from rankstream.planning.scorers import MAXSIM_SCORER, scorer_model
 from rankstream.retrieval.fusion import SearchMode
 from rankstream.retrieval.store import DocumentStore
 from rankstream.retrieval.token_store import TokenStore
+from rankstream.scheduling.batcher import BatchLimits
+from rankstream.scheduling.packing import tight_batches
+from rankstream.scheduling.pair_scheduler import rerank_batch_limits
 from rankstream.wire.pipeline import LONG_DOCS
 from rankstream.workers.tools.errors import UsageError
 from rankstream.workers.tools.progress import progress
 
-SCORE_BATCH = 32
 FULL = "full"  # the budget key of a stage with no document budget: what max_length leaves
 BUDGET = re.compile(r"^/(?P<kind>doc|maxp|best)(?P<tokens>[0-9]+)$")
 Hits = list[tuple[str, float]]
@@ -151,7 +156,8 @@ def query_scorer(
     it to score); `settings` name the indexed table. Raises as `check_scorer` does."""
     model = check_scorer(settings, scorer, budgets)
     if scorer != MAXSIM_SCORER:
-        return nullcontext(functools.partial(_score_pairs, load_cross_encoder(settings, model)))
+        limits = rerank_batch_limits(settings)
+        return nullcontext(cross_encoder_scorer(load_cross_encoder(settings, model), limits))
     return _maxsim_scoring(settings)
 
 
@@ -194,17 +200,31 @@ def score(
     return cost
 
 
+def cross_encoder_scorer(model: CrossEncoderBackend, limits: BatchLimits) -> QueryScorer:
+    """Scoring by `model`, each query's pairs in the batches a rerank worker under `limits`
+    would make of them alone."""
+    return functools.partial(_score_pairs, model, limits)
+
+
 def _score_pairs(
-    model: CrossEncoderBackend, item: QueryEvidence, docs: Sequence[str], budget: Budget
+    model: CrossEncoderBackend,
+    limits: BatchLimits,
+    item: QueryEvidence,
+    docs: Sequence[str],
+    budget: Budget,
 ) -> int:
-    """Score `docs` of `item` under `budget` with a cross-encoder."""
+    """Score `docs` of `item` under `budget` with a cross-encoder, in `limits`' batches."""
     codec = model.tokenizer
     query = codec.encode_query(item.text)
     documents = codec.encode_documents([item.texts[doc] for doc in docs])
     plan = plan_pairs(codec, query, documents, budget.document_budget)
-    outputs: list[float] = []
-    for start in range(0, len(plan.encodings), SCORE_BATCH):
-        outputs += model.score(plan.encodings[start : start + SCORE_BATCH])
+    encodings = plan.encodings
+    outputs = [0.0] * len(encodings)
+    positions = range(len(encodings))
+    lengths = [len(encoding) for encoding in encodings]
+    for batch in tight_batches(positions, lengths, limits.max_items, limits.max_padded_tokens):
+        for position, output in zip(batch, model.score([encodings[i] for i in batch]), strict=True):
+            outputs[position] = output
     scores = finite_scores(outputs, model.model_id)
     windows = np.bincount(plan.owners, minlength=len(docs))
     _record(item, budget, docs, plan.candidate_scores(scores), [int(n) for n in windows])
