@@ -803,14 +803,19 @@ class TuneReport:
             f"{about['cost_per_pair_cpu_ms']}); p95 is one query at a time. "
             f"The tune took {about['wall_s']} s.",
             "",
-            "| plan (fitted on all tuning queries) | held-out nDCG@10 | tuning nDCG@10 "
-            "(cross-validated) | pairs/query | CPU ms/query | p95 ms | p vs best without rerank "
-            "| Pareto | chosen |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "Each template is searched as written (`tuned` is the first stage the fit picks, "
+            "`~I` a fitted interpolation weight) and fitted on all tuning queries into the "
+            "plan beside it; two templates can fit into one plan.",
+            "",
+            "| plan (fitted on all tuning queries) | template | held-out nDCG@10 | tuning "
+            "nDCG@10 (cross-validated) | pairs/query | CPU ms/query | p95 ms | p vs best "
+            "without rerank | Pareto | chosen |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in rows:
             lines.append(
-                f"| `{row['plan']}` | {row['held_out_ndcg10']} | {row['tuning_ndcg10']} | "
+                f"| `{row['plan']}` | `{row['template']}` | {row['held_out_ndcg10']} | "
+                f"{row['tuning_ndcg10']} | "
                 f"{row['pairs_per_query']} | {row['cpu_ms_per_query']} | {row['p95_ms']} | "
                 f"{row['p_vs_best_without_rerank']} | {'yes' if row['pareto'] else ''} | "
                 f"{'**chosen**' if row['chosen'] else ''} |"
