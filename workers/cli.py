@@ -584,6 +584,10 @@ def tune(
     scorer: Annotated[
         str, typer.Option(help="The rerank scorer to tune: ce, student, maxsim (budgets full)")
     ] = "ce",
+    max_minutes: Annotated[
+        float,
+        typer.Option(min=0, help="About how long scoring may take: queries cut to fit (0: none)"),
+    ] = 30.0,
 ) -> None:
     """Find the plan where reranking pays off on this collection, under a cost bound.
 
@@ -602,7 +606,7 @@ def tune(
     options = TuneOptions(
         data_dir, out, max_cpu_ms, max_p95_ms, limit, test_limit, folds, relevance_threshold,
         depth_grid, tuple(b.strip() for b in budgets.split(",") if b.strip()), scorer,
-        tuning_split=tuning_split, held_out_split=held_out_split,
+        tuning_split=tuning_split, held_out_split=held_out_split, max_minutes=max_minutes or None,
     )  # fmt: skip
     try:
         report = run_tune(ctx.obj, options, console)

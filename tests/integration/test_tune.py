@@ -4,6 +4,7 @@ fusion or a rerank stage only where it pays off on the tuning queries."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from rich.console import Console
 from rankstream.config import Settings
 from rankstream.planning.profile import load_profile
 from rankstream.wire.pipeline import PipelineSpec
+from rankstream.workers.tools import tune_time
 from rankstream.workers.tools.errors import UsageError
-from rankstream.workers.tools.tune import TuneOptions, run_tune, templates
+from rankstream.workers.tools.tune import CALIBRATION_QUERIES, TuneOptions, run_tune, templates
 from rankstream.workers.tools.tune_evidence import FULL
 from tests.collections import sample_beir
 
@@ -90,6 +92,28 @@ def test_a_train_split_is_fitted_on_and_the_test_split_only_measured(
     assert not chosen.stages
     best = PipelineSpec.parse(str(about["best_unbounded"]))
     assert about["stopped_by"] == (["--max-cpu-ms 0"] if best.stages else [])
+
+
+def test_a_time_too_short_for_every_query_cuts_both_lists_and_the_report_says_so(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tune_time, "MIN_QUERIES", 2)  # the sample has 4 + 4 queries
+    data = sample_beir(tmp_path / "data", train=4)
+    asked = dataclasses.replace(options(data, tmp_path / "out"), max_minutes=1e-6)
+    report = tune(settings, asked)
+
+    about, plans = report["about"], report["plans"]
+    assert isinstance(about, dict)
+    assert isinstance(plans, list)
+    # The first test queries were scored to learn what a document costs: they cost no more.
+    assert str(about["fitted_on"]).startswith(
+        f"fitted on 2 train queries, measured on {CALIBRATION_QUERIES} test queries; "
+        "cut to fit --max-minutes 1e-06 (about "
+    )
+    assert "to score all 8 queries)" in str(about["fitted_on"])
+    assert all(0 <= row["held_out_ndcg10"] <= 1 for row in plans)
+    assert set(about["cost_per_pair_cpu_ms"]) == {"/best32", "/doc32"}
+    PipelineSpec.parse(load_profile(tmp_path / "out" / "profile.json").pipeline)
 
 
 def test_maxsim_is_tuned_like_a_cross_encoder_from_the_stored_token_vectors(

@@ -61,12 +61,15 @@ from rankstream.workers.tools.tune_evidence import (
     FULL,
     Budget,
     QueryEvidence,
+    QueryScorer,
     ScoringCost,
     check_scorer,
     query_scorer,
     retrieve,
     score,
+    unscored,
 )
+from rankstream.workers.tools.tune_time import affordable, ms_per_document, query_ms
 
 FUSION_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
 BLEND_WEIGHTS: tuple[float | None, ...] = (None, *(round(0.1 * i, 1) for i in range(9, 0, -1)))
@@ -76,6 +79,7 @@ TUNED = "tuned"  # a template's first stage: the best first stage fitted on the 
 SINGLE_LISTS = ("dense", "bm25")
 SIGNIFICANCE = 0.05
 INNER_FOLDS = 5  # cross-validation inside the tuning queries, for choosing
+CALIBRATION_QUERIES = 3  # scored first under `--max-minutes`, for what a document costs
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ class TuneOptions:
         tuning_split: the qrels split fitted on (None: `train`, else `dev`, else k folds of
             the held-out split); never the held-out split.
         held_out_split: the qrels split measured on (None: `test`, else `dev`).
+        max_minutes: about how long scoring may take; the query lists are cut from their
+            end to fit (`tune_time`; None: every query is scored).
     """
 
     data_dir: Path
@@ -118,6 +124,7 @@ class TuneOptions:
     fusion_depth: int = 100
     tuning_split: str | None = None
     held_out_split: str | None = None
+    max_minutes: float | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +216,15 @@ class Folds:
     pairs: list[tuple[list[str], list[str]]]
     tuning: list[str]  # what the profile is fitted on
     how: str
+
+    @property
+    def queries(self) -> list[str]:
+        """Every query tuned on or held out, once, tuning queries first."""
+        held_out = [q for _, part in self.pairs for q in part]
+        return list(dict.fromkeys(self.tuning + held_out))
+
+    def noting(self, remark: str) -> Folds:
+        return dataclasses.replace(self, how=f"{self.how}; {remark}")
 
 
 class Simulator:
@@ -643,20 +659,21 @@ def run_tune(settings: Settings, options: TuneOptions, console: Console) -> Path
     seen = trained_texts(scorer_model)
     queries = {q: text for q, text in every_query.items() if text not in seen}
     folds, qrels = make_folds(options, queries)
-    if left_out := len(every_query) - len(queries):
-        folds = dataclasses.replace(
-            folds, how=f"{folds.how}; {left_out} queries its scorer was trained on left out"
-        )
     settings = ensure_indexed(settings, options.data_dir, console)
     scoring = query_scorer(settings, options.scorer, options.budgets)
-    asked = {q: queries[q] for q in dict.fromkeys(folds.tuning + folds.pairs[0][1] + [
-        q for _, held_out in folds.pairs for q in held_out])}  # fmt: skip
     depth = max(options.fusion_depth, max(options.depths), RESULTS)
+    asked = {q: queries[q] for q in folds.queries}
     evidence = asyncio.run(retrieve(settings, load_embedder(settings), asked, depth, console))
-    simulator = Simulator(evidence, qrels, options)
-    fitter = Fitter(simulator, options)
+    cost = ScoringCost()
     with scoring as scorer:
-        simulator.cost = score(scorer, evidence, wanted(fitter, folds, options), console)
+        if options.max_minutes:
+            folds = within_time(scorer, evidence, folds, qrels, cost, options, console)
+            evidence = [item for item in evidence if item.query_id in folds.queries]
+        simulator = Simulator(evidence, qrels, options)
+        fitter = Fitter(simulator, options)
+        simulator.cost = score(scorer, evidence, wanted(fitter, folds, options), console, cost)
+    if left_out := len(every_query) - len(queries):
+        folds = folds.noting(f"{left_out} queries its scorer was trained on left out")
     with console.status("fitting and measuring every plan"):
         measured = [measure(fitter, template, folds) for template in templates(options)]
         bounds = Bounds(options.max_cpu_ms, options.max_p95_ms)
@@ -666,6 +683,54 @@ def run_tune(settings: Settings, options: TuneOptions, console: Console) -> Path
     report = TuneReport(options, folds, measured, chosen, procedure, fitter, bounds,
                         time.perf_counter() - started, models)  # fmt: skip
     return report.write()
+
+
+def within_time(
+    scorer: QueryScorer,
+    evidence: Sequence[QueryEvidence],
+    folds: Folds,
+    qrels: Qrels,
+    cost: ScoringCost,
+    options: TuneOptions,
+    console: Console,
+) -> Folds:
+    """The folds cut so that scoring takes about `options.max_minutes` (`tune_time`).
+
+    Scores the first few held-out queries first (into `evidence` and `cost`), for the cost
+    of a document under each budget."""
+    assert options.max_minutes is not None
+    todo = wanted(Fitter(Simulator(evidence, qrels, options), options), folds, options)
+    cross_validated = len(folds.pairs) > 1
+    held_out = folds.tuning if cross_validated else folds.pairs[0][1]
+    by_id = {item.query_id: item for item in evidence}
+    sample = [by_id[q] for q in held_out[:CALIBRATION_QUERIES]]
+    score(scorer, sample, todo, console, cost)
+    pairs_per_document = {
+        key: sum(sum(item.pairs.get(key, {}).values()) for item in sample)
+        / max(1, sum(len(item.pairs.get(key, {})) for item in sample))
+        for key in todo
+    }
+    per_document = ms_per_document(cost.wall_ms, pairs_per_document)
+
+    def estimates(query_ids: Sequence[str]) -> list[float]:
+        return [query_ms({key: len(unscored(by_id[q], key, todo[key].get(q, set())))
+                          for key in todo}, per_document) for q in query_ids]  # fmt: skip
+
+    held_out_ms = None if cross_validated else estimates(held_out)
+    at_least = options.folds if cross_validated else 0
+    fit = affordable(estimates(folds.tuning), held_out_ms, options.max_minutes, at_least)
+    if not fit.cuts(len(folds.tuning), len(held_out)):
+        return folds
+    console.print(
+        f"scoring every query would take about {fit.all_minutes:.1f} min: cut to fit "
+        f"--max-minutes {options.max_minutes:g} (--max-minutes 0: no cut)"
+    )
+    smaller = dataclasses.replace(options, limit=fit.tuning, test_limit=fit.held_out)
+    cut, _ = make_folds(smaller, {q: by_id[q].text for q in by_id})  # k folds: test_limit unread
+    return cut.noting(
+        f"cut to fit --max-minutes {options.max_minutes:g} "
+        f"(about {fit.all_minutes:.1f} min to score all {len(folds.queries)} queries)"
+    )
 
 
 def wanted(fitter: Fitter, folds: Folds, options: TuneOptions) -> dict[str, dict[str, set[str]]]:

@@ -88,10 +88,25 @@ class QueryEvidence:
 
 @dataclass
 class ScoringCost:
-    """CPU and wall milliseconds per pair, per budget, as measured while scoring."""
+    """What scoring took, per budget: CPU and wall seconds and the pairs scored (`cpu_ms`
+    and `wall_ms` give the milliseconds per pair)."""
 
-    cpu_ms: dict[str, float] = field(default_factory=dict)
-    wall_ms: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    wall_s: dict[str, float] = field(default_factory=dict)
+    pairs: dict[str, int] = field(default_factory=dict)
+
+    def add(self, key: str, cpu_s: float, wall_s: float, pairs: int) -> None:
+        self.cpu_s[key] = self.cpu_s.get(key, 0.0) + cpu_s
+        self.wall_s[key] = self.wall_s.get(key, 0.0) + wall_s
+        self.pairs[key] = self.pairs.get(key, 0) + pairs
+
+    @property
+    def cpu_ms(self) -> dict[str, float]:
+        return {k: self.cpu_s[k] * 1000 / n for k, n in self.pairs.items() if n}
+
+    @property
+    def wall_ms(self) -> dict[str, float]:
+        return {k: self.wall_s[k] * 1000 / n for k, n in self.pairs.items() if n}
 
 
 async def retrieve(
@@ -174,30 +189,29 @@ def score(
     evidence: Sequence[QueryEvidence],
     wanted: dict[str, dict[str, set[str]]],
     console: Console,
+    cost: ScoringCost | None = None,
 ) -> ScoringCost:
     """Score `wanted[budget][query_id]` (documents) in place (`QueryEvidence.scores`,
-    `.pairs`); a pair already scored is not scored again."""
-    cost = ScoringCost()
+    `.pairs`); a pair already scored is not scored again. What it took is added to `cost`
+    (a new one if None), which is returned."""
+    cost = ScoringCost() if cost is None else cost
     for key, by_query in wanted.items():
         budget = Budget(key)
-        todo = [
-            (item, sorted(by_query.get(item.query_id, set()) - item.scores.get(key, {}).keys()))
-            for item in evidence
-        ]
-        cpu_s = wall_s = 0.0
-        pairs = 0
+        todo = [(item, unscored(item, key, by_query.get(item.query_id, set())))
+                for item in evidence]  # fmt: skip
         with progress(console, f"scoring {key}", sum(len(d) for _, d in todo)) as advance:
             for item, docs in todo:
                 if docs:
                     cpu, wall = time.process_time(), time.perf_counter()
-                    pairs += scorer(item, docs, budget)
-                    cpu_s += time.process_time() - cpu
-                    wall_s += time.perf_counter() - wall
+                    pairs = scorer(item, docs, budget)
+                    cost.add(key, time.process_time() - cpu, time.perf_counter() - wall, pairs)
                     advance(len(docs))
-        if pairs:
-            cost.cpu_ms[key] = cpu_s * 1000 / pairs
-            cost.wall_ms[key] = wall_s * 1000 / pairs
     return cost
+
+
+def unscored(item: QueryEvidence, key: str, docs: set[str]) -> list[str]:
+    """Those of `docs` the query has no score for under the budget `key`, sorted."""
+    return sorted(docs - item.scores.get(key, {}).keys())
 
 
 def cross_encoder_scorer(model: CrossEncoderBackend, limits: BatchLimits) -> QueryScorer:
